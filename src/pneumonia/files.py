@@ -1,0 +1,24 @@
+"""Small file helpers shared by the stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pneumonia.errors import PipelineError
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Stable, diff-friendly JSON (sorted keys), creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_csv(path: Path, stage: str) -> pd.DataFrame:
+    """Read an upstream stage's table; a missing file names the stage that makes it."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: not found; run the {stage} stage first (dvc repro)")
+    return pd.read_csv(path)

@@ -1,0 +1,145 @@
+"""MLflow tracking shared by every stage: one run per stage execution, in one local store.
+
+The store is a SQLite database under ``<project>/mlruns/`` with artifacts beside it, resolved
+from the project root, so ``dvc exp run --temp`` and ``--queue`` (which run in
+``<project>/.dvc/tmp/exps/...``) log to the same place. ``MLFLOW_TRACKING_URI`` overrides it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from pneumonia.config import Config
+
+STORE_DIR = "mlruns"
+DATABASE_NAME = "mlflow.db"
+ARTIFACTS_DIR = "artifacts"
+# DVC sets these for stage commands run by `dvc exp run`; logged so runs map to experiments.
+DVC_ENVIRONMENT_TAGS = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
+
+
+def store_locations(project_root: Path) -> tuple[str, str]:
+    """(tracking URI, artifact root URI) of the project's local store."""
+    store = (project_root / STORE_DIR).resolve()
+    return f"sqlite:///{store / DATABASE_NAME}", (store / ARTIFACTS_DIR).as_uri()
+
+
+def configure(config: Config) -> str:
+    """Point MLflow at the project's store (or MLFLOW_TRACKING_URI) and its experiment; returns
+    the experiment id."""
+    tracking_uri, artifact_root = store_locations(config.project_root)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        tracking_uri, artifact_root = os.environ["MLFLOW_TRACKING_URI"], None
+    else:
+        (config.project_root / STORE_DIR).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        experiment_id = mlflow.create_experiment(
+            config.tracking.experiment, artifact_location=artifact_root
+        )
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def content_hash(path: Path) -> str:
+    """sha256 of a file, or of a folder's sorted (relative path, file sha256) list."""
+    if path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{child.relative_to(path).as_posix()}\0{content_hash(child)}\n".encode())
+        return digest.hexdigest()
+    raise FileNotFoundError(f"{path}: not found; run the upstream stage first (dvc repro)")
+
+
+def git_state(workspace: Path) -> dict[str, str]:
+    """Commit and dirty flag of the workspace; empty values outside a git repository."""
+
+    def git(*args: str) -> str:
+        result = subprocess.run(
+            ["git", *args], cwd=workspace, capture_output=True, text=True, check=False
+        )
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class StageRun:
+    """The active MLflow run of one stage, with helpers for what every stage logs."""
+
+    def __init__(self, config: Config, run: mlflow.ActiveRun):
+        self.config = config
+        self.run = run
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return path.resolve().relative_to(self.config.workspace).as_posix()
+        except ValueError:
+            return str(path)
+
+    def log_hashes(self, kind: str, paths: list[Path]) -> None:
+        """Tags `input.<path>` / `output.<path>` = content sha256, to chain runs of one pipeline."""
+        mlflow.set_tags({f"{kind}.{self._relative(p)}": content_hash(p) for p in paths})
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
+
+    def log_json(self, data: Any, artifact_file: str) -> None:
+        mlflow.log_text(json.dumps(data, indent=2, sort_keys=True), artifact_file)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path)
+        else:
+            mlflow.log_artifact(str(path), artifact_path)
+
+    def log_dataset(self, frame: pd.DataFrame, source: Path, name: str, context: str) -> None:
+        """Record a table as an MLflow input dataset (schema, digest, row count, source path)."""
+        dataset = mlflow.data.from_pandas(frame, source=str(source.resolve()), name=name)
+        mlflow.log_input(dataset, context=context)
+
+
+@contextmanager
+def stage_run(stage: str, config: Config, params: Mapping[str, Any]) -> Iterator[StageRun]:
+    """One MLflow run named after the stage, with its params and provenance tags."""
+    configure(config)
+    tags = {"stage": stage, **git_state(config.workspace)}
+    tags.update({name: os.environ[name] for name in DVC_ENVIRONMENT_TAGS if os.environ.get(name)})
+    with mlflow.start_run(run_name=stage, tags=tags) as run:
+        mlflow.log_params(flatten(params))
+        yield StageRun(config, run)

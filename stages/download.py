@@ -1,0 +1,32 @@
+"""DVC stage `download`: fetch (Kaggle) or open (local folder / zip) the dataset, check every image,
+write the manifest and the data-quality report."""
+
+from pneumonia.cli import run_stage
+from pneumonia.config import load_config
+from pneumonia.download import run_download
+from pneumonia.files import write_json
+from pneumonia.tracking import stage_run
+
+
+def main() -> None:
+    config = load_config()
+    paths = config.paths
+    with stage_run("download", config, {"download": config.params["download"]}) as run:
+        result = run_download(config)
+        paths.manifest.parent.mkdir(parents=True, exist_ok=True)
+        result.manifest.to_csv(paths.manifest, index=False)
+        write_json(paths.data_quality, result.quality)
+        write_json(paths.stage_summary("download"), result.summary)
+        run.log_metrics(result.summary)
+        run.log_hashes("output", [paths.manifest])
+        run.log_artifact(paths.manifest)
+        run.log_artifact(paths.data_quality)
+        run.log_dataset(result.manifest, paths.manifest, "manifest", "download")
+    print(
+        f"download: {result.summary['images_usable']:.0f} usable images, "
+        f"{result.summary['bad_files']:.0f} bad file(s) excluded (see {paths.data_quality})"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,34 @@
+"""DVC stage `preprocess`: decode, grayscale, resize and (optionally) CLAHE every split into uint8
+arrays, plus a sample grid per split."""
+
+from pneumonia.cli import run_stage
+from pneumonia.config import SPLITS, load_config
+from pneumonia.files import read_csv, write_json
+from pneumonia.preprocess import load_split, run_preprocess, sample_grid
+from pneumonia.tracking import stage_run
+
+
+def main() -> None:
+    config = load_config()
+    paths = config.paths
+    with stage_run("preprocess", config, {"preprocess": config.params["preprocess"]}) as run:
+        split_files = [paths.split_csv(name) for name in SPLITS]
+        run.log_hashes("input", split_files)
+        frames = {name: read_csv(paths.split_csv(name), "split") for name in SPLITS}
+        summary = run_preprocess(frames, paths.images, paths.processed, config.preprocess)
+        paths.samples.mkdir(parents=True, exist_ok=True)
+        for name in SPLITS:
+            images, labels, _ = load_split(paths.processed_split(name))
+            grid = sample_grid(images, labels, config.preprocess.sample_grid)
+            if grid is not None:
+                grid.save(paths.samples / f"{name}.png")
+        write_json(paths.stage_summary("preprocess"), summary)
+        run.log_metrics(summary)
+        run.log_hashes("output", [paths.processed])
+        run.log_artifact(paths.samples, "samples")
+        run.log_artifact(paths.processed_meta)
+    print(f"preprocess: {summary['images_per_second']:.0f} images/s -> {paths.processed}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

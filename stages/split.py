@@ -1,0 +1,30 @@
+"""DVC stage `split`: patient-level, stratified train/val split; the official test split kept."""
+
+from pneumonia.cli import run_stage
+from pneumonia.config import load_config
+from pneumonia.files import read_csv, write_json
+from pneumonia.split import split_manifest, summarize
+from pneumonia.tracking import stage_run
+
+
+def main() -> None:
+    config = load_config()
+    paths = config.paths
+    with stage_run("split", config, {"split": config.params["split"]}) as run:
+        run.log_hashes("input", [paths.manifest])
+        result = split_manifest(read_csv(paths.manifest, "download"), config.split)
+        paths.split.mkdir(parents=True, exist_ok=True)
+        for name, frame in result.splits.items():
+            frame.to_csv(paths.split_csv(name), index=False)
+            run.log_dataset(frame, paths.split_csv(name), name, name)
+        summary = summarize(result.report)
+        write_json(paths.stage_summary("split"), summary)
+        run.log_metrics(summary)
+        run.log_json(result.report, "split_report.json")
+        run.log_hashes("output", [paths.split_csv(name) for name in result.splits])
+        run.log_artifact(paths.split, "split")
+    print("split: " + ", ".join(f"{name} {len(frame)}" for name, frame in result.splits.items()))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,7 +131,11 @@ class StageRun:
 
     def log_dataset(self, frame: pd.DataFrame, source: Path, name: str, context: str) -> None:
         """Record a table as an MLflow input dataset (schema, digest, row count, source path)."""
-        dataset = mlflow.data.from_pandas(frame, source=str(source.resolve()), name=name)
+        with warnings.catch_warnings():
+            # MLflow warns that a local path fits two equivalent source types, and that integer
+            # columns cannot hold NaN; neither applies to these tables.
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=str(source.resolve()), name=name)
         mlflow.log_input(dataset, context=context)
 
 

@@ -1,0 +1,121 @@
+"""Fixtures that build small real inputs: image files, Kaggle-layout folders and archives."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASET = PROJECT_ROOT.parent / "shared" / "data" / "chest_xray"
+
+# A few patients per split and class, named like the real dataset (one has two images).
+PATIENT_FILES = {
+    ("train", "NORMAL"): [
+        "IM-0115-0001.jpeg", "IM-0117-0001.jpeg", "IM-0119-0001.jpeg", "IM-0122-0001.jpeg",
+        "NORMAL2-IM-0115-0001.jpeg", "NORMAL2-IM-0117-0001.jpeg", "NORMAL2-IM-0120-0001.jpeg",
+        "IM-0125-0001.jpeg",
+    ],
+    ("train", "PNEUMONIA"): [
+        "person1_bacteria_1.jpeg", "person1_bacteria_2.jpeg", "person2_virus_3.jpeg",
+        "person3_bacteria_4.jpeg", "person4_virus_5.jpeg", "person5_bacteria_6.jpeg",
+        "person6_bacteria_7.jpeg", "person7_virus_8.jpeg", "person8_bacteria_9.jpeg",
+    ],
+    ("test", "NORMAL"): ["IM-0001-0001.jpeg", "IM-0003-0001.jpeg", "NORMAL2-IM-0007-0001.jpeg"],
+    ("test", "PNEUMONIA"): ["person1_virus_6.jpeg", "person3_bacteria_10.jpeg", "person9_virus_1.jpeg"],
+    ("val", "NORMAL"): ["NORMAL2-IM-1427-0001.jpeg"],
+    ("val", "PNEUMONIA"): ["person1946_bacteria_4874.jpeg"],
+}
+
+
+def chest_like_pixels(seed: int, width: int, height: int) -> np.ndarray:
+    """A grey gradient with noise: decodes like an X-ray, differs per seed."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(40, 200, width, dtype=np.float32)[None, :]
+    noise = rng.normal(0, 25, size=(height, width)).astype(np.float32)
+    return np.clip(ramp + noise, 0, 255).astype(np.uint8)
+
+
+def write_image(path: Path, seed: int, mode: str = "L", size: tuple[int, int] = (96, 80)) -> Path:
+    """Write a small real image in the given Pillow mode; format from the extension."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gray = chest_like_pixels(seed, *size)
+    image = Image.fromarray(gray)
+    if mode == "I;16":
+        image = Image.fromarray(gray.astype(np.uint16) * 257)
+    elif mode != "L":
+        image = image.convert(mode)
+    suffix = path.suffix.lower()
+    image.save(path, format="PNG" if suffix == ".png" else "JPEG", **(
+        {} if suffix == ".png" else {"quality": 90}
+    ))
+    return path
+
+
+def truncated_jpeg_bytes(seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(chest_like_pixels(seed, 120, 100)).save(buffer, format="JPEG")
+    data = buffer.getvalue()
+    return data[: len(data) // 2]
+
+
+def build_kaggle_tree(root: Path, source_images: dict | None = None) -> Path:
+    """A Kaggle-layout tree under root: <split>/<CLASS>/<file>, synthetic or copied images."""
+    seed = 0
+    for (split, label), names in PATIENT_FILES.items():
+        for position, name in enumerate(names):
+            seed += 1
+            target = root / split / label / name
+            if source_images:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source_images[(split, label)][position], target)
+            else:
+                write_image(target, seed)
+    return root
+
+
+def add_archive_quirks(top: Path, tree: Path) -> None:
+    """What the real Kaggle archive adds: a nested duplicate tree, __MACOSX, .DS_Store."""
+    shutil.copytree(tree, tree / "chest_xray")
+    for path in sorted(tree.rglob("*.jpeg"))[:6]:
+        relative = path.relative_to(top)
+        apple = top / "__MACOSX" / relative.parent / f"._{path.name}"
+        apple.parent.mkdir(parents=True, exist_ok=True)
+        apple.write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (tree / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tree / "train" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+
+
+@pytest.fixture
+def kaggle_folder(tmp_path: Path) -> Path:
+    """A small dataset as the Kaggle archive unpacks: chest_xray/ with all its quirks."""
+    top = tmp_path / "download"
+    tree = build_kaggle_tree(top / "chest_xray")
+    add_archive_quirks(top, tree)
+    return top
+
+
+@pytest.fixture
+def kaggle_zip(kaggle_folder: Path, tmp_path: Path) -> Path:
+    archive = tmp_path / "chest-xray-pneumonia.zip"
+    with zipfile.ZipFile(archive, "w") as writer:
+        for path in sorted(kaggle_folder.rglob("*")):
+            writer.write(path, path.relative_to(kaggle_folder).as_posix())
+    return archive
+
+
+def sample_shared_images() -> dict | None:
+    """Distinct real images for each name of PATIENT_FILES from ../shared; None when absent."""
+    if not SHARED_DATASET.is_dir():
+        return None
+    sample = {}
+    for (split, label), names in PATIENT_FILES.items():
+        files = sorted((SHARED_DATASET / ("test" if split == "test" else "train") / label).glob("*.jpeg"))
+        # val takes its images from the end of train/ so no file is used twice.
+        sample[(split, label)] = files[-len(names) :] if split == "val" else files[: len(names)]
+    return sample

@@ -1,0 +1,68 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import PROJECT_ROOT
+from pneumonia.config import ConfigError, find_project_root, load_config
+
+PARAMS = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+
+
+def write_params(folder: Path, changes: dict) -> Path:
+    params = copy.deepcopy(PARAMS)
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        if value is None:
+            del params[section][key]
+        else:
+            params[section][key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    return folder / "params.yaml"
+
+
+def test_project_params_load():
+    config = load_config(PROJECT_ROOT / "params.yaml")
+    assert config.download.is_kaggle
+    assert config.download.kaggle_handle.endswith("/versions/2")
+    assert config.paths.manifest == PROJECT_ROOT / "data/raw/manifest.csv"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"split.val_fraction": 1.5}, "'split.val_fraction' must be in \\(0, 1\\)"),
+        ({"split.val_fraction": "a lot"}, "'split.val_fraction' must be float"),
+        ({"split.seed": None}, "'split.seed' is missing"),
+        ({"split.val_fracton": 0.2}, "unknown key\\(s\\) split.val_fracton"),
+        ({"preprocess.resize": "squash"}, "'preprocess.resize' must be one of"),
+        ({"preprocess.image_size": 8}, "'preprocess.image_size' must be in"),
+        ({"preprocess.image_size": True}, "'preprocess.image_size' must be int"),
+        ({"preprocess.workers": -1}, "'preprocess.workers' must be >= 0"),
+        ({"download.source": " "}, "'download.source' is empty"),
+        ({"download.kaggle_dataset": "chest-xray"}, "'download.kaggle_dataset' must be"),
+        ({"mlflow.experiment": ""}, "'mlflow.experiment' must not be empty"),
+    ],
+)
+def test_bad_params_fail_naming_the_key(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_params(tmp_path, changes))
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "params.yaml")
+
+
+def test_dvc_temp_workspace_resolves_to_the_project(tmp_path):
+    project = tmp_path / "project"
+    (project / ".dvc").mkdir(parents=True)
+    workspace = project / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    params = write_params(workspace, {"download.source": "../shared/chest_xray"})
+    assert find_project_root(workspace) == project
+    config = load_config(params)
+    assert config.workspace == workspace
+    assert config.paths.images == workspace / "data/raw/images"
+    assert config.source_path() == tmp_path / "shared/chest_xray"

@@ -1,0 +1,151 @@
+"""End to end: the real `dvc repro` in a copy of the repo, on a tiny dataset in the Kaggle archive's
+layout (real images from ../shared when present). Kaggle is replaced only at the kagglehub call."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import (
+    PATIENT_FILES,
+    PROJECT_ROOT,
+    add_archive_quirks,
+    build_kaggle_tree,
+    sample_shared_images,
+)
+
+pytestmark = pytest.mark.slow
+STAGES = ("download", "split", "preprocess")
+IMAGES = sum(len(names) for names in PATIENT_FILES.values())
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def copy_repository(target: Path) -> None:
+    """What a fresh clone holds: tracked files plus new files git does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for relative in filter(None, listed):
+        source = PROJECT_ROOT / relative
+        if source.is_file():
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / relative)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A repo copy with tiny params, a fake Kaggle download, and one `dvc repro` done."""
+    base = tmp_path_factory.mktemp("e2e")
+    repo, dataset = base / "repo", base / "kaggle-cache" / "versions" / "2"
+    copy_repository(repo)
+    tree = build_kaggle_tree(dataset / "chest_xray", sample_shared_images())
+    add_archive_quirks(dataset, tree)
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["download"]["source"] == "kaggle"
+    params["preprocess"].update(image_size=32, workers=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT / "tests" / "boundary"),
+                                    env.get("PYTHONPATH", "")]),
+        FAKE_KAGGLEHUB_DATASET=str(dataset),
+        FAKE_KAGGLEHUB_LOG=str(base / "kaggle-calls.log"),
+        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+        DVC_NO_ANALYTICS="true",
+    )
+    run(["git", "init", "-q", "-b", "main"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "baseline"], repo, env)
+    first = run(["dvc", "repro"], repo, env)
+    return {"repo": repo, "env": env, "base": base, "first": first}
+
+
+def runs_by_stage(repo: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    frame = mlflow.search_runs(experiment_names=["pneumonia"], order_by=["start_time ASC"])
+    return frame
+
+
+def test_repro_writes_every_output(pipeline):
+    repo = pipeline["repo"]
+    manifest = (repo / "data/raw/manifest.csv").read_text().splitlines()
+    assert len(manifest) == IMAGES + 1  # each image once despite the nested duplicate tree
+    for split in ("train", "val", "test"):
+        assert (repo / f"data/split/{split}.csv").is_file()
+        assert (repo / f"data/processed/{split}/images.npy").is_file()
+        assert (repo / f"reports/samples/{split}.png").is_file()
+    calls = (pipeline["base"] / "kaggle-calls.log").read_text().split()
+    assert calls == ["paultimothymooney/chest-xray-pneumonia/versions/2"]
+
+
+def test_one_mlflow_run_per_stage_with_params_metrics_and_chained_hashes(pipeline):
+    runs = runs_by_stage(pipeline["repo"])
+    assert runs["tags.mlflow.runName"].tolist() == list(STAGES)
+    assert (runs["status"] == "FINISHED").all()
+    by_stage = {row["tags.mlflow.runName"]: row for _, row in runs.iterrows()}
+    download, split, preprocess = (by_stage[name] for name in STAGES)
+    assert download["params.download.source"] == "kaggle"
+    assert download["metrics.images_usable"] == IMAGES
+    assert download["metrics.skipped_duplicate_tree"] == IMAGES
+    assert download["metrics.skipped_macos_metadata"] > 0
+    assert split["params.split.val_fraction"] == "0.15"
+    assert (
+        split["metrics.images_train"] + split["metrics.images_val"] + split["metrics.images_test"]
+        == IMAGES
+    )
+    assert preprocess["params.preprocess.image_size"] == "32"
+    assert preprocess["metrics.images_per_second"] > 0
+    # A downstream run names the exact upstream data it read.
+    manifest_tag = "data/raw/manifest.csv"
+    assert download[f"tags.output.{manifest_tag}"] == split[f"tags.input.{manifest_tag}"]
+    for name in ("train", "val", "test"):
+        tag = f"data/split/{name}.csv"
+        assert split[f"tags.output.{tag}"] == preprocess[f"tags.input.{tag}"]
+    assert set(runs["tags.git_commit"]) == {
+        run(["git", "rev-parse", "HEAD"], pipeline["repo"], pipeline["env"]).stdout.strip()
+    }
+
+
+def test_second_repro_changes_nothing(pipeline):
+    repo, env = pipeline["repo"], pipeline["env"]
+    again = run(["dvc", "repro"], repo, env)
+    assert "Data and pipelines are up to date" in again.stdout
+    status = run(["dvc", "status"], repo, env)
+    assert "up to date" in status.stdout
+    assert len(runs_by_stage(repo)) == len(STAGES)
+
+
+def test_temp_experiment_logs_to_the_project_store(pipeline):
+    repo, env = pipeline["repo"], pipeline["env"]
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "first repro"], repo, env)
+    run(["dvc", "exp", "run", "--temp", "-n", "seed-seven", "-S", "split.seed=7"], repo, env)
+    runs = runs_by_stage(repo)
+    split_runs = runs[runs["tags.mlflow.runName"] == "split"]
+    experiment = split_runs[split_runs["params.split.seed"] == "7"]
+    assert len(experiment) == 1
+    assert experiment["tags.DVC_EXP_NAME"].iloc[0] == "seed-seven"
+    assert experiment["tags.DVC_EXP_BASELINE_REV"].iloc[0]
+    # The temp workspace is gone; its params change shows up through DVC's own tools.
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo, env).stdout
+    assert "seed-seven" in shown

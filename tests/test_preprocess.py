@@ -1,0 +1,101 @@
+import dataclasses
+import filecmp
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import write_image
+from pneumonia.config import PreprocessConfig
+from pneumonia.preprocess import (
+    PreprocessError,
+    load_split,
+    preprocess_image,
+    run_preprocess,
+    sample_grid,
+)
+
+CONFIG = PreprocessConfig(
+    image_size=32, resize="letterbox", clahe=False, clahe_clip_limit=2.0, clahe_tile_grid=4,
+    workers=1, sample_grid=4,
+)
+
+
+def white(width, height):
+    return Image.new("L", (width, height), 255)
+
+
+def test_letterbox_keeps_aspect_and_pads_with_black():
+    pixels = preprocess_image(white(64, 32), CONFIG)
+    assert pixels.shape == (32, 32) and pixels.dtype == np.uint8
+    assert (pixels[:8] == 0).all() and (pixels[-8:] == 0).all()
+    assert (pixels[8:24] == 255).all()
+
+
+def test_stretch_fills_the_frame():
+    pixels = preprocess_image(white(64, 32), dataclasses.replace(CONFIG, resize="stretch"))
+    assert (pixels == 255).all()
+
+
+def test_crop_takes_the_centre_square():
+    image = Image.fromarray(np.hstack([np.zeros((32, 16)), np.full((32, 32), 255),
+                                       np.zeros((32, 16))]).astype(np.uint8))
+    pixels = preprocess_image(image, dataclasses.replace(CONFIG, resize="crop"))
+    assert (pixels == 255).all()
+
+
+def test_clahe_raises_local_contrast_inside_the_content_only():
+    rng = np.random.default_rng(0)
+    flat = Image.fromarray(rng.integers(100, 120, size=(32, 64), dtype=np.uint8))
+    plain = preprocess_image(flat, CONFIG)
+    equalised = preprocess_image(flat, dataclasses.replace(CONFIG, clahe=True))
+    content = slice(8, 24)
+    assert equalised[content].std() > plain[content].std() * 1.5
+    assert (equalised[:8] == 0).all()
+
+
+@pytest.fixture
+def split_frames(tmp_path):
+    images_dir = tmp_path / "images"
+    rows = []
+    for position in range(12):
+        label = "PNEUMONIA" if position % 3 else "NORMAL"
+        name = f"{label}/{position}.jpeg" if position % 4 else f"{label}/{position}.png"
+        mode = ("L", "RGB", "CMYK")[position % 3] if name.endswith("jpeg") else "L"
+        write_image(images_dir / "train" / name, seed=position, mode=mode,
+                    size=(60 + position * 7, 50 + position * 3))
+        rows.append({"path": f"train/{name}", "label": label, "patient_id": f"p{position}",
+                     "sha256": str(position)})
+    frame = pd.DataFrame(rows)
+    return {"train": frame.iloc[:8], "val": frame.iloc[8:]}, images_dir
+
+
+def test_outputs_are_byte_identical_across_runs_and_worker_counts(split_frames, tmp_path):
+    frames, images_dir = split_frames
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_preprocess(frames, images_dir, first, CONFIG)
+    run_preprocess(frames, images_dir, second, dataclasses.replace(CONFIG, workers=2))
+    for relative in ("train/images.npy", "train/labels.npy", "train/index.csv",
+                     "val/images.npy", "meta.json"):
+        assert filecmp.cmp(first / relative, second / relative, shallow=False), relative
+
+
+def test_written_split_reads_back(split_frames, tmp_path):
+    frames, images_dir = split_frames
+    summary = run_preprocess(frames, images_dir, tmp_path / "out", CONFIG)
+    images, labels, index = load_split(tmp_path / "out" / "train")
+    assert images.shape == (8, 32, 32, 1) and images.dtype == np.uint8
+    assert labels.tolist() == [int(label == "PNEUMONIA") for label in frames["train"]["label"]]
+    assert index["path"].tolist() == frames["train"]["path"].tolist()
+    assert summary["images_train"] == 8 and summary["images_per_second"] > 0
+    grid = sample_grid(images, labels, CONFIG.sample_grid)
+    assert grid.size == (64, 64)
+
+
+def test_empty_split_and_missing_output_are_clear_errors(split_frames, tmp_path):
+    frames, images_dir = split_frames
+    with pytest.raises(PreprocessError, match="split 'val' has no images"):
+        run_preprocess({"val": frames["val"].iloc[:0]}, images_dir, tmp_path / "out", CONFIG)
+    with pytest.raises(PreprocessError, match="missing images.npy.*run the preprocess stage"):
+        load_split(tmp_path / "nowhere")

@@ -1,0 +1,61 @@
+import mlflow
+import pandas as pd
+import pytest
+
+from pneumonia.tracking import content_hash, flatten, stage_run, store_locations
+from test_config import write_params
+
+
+@pytest.fixture
+def config(tmp_path, monkeypatch):
+    from pneumonia.config import load_config
+
+    project = tmp_path / "project"
+    (project / ".dvc").mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_EXP_NAME", "tidy-otter")
+    return load_config(write_params(project, {}))
+
+
+def test_stage_run_logs_to_the_project_store_with_provenance(config):
+    data = config.workspace / "table.csv"
+    pd.DataFrame({"a": [1, 2]}).to_csv(data, index=False)
+    with stage_run("split", config, {"split": {"seed": 7, "val_fraction": 0.2}}) as run:
+        run.log_hashes("input", [data])
+        run.log_metrics({"images_train": 10})
+        run.log_json({"ok": True}, "report.json")
+    tracking_uri, artifact_root = store_locations(config.project_root)
+    assert (config.project_root / "mlruns" / "mlflow.db").is_file()
+    client = mlflow.MlflowClient(tracking_uri)
+    stored = client.get_run(run.run_id)
+    assert stored.info.run_name == "split"
+    assert stored.info.artifact_uri.startswith(artifact_root)
+    assert stored.data.params == {"split.seed": "7", "split.val_fraction": "0.2"}
+    assert stored.data.metrics == {"images_train": 10.0}
+    tags = stored.data.tags
+    assert tags["stage"] == "split"
+    assert tags["DVC_EXP_NAME"] == "tidy-otter"
+    assert tags["input.table.csv"] == content_hash(data)
+    assert {"git_commit", "git_dirty"} <= tags.keys()
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["report.json"]
+
+
+def test_failed_stage_marks_the_run_failed(config):
+    with pytest.raises(RuntimeError), stage_run("download", config, {}) as run:
+        raise RuntimeError("boom")
+    client = mlflow.MlflowClient(store_locations(config.project_root)[0])
+    assert client.get_run(run.run_id).info.status == "FAILED"
+
+
+def test_content_hash_of_folder_depends_on_names_and_bytes(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("1")
+    first = content_hash(tmp_path / "a")
+    (tmp_path / "a" / "x.txt").write_text("2")
+    assert content_hash(tmp_path / "a") != first
+    with pytest.raises(FileNotFoundError, match="run the upstream stage"):
+        content_hash(tmp_path / "missing")
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}

@@ -17,17 +17,32 @@ SHARED_DATASET = PROJECT_ROOT.parent / "shared" / "data" / "chest_xray"
 # A few patients per split and class, named like the real dataset (one has two images).
 PATIENT_FILES = {
     ("train", "NORMAL"): [
-        "IM-0115-0001.jpeg", "IM-0117-0001.jpeg", "IM-0119-0001.jpeg", "IM-0122-0001.jpeg",
-        "NORMAL2-IM-0115-0001.jpeg", "NORMAL2-IM-0117-0001.jpeg", "NORMAL2-IM-0120-0001.jpeg",
+        "IM-0115-0001.jpeg",
+        "IM-0117-0001.jpeg",
+        "IM-0119-0001.jpeg",
+        "IM-0122-0001.jpeg",
+        "NORMAL2-IM-0115-0001.jpeg",
+        "NORMAL2-IM-0117-0001.jpeg",
+        "NORMAL2-IM-0120-0001.jpeg",
         "IM-0125-0001.jpeg",
     ],
     ("train", "PNEUMONIA"): [
-        "person1_bacteria_1.jpeg", "person1_bacteria_2.jpeg", "person2_virus_3.jpeg",
-        "person3_bacteria_4.jpeg", "person4_virus_5.jpeg", "person5_bacteria_6.jpeg",
-        "person6_bacteria_7.jpeg", "person7_virus_8.jpeg", "person8_bacteria_9.jpeg",
+        "person1_bacteria_1.jpeg",
+        "person1_bacteria_2.jpeg",
+        "person2_virus_3.jpeg",
+        "person3_bacteria_4.jpeg",
+        "person4_virus_5.jpeg",
+        "person5_bacteria_6.jpeg",
+        "person6_bacteria_7.jpeg",
+        "person7_virus_8.jpeg",
+        "person8_bacteria_9.jpeg",
     ],
     ("test", "NORMAL"): ["IM-0001-0001.jpeg", "IM-0003-0001.jpeg", "NORMAL2-IM-0007-0001.jpeg"],
-    ("test", "PNEUMONIA"): ["person1_virus_6.jpeg", "person3_bacteria_10.jpeg", "person9_virus_1.jpeg"],
+    ("test", "PNEUMONIA"): [
+        "person1_virus_6.jpeg",
+        "person3_bacteria_10.jpeg",
+        "person9_virus_1.jpeg",
+    ],
     ("val", "NORMAL"): ["NORMAL2-IM-1427-0001.jpeg"],
     ("val", "PNEUMONIA"): ["person1946_bacteria_4874.jpeg"],
 }
@@ -51,9 +66,11 @@ def write_image(path: Path, seed: int, mode: str = "L", size: tuple[int, int] = 
     elif mode != "L":
         image = image.convert(mode)
     suffix = path.suffix.lower()
-    image.save(path, format="PNG" if suffix == ".png" else "JPEG", **(
-        {} if suffix == ".png" else {"quality": 90}
-    ))
+    image.save(
+        path,
+        format="PNG" if suffix == ".png" else "JPEG",
+        **({} if suffix == ".png" else {"quality": 90}),
+    )
     return path
 
 
@@ -115,7 +132,9 @@ def sample_shared_images() -> dict | None:
         return None
     sample = {}
     for (split, label), names in PATIENT_FILES.items():
-        files = sorted((SHARED_DATASET / ("test" if split == "test" else "train") / label).glob("*.jpeg"))
+        files = sorted(
+            (SHARED_DATASET / ("test" if split == "test" else "train") / label).glob("*.jpeg")
+        )
         # val takes its images from the end of train/ so no file is used twice.
         sample[(split, label)] = files[-len(names) :] if split == "val" else files[: len(names)]
     return sample

@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PROJECT_ROOT
 from pneumonia.config import ConfigError, find_project_root, load_config
+
+from conftest import PROJECT_ROOT
 
 PARAMS = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 

@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import PATIENT_FILES, PROJECT_ROOT, truncated_jpeg_bytes
 from pneumonia.config import load_config
 from pneumonia.download import DownloadError, run_download
 from pneumonia.layout import LayoutError
+
+from conftest import PATIENT_FILES, PROJECT_ROOT, truncated_jpeg_bytes
 
 EXPECTED_IMAGES = sum(len(names) for names in PATIENT_FILES.values())
 
@@ -31,7 +32,14 @@ def test_folder_with_archive_quirks_gives_each_image_once_as_links(kaggle_folder
     assert len(manifest) == EXPECTED_IMAGES
     assert manifest["path"].is_unique
     assert set(manifest.columns) >= {
-        "path", "label", "source_split", "patient_id", "sha256", "width", "height", "mode",
+        "path",
+        "label",
+        "source_split",
+        "patient_id",
+        "sha256",
+        "width",
+        "height",
+        "mode",
     }
     quality = result.quality
     assert quality["skipped"]["duplicate_tree"] == EXPECTED_IMAGES
@@ -96,7 +104,7 @@ def test_missing_class_after_bad_files_is_fatal(kaggle_folder, tmp_path):
     for path in (kaggle_folder / "chest_xray/test/NORMAL").iterdir():
         path.write_bytes(b"")
     config = make_config(tmp_path / "project", str(kaggle_folder))
-    with pytest.raises(LayoutError, match="usable images.*missing test/NORMAL"):
+    with pytest.raises(LayoutError, match=r"usable images.*missing test/NORMAL"):
         run_download(config)
 
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import truncated_jpeg_bytes, write_image
 from pneumonia.images import (
     ImageDecodeError,
     draft_size,
@@ -12,6 +11,8 @@ from pneumonia.images import (
     load_grayscale,
     to_grayscale,
 )
+
+from conftest import truncated_jpeg_bytes, write_image
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_bad_files_are_reported_with_their_reason(tmp_path, content, reason):
     check = inspect_image(path)
     assert not check.ok
     assert reason in check.reason
-    with pytest.raises(ImageDecodeError, match="bad.jpeg"):
+    with pytest.raises(ImageDecodeError, match=r"bad\.jpeg"):
         load_grayscale(path)
 
 

@@ -39,7 +39,10 @@ def copy_repository(target: Path) -> None:
     """What a fresh clone holds: tracked files plus new files git does not ignore."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
     for relative in filter(None, listed):
         source = PROJECT_ROOT / relative
@@ -65,12 +68,15 @@ def pipeline(tmp_path_factory):
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT / "tests" / "boundary"),
-                                    env.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join(
+            [str(PROJECT_ROOT / "tests" / "boundary"), env.get("PYTHONPATH", "")]
+        ),
         FAKE_KAGGLEHUB_DATASET=str(dataset),
         FAKE_KAGGLEHUB_LOG=str(base / "kaggle-calls.log"),
-        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
         DVC_NO_ANALYTICS="true",
     )
     run(["git", "init", "-q", "-b", "main"], repo, env)

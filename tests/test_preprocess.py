@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import write_image
 from pneumonia.config import PreprocessConfig
 from pneumonia.preprocess import (
     PreprocessError,
@@ -16,9 +15,16 @@ from pneumonia.preprocess import (
     sample_grid,
 )
 
+from conftest import write_image
+
 CONFIG = PreprocessConfig(
-    image_size=32, resize="letterbox", clahe=False, clahe_clip_limit=2.0, clahe_tile_grid=4,
-    workers=1, sample_grid=4,
+    image_size=32,
+    resize="letterbox",
+    clahe=False,
+    clahe_clip_limit=2.0,
+    clahe_tile_grid=4,
+    workers=1,
+    sample_grid=4,
 )
 
 
@@ -39,8 +45,9 @@ def test_stretch_fills_the_frame():
 
 
 def test_crop_takes_the_centre_square():
-    image = Image.fromarray(np.hstack([np.zeros((32, 16)), np.full((32, 32), 255),
-                                       np.zeros((32, 16))]).astype(np.uint8))
+    image = Image.fromarray(
+        np.hstack([np.zeros((32, 16)), np.full((32, 32), 255), np.zeros((32, 16))]).astype(np.uint8)
+    )
     pixels = preprocess_image(image, dataclasses.replace(CONFIG, resize="crop"))
     assert (pixels == 255).all()
 
@@ -63,10 +70,20 @@ def split_frames(tmp_path):
         label = "PNEUMONIA" if position % 3 else "NORMAL"
         name = f"{label}/{position}.jpeg" if position % 4 else f"{label}/{position}.png"
         mode = ("L", "RGB", "CMYK")[position % 3] if name.endswith("jpeg") else "L"
-        write_image(images_dir / "train" / name, seed=position, mode=mode,
-                    size=(60 + position * 7, 50 + position * 3))
-        rows.append({"path": f"train/{name}", "label": label, "patient_id": f"p{position}",
-                     "sha256": str(position)})
+        write_image(
+            images_dir / "train" / name,
+            seed=position,
+            mode=mode,
+            size=(60 + position * 7, 50 + position * 3),
+        )
+        rows.append(
+            {
+                "path": f"train/{name}",
+                "label": label,
+                "patient_id": f"p{position}",
+                "sha256": str(position),
+            }
+        )
     frame = pd.DataFrame(rows)
     return {"train": frame.iloc[:8], "val": frame.iloc[8:]}, images_dir
 
@@ -76,8 +93,13 @@ def test_outputs_are_byte_identical_across_runs_and_worker_counts(split_frames, 
     first, second = tmp_path / "first", tmp_path / "second"
     run_preprocess(frames, images_dir, first, CONFIG)
     run_preprocess(frames, images_dir, second, dataclasses.replace(CONFIG, workers=2))
-    for relative in ("train/images.npy", "train/labels.npy", "train/index.csv",
-                     "val/images.npy", "meta.json"):
+    for relative in (
+        "train/images.npy",
+        "train/labels.npy",
+        "train/index.csv",
+        "val/images.npy",
+        "meta.json",
+    ):
         assert filecmp.cmp(first / relative, second / relative, shallow=False), relative
 
 
@@ -97,5 +119,5 @@ def test_empty_split_and_missing_output_are_clear_errors(split_frames, tmp_path)
     frames, images_dir = split_frames
     with pytest.raises(PreprocessError, match="split 'val' has no images"):
         run_preprocess({"val": frames["val"].iloc[:0]}, images_dir, tmp_path / "out", CONFIG)
-    with pytest.raises(PreprocessError, match="missing images.npy.*run the preprocess stage"):
+    with pytest.raises(PreprocessError, match=r"missing images\.npy.*run the preprocess stage"):
         load_split(tmp_path / "nowhere")

@@ -37,9 +37,7 @@ def synthetic_manifest(normal_patients=40, pneumonia_patients=120, images_per_pa
         rows += manifest_rows("train", "PNEUMONIA", names, f"p{patient}-")
     rows += manifest_rows("val", "PNEUMONIA", ["person5_virus_99.jpeg"], "v")
     rows += manifest_rows("test", "NORMAL", [f"IM-{i:04d}-0001.jpeg" for i in range(10)], "tn")
-    rows += manifest_rows(
-        "test", "PNEUMONIA", [f"person{i}_virus_1.jpeg" for i in range(10)], "tp"
-    )
+    rows += manifest_rows("test", "PNEUMONIA", [f"person{i}_virus_1.jpeg" for i in range(10)], "tp")
     return pd.DataFrame(rows)
 
 
@@ -55,7 +53,7 @@ def test_split_is_patient_level_stratified_and_keeps_official_test():
     person5 = person5[person5["patient_id"] == "trainval:person5"]
     assert len(person5) == 3 and person5["path"].isin(val["path"]).nunique() == 1
     for label in ("NORMAL", "PNEUMONIA"):
-        total = ((train["label"] == label).sum() + (val["label"] == label).sum())
+        total = (train["label"] == label).sum() + (val["label"] == label).sum()
         assert (val["label"] == label).sum() / total == pytest.approx(0.2, abs=0.03)
 
 
@@ -71,21 +69,33 @@ def test_same_seed_same_split_other_seed_other_split():
 def test_byte_identical_images_of_different_patients_stay_together():
     frame = pd.DataFrame(
         {
-            "patient_id": ["trainval:person1", "trainval:person2", "trainval:person3",
-                           "trainval:person1"],
+            "patient_id": [
+                "trainval:person1",
+                "trainval:person2",
+                "trainval:person3",
+                "trainval:person1",
+            ],
             "sha256": ["a", "b", "a", "c"],
         }
     )
     groups = group_ids(frame)
-    assert groups.tolist() == ["trainval:person1", "trainval:person2", "trainval:person1",
-                               "trainval:person1"]
+    assert groups.tolist() == [
+        "trainval:person1",
+        "trainval:person2",
+        "trainval:person1",
+        "trainval:person1",
+    ]
 
 
 def test_duplicates_never_cross_the_split():
     manifest = synthetic_manifest()
     # person7 and person8 share an image byte for byte; person9 shares one with person7.
-    manifest.loc[manifest["path"] == "train/PNEUMONIA/person8_bacteria_0.jpeg", "sha256"] = "p7-0000"
-    manifest.loc[manifest["path"] == "train/PNEUMONIA/person9_bacteria_1.jpeg", "sha256"] = "p7-0001"
+    manifest.loc[manifest["path"] == "train/PNEUMONIA/person8_bacteria_0.jpeg", "sha256"] = (
+        "p7-0000"
+    )
+    manifest.loc[manifest["path"] == "train/PNEUMONIA/person9_bacteria_1.jpeg", "sha256"] = (
+        "p7-0001"
+    )
     for seed in range(10):
         splits = split_manifest(manifest, SplitConfig(0.3, seed=seed)).splits
         owners = {
@@ -122,5 +132,5 @@ def test_too_few_patients_is_a_clear_error():
 
 def test_fraction_too_small_for_any_patient_is_a_clear_error():
     manifest = synthetic_manifest(normal_patients=3, images_per_patient=5)
-    with pytest.raises(SplitError, match="split.val_fraction"):
+    with pytest.raises(SplitError, match=r"split\.val_fraction"):
         split_manifest(manifest, SplitConfig(0.01, seed=0))

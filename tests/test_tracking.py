@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from pneumonia.tracking import content_hash, flatten, stage_run, store_locations
+
 from test_config import write_params
 
 

@@ -44,7 +44,11 @@ def copy_repository(target: Path) -> None:
         text=True,
         check=True,
     ).stdout.split("\0")
+    # A clone of a project that never committed a run: no lock file, no outputs.
+    generated = ("dvc.lock", "reports/", "data/")
     for relative in filter(None, listed):
+        if relative.startswith(generated):
+            continue
         source = PROJECT_ROOT / relative
         if source.is_file():
             (target / relative).parent.mkdir(parents=True, exist_ok=True)

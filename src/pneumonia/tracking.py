@@ -136,7 +136,7 @@ class StageRun:
             # columns cannot hold NaN; neither applies to these tables.
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=str(source.resolve()), name=name)
-        mlflow.log_input(dataset, context=context)
+            mlflow.log_input(dataset, context=context)
 
 
 @contextmanager

@@ -14,11 +14,14 @@ PARAMS = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
 def write_params(folder: Path, changes: dict) -> Path:
     params = copy.deepcopy(PARAMS)
     for dotted, value in changes.items():
-        section, key = dotted.split(".")
+        *parents, key = dotted.split(".")
+        section = params
+        for parent in parents:
+            section = section[parent]
         if value is None:
-            del params[section][key]
+            del section[key]
         else:
-            params[section][key] = value
+            section[key] = value
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     return folder / "params.yaml"
@@ -45,6 +48,26 @@ def test_project_params_load():
         ({"download.source": " "}, "'download.source' is empty"),
         ({"download.kaggle_dataset": "chest-xray"}, "'download.kaggle_dataset' must be"),
         ({"mlflow.experiment": ""}, "'mlflow.experiment' must not be empty"),
+        ({"train.optimizer.name": "sgd"}, "'train.optimizer.name' must be one of adam, rmsprop"),
+        ({"train.optimizer.learning_rate": 0}, "'train.optimizer.learning_rate' must be in"),
+        ({"train.optimizer.learning_rate": -0.1}, "'train.optimizer.learning_rate' must be in"),
+        ({"train.tuning.n_trials": -1}, "'train.tuning.n_trials' must be >= 0"),
+        ({"train.tuning.epochs": 0}, "'train.tuning.epochs' must be >= 1"),
+        ({"train.tuning.pruner": "asha"}, "'train.tuning.pruner' must be one of"),
+        ({"train.tuning.storage": "studies.db"}, "'train.tuning.storage' must be an Optuna RDB"),
+        (
+            {"train.tuning.search_space.optimizer": ["adam", "sgd"]},
+            "'train.tuning.search_space.optimizer' has 'sgd'",
+        ),
+        (
+            {"train.tuning.search_space.learning_rate": [0.01, 0.001]},
+            "'train.tuning.search_space.learning_rate' must satisfy",
+        ),
+        ({"train.model.convolution": "dilated"}, "'train.model.convolution' must be one of"),
+        ({"train.model.depth": 9}, "'train.model.depth' must be in"),
+        ({"train.batch_size": 0}, "'train.batch_size' must be >= 1"),
+        ({"train.epochs": None}, "'train.epochs' is missing"),
+        ({"train.tuning.n_trails": 3}, "unknown key\\(s\\) train.tuning.n_trails"),
     ],
 )
 def test_bad_params_fail_naming_the_key(tmp_path, changes, message):

@@ -3,13 +3,16 @@ layout (real images from ../shared when present). Kaggle is replaced only at the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import mlflow
+import numpy as np
 import pytest
 import yaml
 
@@ -22,7 +25,8 @@ from conftest import (
 )
 
 pytestmark = pytest.mark.slow
-STAGES = ("download", "split", "preprocess")
+STAGES = ("download", "split", "preprocess", "train")
+TRIALS = 2
 IMAGES = sum(len(names) for names in PATIENT_FILES.values())
 
 
@@ -67,6 +71,11 @@ def pipeline(tmp_path_factory):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["download"]["source"] == "kaggle"
     params["preprocess"].update(image_size=32, workers=2)
+    train = params["train"]
+    train.update(epochs=2, batch_size=8)
+    train["model"].update(depth=2, base_filters=4)
+    train["tuning"].update(n_trials=TRIALS, epochs=2)
+    train["tuning"]["search_space"].update(base_filters=[4, 8], batch_size=[8])
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
@@ -90,10 +99,17 @@ def pipeline(tmp_path_factory):
     return {"repo": repo, "env": env, "base": base, "first": first}
 
 
-def runs_by_stage(repo: Path):
+def all_runs(repo: Path):
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
-    frame = mlflow.search_runs(experiment_names=["pneumonia"], order_by=["start_time ASC"])
-    return frame
+    return mlflow.search_runs(experiment_names=["pneumonia"], order_by=["start_time ASC"])
+
+
+def runs_by_stage(repo: Path):
+    """Top-level runs only (Optuna trials are nested under train)."""
+    runs = all_runs(repo)
+    if "tags.mlflow.parentRunId" not in runs:
+        return runs
+    return runs[runs["tags.mlflow.parentRunId"].isna()].reset_index(drop=True)
 
 
 def test_repro_writes_every_output(pipeline):
@@ -149,13 +165,46 @@ def test_temp_experiment_logs_to_the_project_store(pipeline):
     repo, env = pipeline["repo"], pipeline["env"]
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "first repro"], repo, env)
-    run(["dvc", "exp", "run", "--temp", "-n", "seed-seven", "-S", "split.seed=7"], repo, env)
+    command = ["dvc", "exp", "run", "--temp", "-n", "small-grid", "-S", "preprocess.sample_grid=4"]
+    run(command, repo, env)
     runs = runs_by_stage(repo)
-    split_runs = runs[runs["tags.mlflow.runName"] == "split"]
-    experiment = split_runs[split_runs["params.split.seed"] == "7"]
+    preprocess_runs = runs[runs["tags.mlflow.runName"] == "preprocess"]
+    experiment = preprocess_runs[preprocess_runs["params.preprocess.sample_grid"] == "4"]
     assert len(experiment) == 1
-    assert experiment["tags.DVC_EXP_NAME"].iloc[0] == "seed-seven"
+    assert experiment["tags.DVC_EXP_NAME"].iloc[0] == "small-grid"
     assert experiment["tags.DVC_EXP_BASELINE_REV"].iloc[0]
     # The temp workspace is gone; its params change shows up through DVC's own tools.
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo, env).stdout
-    assert "seed-seven" in shown
+    assert "small-grid" in shown
+
+
+def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
+    repo = pipeline["repo"]
+    runs = all_runs(repo)
+    parent = runs[(runs["tags.mlflow.runName"] == "train") & runs["tags.mlflow.parentRunId"].isna()]
+    assert len(parent) == 1
+    parent_id = parent["run_id"].iloc[0]
+    trials = runs[runs["tags.mlflow.parentRunId"] == parent_id]
+    assert len(trials) == TRIALS
+    assert set(trials["tags.trial_state"]) <= {"COMPLETE", "PRUNED"}
+    client = mlflow.MlflowClient()
+    for run_id, state in zip(trials["run_id"], trials["tags.trial_state"], strict=True):
+        assert client.get_run(run_id).data.params["optimizer.name"] in {"adam", "rmsprop"}
+        for metric in ("loss", "val_loss", "accuracy", "val_accuracy", "auc", "val_auc"):
+            steps = [m.step for m in client.get_metric_history(run_id, metric)]
+            assert steps == ([0, 1] if state == "COMPLETE" else steps[:1]), (metric, steps)
+    assert parent["tags.device"].iloc[0] in {"CPU", "GPU"}
+    assert parent["metrics.best_val_auc"].iloc[0] >= 0
+
+    card = json.loads((repo / "models" / "model.json").read_text())
+    assert card["mlflow"]["version"] == "1"
+    assert card["preprocess"]["image_size"] == 32
+    history = (repo / "reports" / "train" / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,")
+
+    images = np.load(repo / "data" / "processed" / "val" / "images.npy")
+    model = mlflow.keras.load_model("models:/pneumonia-cnn/1")
+    predictions = model.predict(images, verbose=0)
+    assert predictions.shape == (len(images), 1)
+    local = keras.saving.load_model(repo / "models" / "model.keras")
+    np.testing.assert_allclose(local.predict(images, verbose=0), predictions, rtol=1e-5)

@@ -7,7 +7,7 @@ validated here, so a bad param fails before any work with a message naming its k
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class Paths:
     split: Path
     processed: Path
     reports: Path
+    models: Path
 
     def split_csv(self, split: str) -> Path:
         return self.split / f"{split}.csv"
@@ -54,6 +55,18 @@ class Paths:
     @property
     def samples(self) -> Path:
         return self.reports / "samples"
+
+    @property
+    def model(self) -> Path:
+        return self.models / "model.keras"
+
+    @property
+    def model_card(self) -> Path:
+        return self.models / "model.json"
+
+    @property
+    def train_reports(self) -> Path:
+        return self.reports / "train"
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,93 @@ class PreprocessConfig:
     sample_grid: int
 
 
+OPTIMIZERS = ("adam", "rmsprop")
+CONVOLUTIONS = ("plain", "separable")
+PRUNERS = ("median", "hyperband", "none")
+CLASS_WEIGHTS = ("balanced", "none")
+MIXED_PRECISION = ("auto", "off")
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig:
+    depth: int  # convolution blocks, each halving the resolution
+    base_filters: int  # filters of the first block; doubled per block, capped at 8x
+    convolution: str  # plain | separable
+    dropout: float  # before the classifier
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str  # adam | rmsprop
+    learning_rate: float
+    weight_decay: float
+    rho: float  # rmsprop only
+    momentum: float  # rmsprop only
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """What one training run (a trial, or the final fit) is configured with."""
+
+    architecture: ArchitectureConfig
+    optimizer: OptimizerConfig
+    batch_size: int
+
+    def flat(self) -> dict[str, Any]:
+        values = {
+            **{f"model.{k}": v for k, v in asdict(self.architecture).items()},
+            **{f"optimizer.{k}": v for k, v in asdict(self.optimizer).items()},
+            "batch_size": self.batch_size,
+        }
+        if self.optimizer.name != "rmsprop":
+            del values["optimizer.rho"], values["optimizer.momentum"]
+        return values
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    rotation: float
+    shift: float
+    zoom: float
+    contrast: float
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    optimizer: tuple[str, ...]
+    learning_rate: tuple[float, float]
+    batch_size: tuple[int, ...]
+    dropout: tuple[float, float]
+    weight_decay: tuple[float, float]
+    rho: tuple[float, float]
+    momentum: tuple[float, float]
+    base_filters: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    n_trials: int
+    timeout: int  # seconds, 0 = none
+    epochs: int
+    pruner: str
+    storage: str
+    study_name: str
+    search_space: SearchSpace
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+    epochs: int
+    early_stopping_patience: int
+    class_weight: str
+    mixed_precision: str
+    registered_model_name: str
+    fixed: Hyperparameters
+    augmentation: AugmentationConfig
+    tuning: TuningConfig
+
+
 @dataclass(frozen=True)
 class Config:
     workspace: Path
@@ -103,6 +203,7 @@ class Config:
     download: DownloadConfig
     split: SplitConfig
     preprocess: PreprocessConfig
+    train: TrainConfig
     params: dict[str, Any]
 
     def source_path(self) -> Path:
@@ -169,7 +270,7 @@ def _workers(section: dict[str, Any], prefix: str) -> int:
 
 def parse_paths(params: dict[str, Any], workspace: Path) -> Paths:
     section = _section(params, "paths")
-    names = ("images", "manifest", "data_quality", "split", "processed", "reports")
+    names = ("images", "manifest", "data_quality", "split", "processed", "reports", "models")
     _reject_unknown(section, "paths", set(names))
     return Paths(**{name: workspace / _take(section, "paths", name, str) for name in names})
 
@@ -255,6 +356,201 @@ def parse_preprocess(params: dict[str, Any]) -> PreprocessConfig:
     )
 
 
+def _number(section: dict[str, Any], prefix: str, key: str, low: float, high: float) -> float:
+    value = _take(section, prefix, key, float)
+    if not low <= value <= high:
+        raise ConfigError(f"params.yaml: '{prefix}.{key}' must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _choice(section: dict[str, Any], prefix: str, key: str, choices: tuple[str, ...]) -> str:
+    value = _take(section, prefix, key, str)
+    if value not in choices:
+        raise ConfigError(
+            f"params.yaml: '{prefix}.{key}' must be one of {', '.join(choices)}, got {value!r}"
+        )
+    return value
+
+
+def _range(section: dict[str, Any], prefix: str, key: str, low: float, high: float):
+    value = section.get(key)
+    full_key = f"{prefix}.{key}"
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        raise ConfigError(f"params.yaml: '{full_key}' must be a [low, high] pair, got {value!r}")
+    first, second = float(value[0]), float(value[1])
+    if not low <= first <= second <= high:
+        raise ConfigError(
+            f"params.yaml: '{full_key}' must satisfy {low} <= low <= high <= {high}, got {value}"
+        )
+    return first, second
+
+
+def _options(section: dict[str, Any], prefix: str, key: str, kind: type, allowed=None) -> tuple:
+    value = section.get(key)
+    full_key = f"{prefix}.{key}"
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+    ):
+        raise ConfigError(
+            f"params.yaml: '{full_key}' must be a non-empty list of {kind.__name__}, got {value!r}"
+        )
+    for item in value:
+        if allowed is not None and item not in allowed:
+            raise ConfigError(
+                f"params.yaml: '{full_key}' has {item!r}; allowed: {', '.join(map(str, allowed))}"
+            )
+        if kind is int and item < 1:
+            raise ConfigError(f"params.yaml: '{full_key}' values must be >= 1, got {item}")
+    return tuple(value)
+
+
+def _subsection(section: dict[str, Any], prefix: str, key: str, known: set[str]):
+    sub = section.get(key)
+    if not isinstance(sub, dict):
+        raise ConfigError(f"params.yaml: '{prefix}.{key}' is missing or not a mapping")
+    _reject_unknown(sub, f"{prefix}.{key}", known)
+    return sub, f"{prefix}.{key}"
+
+
+def parse_architecture(section: dict[str, Any], prefix: str) -> ArchitectureConfig:
+    depth = _take(section, prefix, "depth", int)
+    if not 1 <= depth <= 7:
+        raise ConfigError(f"params.yaml: '{prefix}.depth' must be in [1, 7], got {depth}")
+    filters = _take(section, prefix, "base_filters", int)
+    if not 1 <= filters <= 512:
+        raise ConfigError(
+            f"params.yaml: '{prefix}.base_filters' must be in [1, 512], got {filters}"
+        )
+    return ArchitectureConfig(
+        depth=depth,
+        base_filters=filters,
+        convolution=_choice(section, prefix, "convolution", CONVOLUTIONS),
+        dropout=_number(section, prefix, "dropout", 0.0, 0.95),
+    )
+
+
+def parse_optimizer(section: dict[str, Any], prefix: str) -> OptimizerConfig:
+    learning_rate = _take(section, prefix, "learning_rate", float)
+    if not 0 < learning_rate <= 1:
+        raise ConfigError(
+            f"params.yaml: '{prefix}.learning_rate' must be in (0, 1], got {learning_rate}"
+        )
+    return OptimizerConfig(
+        name=_choice(section, prefix, "name", OPTIMIZERS),
+        learning_rate=learning_rate,
+        weight_decay=_number(section, prefix, "weight_decay", 0.0, 1.0),
+        rho=_number(section, prefix, "rho", 0.0, 0.9999),
+        momentum=_number(section, prefix, "momentum", 0.0, 0.9999),
+    )
+
+
+def _positive(section: dict[str, Any], prefix: str, key: str, minimum: int = 1) -> int:
+    value = _take(section, prefix, key, int)
+    if value < minimum:
+        raise ConfigError(f"params.yaml: '{prefix}.{key}' must be >= {minimum}, got {value}")
+    return value
+
+
+def parse_train(params: dict[str, Any]) -> TrainConfig:
+    section = _section(params, "train")
+    known = {
+        "seed",
+        "epochs",
+        "early_stopping_patience",
+        "class_weight",
+        "mixed_precision",
+        "registered_model_name",
+        "model",
+        "optimizer",
+        "batch_size",
+        "augmentation",
+        "tuning",
+    }
+    _reject_unknown(section, "train", known)
+    model, model_prefix = _subsection(
+        section, "train", "model", {"depth", "base_filters", "convolution", "dropout"}
+    )
+    optimizer, optimizer_prefix = _subsection(
+        section, "train", "optimizer", {"name", "learning_rate", "weight_decay", "rho", "momentum"}
+    )
+    augmentation, augmentation_prefix = _subsection(
+        section, "train", "augmentation", {"rotation", "shift", "zoom", "contrast"}
+    )
+    tuning, tuning_prefix = _subsection(
+        section,
+        "train",
+        "tuning",
+        {"n_trials", "timeout", "epochs", "pruner", "storage", "study_name", "search_space"},
+    )
+    space, space_prefix = _subsection(
+        tuning,
+        tuning_prefix,
+        "search_space",
+        {
+            "optimizer",
+            "learning_rate",
+            "batch_size",
+            "dropout",
+            "weight_decay",
+            "rho",
+            "momentum",
+            "base_filters",
+        },
+    )
+    registered = _take(section, "train", "registered_model_name", str).strip()
+    if not registered:
+        raise ConfigError("params.yaml: 'train.registered_model_name' must not be empty")
+    storage = _take(tuning, tuning_prefix, "storage", str).strip()
+    if "://" not in storage:
+        raise ConfigError(
+            f"params.yaml: '{tuning_prefix}.storage' must be an Optuna RDB URL such as "
+            f"sqlite:///studies/optuna.db or postgresql://user@host/db, got {storage!r}"
+        )
+    return TrainConfig(
+        seed=_take(section, "train", "seed", int),
+        epochs=_positive(section, "train", "epochs"),
+        early_stopping_patience=_positive(section, "train", "early_stopping_patience"),
+        class_weight=_choice(section, "train", "class_weight", CLASS_WEIGHTS),
+        mixed_precision=_choice(section, "train", "mixed_precision", MIXED_PRECISION),
+        registered_model_name=registered,
+        fixed=Hyperparameters(
+            architecture=parse_architecture(model, model_prefix),
+            optimizer=parse_optimizer(optimizer, optimizer_prefix),
+            batch_size=_positive(section, "train", "batch_size"),
+        ),
+        augmentation=AugmentationConfig(
+            rotation=_number(augmentation, augmentation_prefix, "rotation", 0.0, 0.5),
+            shift=_number(augmentation, augmentation_prefix, "shift", 0.0, 0.5),
+            zoom=_number(augmentation, augmentation_prefix, "zoom", 0.0, 0.9),
+            contrast=_number(augmentation, augmentation_prefix, "contrast", 0.0, 0.9),
+        ),
+        tuning=TuningConfig(
+            n_trials=_positive(tuning, tuning_prefix, "n_trials", minimum=0),
+            timeout=_positive(tuning, tuning_prefix, "timeout", minimum=0),
+            epochs=_positive(tuning, tuning_prefix, "epochs"),
+            pruner=_choice(tuning, tuning_prefix, "pruner", PRUNERS),
+            storage=storage,
+            study_name=_take(tuning, tuning_prefix, "study_name", str).strip(),
+            search_space=SearchSpace(
+                optimizer=_options(space, space_prefix, "optimizer", str, OPTIMIZERS),
+                learning_rate=_range(space, space_prefix, "learning_rate", 1e-7, 1.0),
+                batch_size=_options(space, space_prefix, "batch_size", int),
+                dropout=_range(space, space_prefix, "dropout", 0.0, 0.95),
+                weight_decay=_range(space, space_prefix, "weight_decay", 1e-12, 1.0),
+                rho=_range(space, space_prefix, "rho", 0.0, 0.9999),
+                momentum=_range(space, space_prefix, "momentum", 0.0, 0.9999),
+                base_filters=_options(space, space_prefix, "base_filters", int),
+            ),
+        ),
+    )
+
+
 def read_params(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; run from the project root")
@@ -278,6 +574,7 @@ def load_config(params_path: Path | str = "params.yaml") -> Config:
         download=parse_download(params),
         split=parse_split(params),
         preprocess=parse_preprocess(params),
+        train=parse_train(params),
         params=params,
     )
 

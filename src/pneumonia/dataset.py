@@ -1,0 +1,88 @@
+"""The tf.data input pipeline over the preprocessed uint8 arrays.
+
+Arrays are decoded once by preprocess; each epoch only shuffles, batches and augments in memory,
+instead of decoding JPEGs from disk every epoch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from keras import layers
+from sklearn.utils.class_weight import compute_class_weight
+
+from pneumonia.config import AugmentationConfig
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
+    """`balanced` weights each class by n_samples / (n_classes * n_class); `none` gives None."""
+    if mode == "none":
+        return None
+    classes = np.array([0, 1])
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise ValueError(f"train labels hold only class {present.tolist()}; need both classes")
+    weights = compute_class_weight("balanced", classes=classes, y=labels)
+    return {int(label): float(weight) for label, weight in zip(classes, weights, strict=True)}
+
+
+def augmentation_layers(config: AugmentationConfig, seed: int) -> list[layers.Layer]:
+    """Small geometric and contrast jitter; black fill matches the letterbox bars."""
+    chosen: list[layers.Layer] = []
+    if config.rotation > 0:
+        chosen.append(
+            layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed, name="rotate")
+        )
+    if config.shift > 0:
+        chosen.append(
+            layers.RandomTranslation(
+                config.shift, config.shift, fill_mode="constant", seed=seed + 1, name="shift"
+            )
+        )
+    if config.zoom > 0:
+        chosen.append(
+            layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 2, name="zoom")
+        )
+    if config.contrast > 0:
+        chosen.append(
+            layers.RandomContrast(
+                config.contrast, value_range=(0, 255), seed=seed + 3, name="contrast"
+            )
+        )
+    return chosen
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    training: bool,
+    seed: int,
+    augmentation: AugmentationConfig | None = None,
+) -> tf.data.Dataset:
+    """Batches of (uint8 images, float32 labels); shuffled and augmented when training."""
+    if len(images) == 0:
+        raise ValueError("cannot build a dataset from an empty split")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.ascontiguousarray(images), labels.astype("float32"))
+    )
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    jitter = augmentation_layers(augmentation, seed) if training and augmentation else []
+    if jitter:
+
+        def augment(batch: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            pixels = tf.cast(batch, tf.float32)
+            for layer in jitter:
+                pixels = layer(pixels, training=True)
+            pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+            return pixels, target
+
+        dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return dataset.prefetch(AUTOTUNE)

@@ -1,0 +1,177 @@
+"""Fitting one model: runtime set-up (seeds, determinism, device), optimizer, compile, fit."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+
+from pneumonia.config import (
+    AugmentationConfig,
+    Config,
+    ConfigError,
+    Hyperparameters,
+    OptimizerConfig,
+    TrainConfig,
+    resolve_workers,
+)
+from pneumonia.dataset import class_weights, make_dataset
+from pneumonia.model import build_model
+from pneumonia.preprocess import PreprocessError, load_split
+
+MONITOR = "val_auc"
+
+
+@dataclass
+class SplitArrays:
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and TF (keras.utils.set_random_seed) and make TF ops deterministic."""
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def configure_runtime(seed: int, mixed_precision: str) -> dict[str, str]:
+    """Seed everything, pick the precision policy for the device; returns device facts."""
+    seed_everything(seed)
+    gpus = tf.config.list_physical_devices("GPU")
+    policy = "mixed_float16" if gpus and mixed_precision == "auto" else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    build = tf.sysconfig.get_build_info()
+    return {
+        "device": "GPU" if gpus else "CPU",
+        "gpus": ", ".join(gpu.name for gpu in gpus) or "none",
+        "cpu_cores": str(resolve_workers(0)),
+        "precision_policy": policy,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "cuda_version": str(build.get("cuda_version", "none")),
+        "cudnn_version": str(build.get("cudnn_version", "none")),
+        "python_version": platform.python_version(),
+        "tf_intra_op_threads": str(tf.config.threading.get_intra_op_parallelism_threads()),
+        "tf_num_interop_threads": str(tf.config.threading.get_inter_op_parallelism_threads()),
+        "oneDNN": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+    }
+
+
+def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
+    weight_decay = config.weight_decay or None
+    if config.name == "adam":
+        return keras.optimizers.Adam(config.learning_rate, weight_decay=weight_decay)
+    if config.name == "rmsprop":
+        return keras.optimizers.RMSprop(
+            config.learning_rate,
+            rho=config.rho,
+            momentum=config.momentum,
+            weight_decay=weight_decay,
+        )
+    raise ConfigError(f"train.optimizer.name must be adam or rmsprop, got {config.name!r}")
+
+
+def compiled_model(image_size: int, hyperparameters: Hyperparameters) -> keras.Model:
+    model = build_model(image_size, hyperparameters.architecture)
+    model.compile(
+        optimizer=make_optimizer(hyperparameters.optimizer),
+        loss="binary_crossentropy",
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc", num_thresholds=1000),
+        ],
+    )
+    return model
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Logs every epoch's train/val loss, accuracy and AUC to one MLflow run."""
+
+    def __init__(self, run_id: str, prefix: str = ""):
+        super().__init__()
+        self.client = mlflow.MlflowClient()
+        self.run_id = run_id
+        self.prefix = prefix
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        metrics = {
+            f"{self.prefix}{key}": float(value)
+            for key, value in (logs or {}).items()
+            if np.isscalar(value)
+        }
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, value, step=epoch)
+
+
+def fit(
+    hyperparameters: Hyperparameters,
+    train: SplitArrays,
+    val: SplitArrays,
+    config: TrainConfig,
+    *,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback],
+    augmentation: AugmentationConfig | None = None,
+) -> tuple[keras.Model, keras.callbacks.History]:
+    """Build, compile and fit a model from fresh seeds, so every run is reproducible alone."""
+    seed_everything(config.seed)
+    image_size = train.images.shape[1]
+    model = compiled_model(image_size, hyperparameters)
+    train_data = make_dataset(
+        train.images,
+        train.labels,
+        hyperparameters.batch_size,
+        training=True,
+        seed=config.seed,
+        augmentation=augmentation or config.augmentation,
+    )
+    val_data = make_dataset(val.images, val.labels, 128, training=False, seed=config.seed)
+    history = model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=epochs,
+        callbacks=callbacks,
+        class_weight=class_weights(train.labels, config.class_weight),
+        shuffle=False,  # tf.data already shuffles, seeded
+        verbose=2,
+    )
+    return model, history
+
+
+def best_epoch(history: keras.callbacks.History) -> tuple[int, float]:
+    """(epoch index, value) of the highest val AUC."""
+    values = history.history[MONITOR]
+    index = int(np.argmax(values))
+    return index, float(values[index])
+
+
+def load_training_splits(config: Config) -> tuple[SplitArrays, SplitArrays]:
+    """The train and val arrays, checked against params before any work (never test)."""
+    size = config.preprocess.image_size
+    splits = []
+    for name in ("train", "val"):
+        images, labels, _ = load_split(config.paths.processed_split(name), mmap=False)
+        if len(images) == 0:
+            raise PreprocessError(
+                f"{config.paths.processed_split(name)}: the {name} split is empty"
+            )
+        if images.shape[1:] != (size, size, 1):
+            raise ConfigError(
+                f"params.yaml: 'preprocess.image_size' is {size} but "
+                f"{config.paths.processed_split(name)}/images.npy holds {images.shape[1:]} images; "
+                "re-run preprocess (dvc repro) or fix the param"
+            )
+        splits.append(SplitArrays(images, labels))
+    depth = config.train.fixed.architecture.depth
+    if size < 2**depth:
+        raise ConfigError(
+            f"params.yaml: 'train.model.depth' {depth} halves the image {depth} times; "
+            f"'preprocess.image_size' {size} is too small (needs >= {2**depth})"
+        )
+    return splits[0], splits[1]

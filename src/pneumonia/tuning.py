@@ -1,0 +1,241 @@
+"""Hyperparameter search with Optuna: seeded TPE, a pruner fed val AUC each epoch, every trial a
+nested MLflow run. The objective is val ROC AUC; the test split is never read here."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+from optuna.trial import TrialState
+from optuna_integration import KerasPruningCallback
+
+from pneumonia.config import Hyperparameters, SearchSpace, TrainConfig, TuningConfig
+from pneumonia.errors import PipelineError
+from pneumonia.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
+
+
+class TuningError(PipelineError, RuntimeError):
+    """The study produced no usable trial."""
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace, fixed: Hyperparameters) -> Hyperparameters:
+    """Sample one configuration; rho and momentum exist only when the optimizer is RMSprop."""
+    optimizer = trial.suggest_categorical("optimizer", list(space.optimizer))
+    rmsprop = optimizer == "rmsprop"
+    return Hyperparameters(
+        architecture=dataclasses.replace(
+            fixed.architecture,
+            base_filters=trial.suggest_categorical("base_filters", list(space.base_filters)),
+            dropout=trial.suggest_float("dropout", *space.dropout),
+        ),
+        optimizer=dataclasses.replace(
+            fixed.optimizer,
+            name=optimizer,
+            learning_rate=trial.suggest_float("learning_rate", *space.learning_rate, log=True),
+            weight_decay=trial.suggest_float("weight_decay", *space.weight_decay, log=True),
+            rho=trial.suggest_float("rho", *space.rho) if rmsprop else fixed.optimizer.rho,
+            momentum=(
+                trial.suggest_float("momentum", *space.momentum)
+                if rmsprop
+                else fixed.optimizer.momentum
+            ),
+        ),
+        batch_size=trial.suggest_categorical("batch_size", list(space.batch_size)),
+    )
+
+
+def hyperparameters_from(params: dict[str, Any], fixed: Hyperparameters) -> Hyperparameters:
+    """Rebuild the Hyperparameters a trial's params describe (the inverse of `suggest`)."""
+    rmsprop = params["optimizer"] == "rmsprop"
+    return Hyperparameters(
+        architecture=dataclasses.replace(
+            fixed.architecture, base_filters=params["base_filters"], dropout=params["dropout"]
+        ),
+        optimizer=dataclasses.replace(
+            fixed.optimizer,
+            name=params["optimizer"],
+            learning_rate=params["learning_rate"],
+            weight_decay=params["weight_decay"],
+            rho=params["rho"] if rmsprop else fixed.optimizer.rho,
+            momentum=params["momentum"] if rmsprop else fixed.optimizer.momentum,
+        ),
+        batch_size=params["batch_size"],
+    )
+
+
+def fixed_trial_params(fixed: Hyperparameters, space: SearchSpace) -> dict[str, Any] | None:
+    """The fixed hyperparameters as a first trial to enqueue, when they lie in the space."""
+    params: dict[str, Any] = {
+        "optimizer": fixed.optimizer.name,
+        "base_filters": fixed.architecture.base_filters,
+        "dropout": fixed.architecture.dropout,
+        "learning_rate": fixed.optimizer.learning_rate,
+        "weight_decay": fixed.optimizer.weight_decay,
+        "batch_size": fixed.batch_size,
+    }
+    if fixed.optimizer.name == "rmsprop":
+        params.update(rho=fixed.optimizer.rho, momentum=fixed.optimizer.momentum)
+    inside = (
+        params["optimizer"] in space.optimizer
+        and params["base_filters"] in space.base_filters
+        and params["batch_size"] in space.batch_size
+        and space.dropout[0] <= params["dropout"] <= space.dropout[1]
+        and space.learning_rate[0] <= params["learning_rate"] <= space.learning_rate[1]
+        and space.weight_decay[0] <= params["weight_decay"] <= space.weight_decay[1]
+    )
+    return params if inside else None
+
+
+def make_pruner(tuning: TuningConfig) -> optuna.pruners.BasePruner:
+    if tuning.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if tuning.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tuning.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def resolve_storage(url: str, project_root: Path) -> str:
+    """A relative sqlite path is relative to the project root (shared by DVC temp workspaces)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
+        path = (project_root / url[len(prefix) :]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"{prefix}{path}"
+    return url
+
+
+def create_study(tuning: TuningConfig, seed: int, project_root: Path, default_name: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            resolve_storage(tuning.storage, project_root),
+            # A worker that dies mid-trial leaves a RUNNING trial; the heartbeat fails it.
+            heartbeat_interval=60,
+            grace_period=180,
+        )
+    name = tuning.study_name or f"{default_name}-{uuid.uuid4().hex[:8]}"
+    return optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=make_pruner(tuning),
+        load_if_exists=True,
+    )
+
+
+def make_objective(
+    config: TrainConfig, train: SplitArrays, val: SplitArrays, parent_run_id: str
+) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        hyperparameters = suggest(trial, config.tuning.search_space, config.fixed)
+        with mlflow.start_run(
+            run_name=f"trial-{trial.number}",
+            nested=True,
+            parent_run_id=parent_run_id,
+            tags={
+                "stage": "train",
+                "optuna_trial": str(trial.number),
+                "optuna_study": trial.study.study_name,
+            },
+        ) as run:
+            mlflow.log_params(hyperparameters.flat())
+            callbacks = [
+                MlflowEpochLogger(run.info.run_id),
+                KerasPruningCallback(trial, MONITOR),
+            ]
+            try:
+                _, history = fit(
+                    hyperparameters,
+                    train,
+                    val,
+                    config,
+                    epochs=config.tuning.epochs,
+                    callbacks=callbacks,
+                )
+            except optuna.TrialPruned:
+                mlflow.set_tag("trial_state", TrialState.PRUNED.name)
+                raise
+            except Exception:
+                mlflow.set_tag("trial_state", TrialState.FAIL.name)
+                raise
+            epoch, value = best_epoch(history)
+            mlflow.log_metrics({"best_val_auc": value, "best_epoch": epoch})
+            mlflow.set_tag("trial_state", TrialState.COMPLETE.name)
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            return value
+
+    return objective
+
+
+def run_study(
+    config: TrainConfig,
+    train: SplitArrays,
+    val: SplitArrays,
+    parent_run_id: str,
+    project_root: Path,
+) -> optuna.Study:
+    study = create_study(config.tuning, config.seed, project_root, config.registered_model_name)
+    if not study.trials:
+        first = fixed_trial_params(config.fixed, config.tuning.search_space)
+        if first is not None:
+            study.enqueue_trial(first)
+    study.optimize(
+        make_objective(config, train, val, parent_run_id),
+        n_trials=config.tuning.n_trials,
+        timeout=config.tuning.timeout or None,
+        gc_after_trial=True,
+    )
+    if not any(trial.state == TrialState.COMPLETE for trial in study.trials):
+        raise TuningError(
+            f"study {study.study_name}: no trial completed ({len(study.trials)} tried); "
+            "raise train.tuning.timeout or n_trials, or set n_trials: 0 to use the fixed params"
+        )
+    return study
+
+
+def study_summary(study: optuna.Study) -> dict[str, Any]:
+    states = [trial.state.name for trial in study.trials]
+    best = study.best_trial
+    return {
+        "study_name": study.study_name,
+        "trials": len(states),
+        "complete": states.count("COMPLETE"),
+        "pruned": states.count("PRUNED"),
+        "failed": states.count("FAIL"),
+        "best_trial": best.number,
+        "best_val_auc": best.value,
+        "best_params": best.params,
+    }
+
+
+def study_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    """Optuna's optimisation-history and param-importance figures, as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    plots = {"optimization_history": optuna_plots.plot_optimization_history}
+    if sum(trial.state == TrialState.COMPLETE for trial in study.trials) >= 2:
+        plots["param_importances"] = optuna_plots.plot_param_importances
+    for name, plot in plots.items():
+        try:
+            axes = plot(study)
+        except (RuntimeError, ValueError) as error:  # e.g. every trial had the same params
+            print(f"train: skipped the {name} plot: {error}")
+            continue
+        path = folder / f"{name}.png"
+        axes.figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(axes.figure)
+        written.append(path)
+    return written

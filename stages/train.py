@@ -1,0 +1,107 @@
+"""DVC stage `train`: tune the CNN with Optuna on val AUC, refit the best configuration, save,
+log and register the model. Reads the train and val splits only; test is evaluate's."""
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+
+import keras
+import mlflow
+import pandas as pd
+
+from pneumonia.cli import run_stage
+from pneumonia.config import load_config
+from pneumonia.files import write_json
+from pneumonia.registry import log_and_register, model_card
+from pneumonia.tracking import stage_run
+from pneumonia.training import (
+    MONITOR,
+    MlflowEpochLogger,
+    best_epoch,
+    configure_runtime,
+    fit,
+    load_training_splits,
+)
+from pneumonia.tuning import hyperparameters_from, run_study, study_plots, study_summary
+
+
+def main() -> None:
+    config = load_config()
+    paths, settings = config.paths, config.train
+    train, val = load_training_splits(config)
+    params = {"train": config.params["train"], "preprocess.image_size": train.images.shape[1]}
+    paths.train_reports.mkdir(parents=True, exist_ok=True)
+    with stage_run("train", config, params) as run:
+        mlflow.set_tags(configure_runtime(settings.seed, settings.mixed_precision))
+        run.log_hashes("input", [paths.processed_split("train"), paths.processed_split("val")])
+        hyperparameters, summary = settings.fixed, None
+        trials_file = paths.train_reports / "trials.csv"
+        trials_file.write_text("number,state,value\n")  # stays so when tuning is off
+        if settings.tuning.n_trials > 0:
+            study = run_study(settings, train, val, run.run_id, config.project_root)
+            summary = study_summary(study)
+            hyperparameters = hyperparameters_from(study.best_trial.params, settings.fixed)
+            run.log_json(summary, "tuning/study_summary.json")
+            study.trials_dataframe().to_csv(trials_file, index=False)
+            with tempfile.TemporaryDirectory() as scratch:
+                for plot in study_plots(study, Path(scratch)):
+                    run.log_artifact(plot, "tuning")
+            mlflow.log_metrics(
+                {
+                    "tuning_best_val_auc": summary["best_val_auc"],
+                    "tuning_trials_complete": summary["complete"],
+                    "tuning_trials_pruned": summary["pruned"],
+                }
+            )
+        mlflow.log_params({f"chosen.{k}": v for k, v in hyperparameters.flat().items()})
+
+        stopper = keras.callbacks.EarlyStopping(
+            monitor=MONITOR,
+            mode="max",
+            patience=settings.early_stopping_patience,
+            restore_best_weights=True,
+        )
+        started = time.perf_counter()
+        model, history = fit(
+            hyperparameters,
+            train,
+            val,
+            settings,
+            epochs=settings.epochs,
+            callbacks=[stopper, MlflowEpochLogger(run.run_id)],
+        )
+        seconds = time.perf_counter() - started
+        epoch, val_auc = best_epoch(history)
+        epochs_run = len(history.history[MONITOR])
+        metrics = {
+            "best_val_auc": val_auc,
+            "best_epoch": epoch,
+            "epochs_run": epochs_run,
+            "final_fit_seconds": round(seconds, 1),
+            "train_images_per_second": round(len(train.images) * epochs_run / seconds, 1),
+        }
+        mlflow.log_metrics(metrics)
+
+        paths.models.mkdir(parents=True, exist_ok=True)
+        model.save(paths.model)
+        frame = pd.DataFrame(history.history)
+        frame.insert(0, "epoch", range(len(frame)))
+        frame.to_csv(paths.train_reports / "history.csv", index=False)
+        version = log_and_register(model, val.images[:1], settings.registered_model_name)
+        card = model_card(config, hyperparameters, metrics, summary, run.run_id, version)
+        write_json(paths.model_card, card)
+        write_json(paths.stage_summary("train"), metrics)
+        run.log_artifact(paths.model_card)
+        run.log_artifact(paths.train_reports / "history.csv")
+        run.log_artifact(trials_file)
+    print(
+        f"train: val AUC {val_auc:.4f} at epoch {epoch}; registered "
+        f"{settings.registered_model_name} version {version}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

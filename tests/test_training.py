@@ -1,0 +1,84 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumonia.config import ConfigError, load_config
+from pneumonia.dataset import class_weights, make_dataset
+from pneumonia.preprocess import PreprocessError, write_split
+from pneumonia.training import load_training_splits
+
+from test_config import write_params
+
+
+def write_processed(config, sizes: dict[str, int], side: int) -> None:
+    for name, count in sizes.items():
+        directory = config.paths.processed_split(name)
+        directory.mkdir(parents=True)
+        np.save(directory / "images.npy", np.zeros((count, side, side, 1), dtype=np.uint8))
+        frame = pd.DataFrame(
+            {
+                "path": [f"{i}.jpeg" for i in range(count)],
+                "label": ["NORMAL"] * count,
+                "patient_id": ["p"] * count,
+                "sha256": ["s"] * count,
+            }
+        )
+        write_split(directory, frame, np.zeros(count, dtype=np.uint8))
+
+
+def test_image_size_that_does_not_match_the_arrays_fails_naming_the_param(tmp_path):
+    config = load_config(write_params(tmp_path, {"preprocess.image_size": 64}))
+    write_processed(config, {"train": 4, "val": 2}, side=32)
+    with pytest.raises(ConfigError, match=r"'preprocess\.image_size' is 64 but .*\(32, 32, 1\)"):
+        load_training_splits(config)
+
+
+def test_empty_split_fails_clearly(tmp_path):
+    config = load_config(write_params(tmp_path, {"preprocess.image_size": 32}))
+    write_processed(config, {"train": 4, "val": 0}, side=32)
+    with pytest.raises(PreprocessError, match="the val split is empty"):
+        load_training_splits(config)
+
+
+def test_missing_processed_data_names_the_stage(tmp_path):
+    config = load_config(write_params(tmp_path, {}))
+    with pytest.raises(PreprocessError, match="run the preprocess stage"):
+        load_training_splits(config)
+
+
+def test_depth_too_deep_for_the_image_fails_before_training(tmp_path):
+    config = load_config(
+        write_params(tmp_path, {"preprocess.image_size": 32, "train.model.depth": 6})
+    )
+    write_processed(config, {"train": 4, "val": 2}, side=32)
+    with pytest.raises(ConfigError, match=r"'train\.model\.depth' 6"):
+        load_training_splits(config)
+
+
+def test_balanced_class_weights_undo_the_imbalance():
+    labels = np.array([0] * 25 + [1] * 75)
+    weights = class_weights(labels, "balanced")
+    assert weights == pytest.approx({0: 2.0, 1: 2 / 3})
+    assert class_weights(labels, "none") is None
+    with pytest.raises(ValueError, match="only class"):
+        class_weights(np.ones(5, dtype=int), "balanced")
+
+
+def test_dataset_yields_uint8_batches_and_augments_only_training_data():
+    from pneumonia.config import AugmentationConfig
+
+    images = np.tile(np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1) * 10, (10, 1, 1, 1))
+    labels = np.arange(10) % 2
+    jitter = AugmentationConfig(rotation=0.1, shift=0.2, zoom=0.2, contrast=0.3)
+    plain = make_dataset(images, labels, 4, training=False, seed=0, augmentation=jitter)
+    batch, target = next(iter(plain))
+    assert batch.dtype == "uint8" and target.dtype == "float32"
+    np.testing.assert_array_equal(batch.numpy(), images[:4])
+    augmented = make_dataset(images, labels, 10, training=True, seed=0, augmentation=jitter)
+    batch, _ = next(iter(augmented))
+    assert batch.dtype == "uint8"
+    assert not np.array_equal(batch.numpy(), images)
+    again, _ = next(
+        iter(make_dataset(images, labels, 10, training=True, seed=0, augmentation=jitter))
+    )
+    np.testing.assert_array_equal(batch.numpy(), again.numpy())

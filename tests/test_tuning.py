@@ -1,0 +1,122 @@
+import dataclasses
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import FixedTrial, TrialState
+
+from pneumonia.config import load_config
+from pneumonia.training import MONITOR, SplitArrays, best_epoch, fit
+from pneumonia.tuning import (
+    fixed_trial_params,
+    hyperparameters_from,
+    make_objective,
+    resolve_storage,
+    suggest,
+)
+
+from conftest import PROJECT_ROOT
+
+CONFIG = load_config(PROJECT_ROOT / "params.yaml").train
+SPACE = CONFIG.tuning.search_space
+BASE = {
+    "optimizer": "adam",
+    "learning_rate": 1e-3,
+    "weight_decay": 1e-5,
+    "batch_size": 16,
+    "dropout": 0.2,
+    "base_filters": 8,
+}
+
+
+def test_rmsprop_only_params_are_sampled_only_for_rmsprop():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {"adam": set(), "rmsprop": set()}
+    for _ in range(30):
+        trial = study.ask()
+        hyperparameters = suggest(trial, SPACE, CONFIG.fixed)
+        seen[hyperparameters.optimizer.name] |= set(trial.params)
+        study.tell(trial, 0.5)
+    assert {"rho", "momentum"} <= seen["rmsprop"]
+    assert not {"rho", "momentum"} & seen["adam"]
+
+
+def test_suggest_and_hyperparameters_from_are_inverse():
+    params = {**BASE, "optimizer": "rmsprop", "rho": 0.85, "momentum": 0.5}
+    hyperparameters = suggest(FixedTrial(params), SPACE, CONFIG.fixed)
+    assert hyperparameters.optimizer.rho == 0.85 and hyperparameters.optimizer.momentum == 0.5
+    assert hyperparameters.architecture.base_filters == 8
+    assert hyperparameters_from(params, CONFIG.fixed) == hyperparameters
+    assert "optimizer.rho" not in suggest(FixedTrial(BASE), SPACE, CONFIG.fixed).flat()
+
+
+def test_fixed_params_are_enqueued_only_when_inside_the_space():
+    assert fixed_trial_params(CONFIG.fixed, SPACE)["optimizer"] == CONFIG.fixed.optimizer.name
+    outside = dataclasses.replace(CONFIG.fixed, batch_size=7)
+    assert fixed_trial_params(outside, SPACE) is None
+
+
+def test_relative_sqlite_storage_lives_in_the_project(tmp_path):
+    assert resolve_storage("sqlite:///optuna/s.db", tmp_path) == f"sqlite:///{tmp_path}/optuna/s.db"
+    assert (tmp_path / "optuna").is_dir()
+    url = "postgresql://user@db.example/optuna"
+    assert resolve_storage(url, tmp_path) == url
+
+
+def tiny_arrays(count: int, seed: int) -> SplitArrays:
+    """Learnable toy X-rays: pneumonia images are brighter in the middle."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    images = rng.integers(0, 120, size=(count, 16, 16, 1)).astype(np.uint8)
+    images[labels == 1, 4:12, 4:12] += 100
+    return SplitArrays(images, labels.astype(np.uint8))
+
+
+TINY = dataclasses.replace(
+    CONFIG,
+    fixed=dataclasses.replace(
+        CONFIG.fixed,
+        architecture=dataclasses.replace(CONFIG.fixed.architecture, depth=2, base_filters=4),
+        batch_size=8,
+    ),
+    tuning=dataclasses.replace(CONFIG.tuning, epochs=3),
+)
+
+
+class PruneAfterFirstEpoch(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("tuning-test")
+    yield
+    mlflow.set_tracking_uri(None)
+
+
+def test_pruner_stops_a_trial_through_the_keras_callback(tracking):
+    study = optuna.create_study(direction="maximize", pruner=PruneAfterFirstEpoch())
+    with mlflow.start_run(run_name="train") as parent:
+        objective = make_objective(TINY, tiny_arrays(32, 0), tiny_arrays(16, 1), parent.info.run_id)
+        study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert list(trial.intermediate_values) == [0]  # reported once, then pruned
+    children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert children["tags.trial_state"].tolist() == ["PRUNED"]
+    history = mlflow.MlflowClient().get_metric_history(children["run_id"][0], MONITOR)
+    assert [metric.step for metric in history] == [0]
+
+
+def test_same_seed_gives_the_same_val_auc_on_cpu():
+    train, val = tiny_arrays(48, 0), tiny_arrays(24, 1)
+    values = []
+    for _ in range(2):
+        _, history = fit(TINY.fixed, train, val, TINY, epochs=8, callbacks=[])
+        values.append(best_epoch(history)[1])
+    assert round(values[0], 4) == round(values[1], 4)
+    assert values[0] > 0.5  # it learns the toy signal at all

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -49,7 +50,7 @@ def copy_repository(target: Path) -> None:
         check=True,
     ).stdout.split("\0")
     # A clone of a project that never committed a run: no lock file, no outputs.
-    generated = ("dvc.lock", "reports/", "data/")
+    generated = ("dvc.lock", "reports/", "data/", "models/", "studies/")
     for relative in filter(None, listed):
         if relative.startswith(generated):
             continue
@@ -129,7 +130,7 @@ def test_one_mlflow_run_per_stage_with_params_metrics_and_chained_hashes(pipelin
     assert runs["tags.mlflow.runName"].tolist() == list(STAGES)
     assert (runs["status"] == "FINISHED").all()
     by_stage = {row["tags.mlflow.runName"]: row for _, row in runs.iterrows()}
-    download, split, preprocess = (by_stage[name] for name in STAGES)
+    download, split, preprocess, train = (by_stage[name] for name in STAGES)
     assert download["params.download.source"] == "kaggle"
     assert download["metrics.images_usable"] == IMAGES
     assert download["metrics.skipped_duplicate_tree"] == IMAGES
@@ -147,6 +148,14 @@ def test_one_mlflow_run_per_stage_with_params_metrics_and_chained_hashes(pipelin
     for name in ("train", "val", "test"):
         tag = f"data/split/{name}.csv"
         assert split[f"tags.output.{tag}"] == preprocess[f"tags.input.{tag}"]
+    # Train reads the processed train and val arrays, never test.
+    assert {
+        key for key in train.index if key.startswith("tags.input.") and pd.notna(train[key])
+    } == {
+        "tags.input.data/processed/train",
+        "tags.input.data/processed/val",
+    }
+    assert train["params.train.tuning.n_trials"] == str(TRIALS)
     assert set(runs["tags.git_commit"]) == {
         run(["git", "rev-parse", "HEAD"], pipeline["repo"], pipeline["env"]).stdout.strip()
     }
@@ -202,6 +211,9 @@ def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
     history = (repo / "reports" / "train" / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,")
 
+    info = mlflow.models.get_model_info("models:/pneumonia-cnn/1")
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
+    assert info.saved_input_example_info is not None
     images = np.load(repo / "data" / "processed" / "val" / "images.npy")
     model = mlflow.keras.load_model("models:/pneumonia-cnn/1")
     predictions = model.predict(images, verbose=0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -17,18 +19,27 @@ MODEL_ARTIFACT = "model"
 
 
 def log_and_register(model: keras.Model, example: np.ndarray, registered_name: str) -> str:
-    """Log the Keras model with a uint8 signature and an input example; returns the version."""
+    """Log the Keras model with a uint8 signature and an input example, register it, and return
+    the new version.
+
+    `mlflow.keras.log_model(..., input_example=...)` fails in MLflow 3.17: the Keras flavor writes
+    the example before it creates the model folder. `save_model` into a folder made beforehand,
+    then logging and registering that folder, gives the same MLmodel, signature and example.
+    """
     signature = infer_signature(example, model.predict(example, verbose=0))
-    with warnings.catch_warnings():
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("log_and_register needs an active MLflow run")
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # pip-requirement inference chatter
-        info = mlflow.keras.log_model(
-            model,
-            name=MODEL_ARTIFACT,
-            signature=signature,
-            input_example=example,
-            registered_model_name=registered_name,
+        folder = Path(scratch) / MODEL_ARTIFACT
+        folder.mkdir()
+        mlflow.keras.save_model(model, str(folder), signature=signature, input_example=example)
+        mlflow.log_artifacts(str(folder), MODEL_ARTIFACT)
+        version = mlflow.register_model(
+            f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}", registered_name
         )
-    return str(info.registered_model_version)
+    return str(version.version)
 
 
 def model_card(

@@ -21,19 +21,27 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from pneumonia.config import load_config  # noqa: E402
-from pneumonia.dataset import make_dataset  # noqa: E402
-from pneumonia.preprocess import load_split  # noqa: E402
-from pneumonia.training import compiled_model, seed_everything  # noqa: E402
+from pneumonia.config import load_config
+from pneumonia.dataset import make_dataset
+from pneumonia.preprocess import load_split
+from pneumonia.training import compiled_model, seed_everything
 
 
 def seed_projects_dataset(folder: Path, size: int, batch_size: int, seed: int) -> tf.data.Dataset:
     dataset = keras.utils.image_dataset_from_directory(
-        folder, labels="inferred", label_mode="binary", color_mode="grayscale",
-        image_size=(size, size), batch_size=batch_size, shuffle=True, seed=seed, verbose=False,
+        folder,
+        labels="inferred",
+        label_mode="binary",
+        color_mode="grayscale",
+        image_size=(size, size),
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        verbose=False,
     )
     # Our model takes uint8 pixels; the cast is the only change to the seed projects' pipeline.
     return dataset.map(lambda x, y: (tf.cast(x, tf.uint8), y))
@@ -65,9 +73,15 @@ def main() -> None:
     config = load_config()
     images, labels, index = load_split(config.paths.processed_split("train"), mmap=False)
     count = min(arguments.images, len(images))
-    images, labels, index = images[:count], labels[:count], index.iloc[:count]
+    # A seeded random subset: the arrays are sorted by path, so a prefix would be one class.
+    chosen = np.sort(np.random.default_rng(0).choice(len(images), count, replace=False))
+    images, labels, index = images[chosen], labels[chosen], index.iloc[chosen]
     ours = make_dataset(
-        images, labels, arguments.batch_size, training=True, seed=config.train.seed,
+        images,
+        labels,
+        arguments.batch_size,
+        training=True,
+        seed=config.train.seed,
         augmentation=config.train.augmentation,
     )
     ours_plain = make_dataset(
@@ -91,13 +105,17 @@ def main() -> None:
             (name, pipeline_rate(data, count), training_rate(data, count, config))
             for name, data in rows
         ]
-    print(f"{count} train images at {config.preprocess.image_size}px, batch "
-          f"{arguments.batch_size}, model {config.train.fixed.architecture}")
+    print(
+        f"{count} train images at {config.preprocess.image_size}px, batch "
+        f"{arguments.batch_size}, model {config.train.fixed.architecture}"
+    )
     print(f"{'input pipeline':>58} {'training':>12}")
     base_pipeline, base_training = results[0][1], results[0][2]
     for name, pipeline, training in results:
-        print(f"{name:<42} {pipeline:9.0f} img/s {training:7.0f} img/s  "
-              f"({pipeline / base_pipeline:.2f}x, {training / base_training:.2f}x)")
+        print(
+            f"{name:<42} {pipeline:9.0f} img/s {training:7.0f} img/s  "
+            f"({pipeline / base_pipeline:.2f}x, {training / base_training:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ def test_pruner_stops_a_trial_through_the_keras_callback(tracking):
     assert list(trial.intermediate_values) == [0]  # reported once, then pruned
     children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert children["tags.trial_state"].tolist() == ["PRUNED"]
+    assert children["status"].tolist() == ["KILLED"]  # pruned, not failed
     history = mlflow.MlflowClient().get_metric_history(children["run_id"][0], MONITOR)
     assert [metric.step for metric in history] == [0]
 

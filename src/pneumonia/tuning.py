@@ -135,7 +135,9 @@ def make_objective(
 ) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         hyperparameters = suggest(trial, config.tuning.search_space, config.fixed)
-        with mlflow.start_run(
+        # Not a `with` block: a pruned trial must end as KILLED, not FAILED, and leave the parent
+        # run active.
+        run = mlflow.start_run(
             run_name=f"trial-{trial.number}",
             nested=True,
             parent_run_id=parent_run_id,
@@ -144,32 +146,30 @@ def make_objective(
                 "optuna_trial": str(trial.number),
                 "optuna_study": trial.study.study_name,
             },
-        ) as run:
+        )
+        state, status = TrialState.FAIL, "FAILED"
+        try:
             mlflow.log_params(hyperparameters.flat())
-            callbacks = [
-                MlflowEpochLogger(run.info.run_id),
-                KerasPruningCallback(trial, MONITOR),
-            ]
-            try:
-                _, history = fit(
-                    hyperparameters,
-                    train,
-                    val,
-                    config,
-                    epochs=config.tuning.epochs,
-                    callbacks=callbacks,
-                )
-            except optuna.TrialPruned:
-                mlflow.set_tag("trial_state", TrialState.PRUNED.name)
-                raise
-            except Exception:
-                mlflow.set_tag("trial_state", TrialState.FAIL.name)
-                raise
+            callbacks = [MlflowEpochLogger(run.info.run_id), KerasPruningCallback(trial, MONITOR)]
+            _, history = fit(
+                hyperparameters,
+                train,
+                val,
+                config,
+                epochs=config.tuning.epochs,
+                callbacks=callbacks,
+            )
             epoch, value = best_epoch(history)
             mlflow.log_metrics({"best_val_auc": value, "best_epoch": epoch})
-            mlflow.set_tag("trial_state", TrialState.COMPLETE.name)
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            state, status = TrialState.COMPLETE, "FINISHED"
             return value
+        except optuna.TrialPruned:
+            state, status = TrialState.PRUNED, "KILLED"
+            raise
+        finally:
+            mlflow.set_tag("trial_state", state.name)
+            mlflow.end_run(status=status)
 
     return objective
 

@@ -55,6 +55,14 @@ def test_fixed_params_are_enqueued_only_when_inside_the_space():
     assert fixed_trial_params(CONFIG.fixed, SPACE)["optimizer"] == CONFIG.fixed.optimizer.name
     outside = dataclasses.replace(CONFIG.fixed, batch_size=7)
     assert fixed_trial_params(outside, SPACE) is None
+    rmsprop = dataclasses.replace(
+        CONFIG.fixed, optimizer=dataclasses.replace(CONFIG.fixed.optimizer, name="rmsprop")
+    )
+    assert fixed_trial_params(rmsprop, SPACE)["rho"] == CONFIG.fixed.optimizer.rho
+    high_rho = dataclasses.replace(
+        rmsprop, optimizer=dataclasses.replace(rmsprop.optimizer, rho=0.999)
+    )
+    assert fixed_trial_params(high_rho, SPACE) is None
 
 
 def test_relative_sqlite_storage_lives_in_the_project(tmp_path):

@@ -88,6 +88,11 @@ def fixed_trial_params(fixed: Hyperparameters, space: SearchSpace) -> dict[str, 
         and space.dropout[0] <= params["dropout"] <= space.dropout[1]
         and space.learning_rate[0] <= params["learning_rate"] <= space.learning_rate[1]
         and space.weight_decay[0] <= params["weight_decay"] <= space.weight_decay[1]
+        and all(
+            space_range[0] <= params[name] <= space_range[1]
+            for name, space_range in (("rho", space.rho), ("momentum", space.momentum))
+            if name in params
+        )
     )
     return params if inside else None
 

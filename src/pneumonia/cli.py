@@ -30,6 +30,7 @@ def _check_params(arguments: argparse.Namespace) -> None:
         "download": config.download,
         "split": config.split,
         "preprocess": config.preprocess,
+        "train": config.train,
         "mlflow": config.tracking,
     }
     print(json.dumps({name: asdict(value) for name, value in sections.items()}, indent=2))

@@ -83,15 +83,16 @@ def main() -> None:
             "final_fit_seconds": round(seconds, 1),
             "train_images_per_second": round(len(train.images) * epochs_run / seconds, 1),
         }
-        mlflow.log_metrics(metrics)
 
         paths.models.mkdir(parents=True, exist_ok=True)
         model.save(paths.model)
+        run.log_hashes("output", [paths.model])
         frame = pd.DataFrame(history.history)
         frame.insert(0, "epoch", range(len(frame)))
         frame.to_csv(paths.train_reports / "history.csv", index=False)
-        version = log_and_register(model, val.images[:1], settings.registered_model_name)
-        card = model_card(config, hyperparameters, metrics, summary, run.run_id, version)
+        logged = log_and_register(model, val.images[:1], settings.registered_model_name, step=epoch)
+        mlflow.log_metrics(metrics, model_id=logged.model_id)
+        card = model_card(config, hyperparameters, metrics, summary, run.run_id, logged)
         write_json(paths.model_card, card)
         write_json(paths.stage_summary("train"), metrics)
         run.log_artifact(paths.model_card)
@@ -99,7 +100,7 @@ def main() -> None:
         run.log_artifact(trials_file)
     print(
         f"train: val AUC {val_auc:.4f} at epoch {epoch}; registered "
-        f"{settings.registered_model_name} version {version}"
+        f"{settings.registered_model_name} version {logged.version} ({logged.model_uri})"
     )
 
 

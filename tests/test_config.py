@@ -68,11 +68,37 @@ def test_project_params_load():
         ({"train.batch_size": 0}, "'train.batch_size' must be >= 1"),
         ({"train.epochs": None}, "'train.epochs' is missing"),
         ({"train.tuning.n_trails": 3}, "unknown key\\(s\\) train.tuning.n_trails"),
+        ({"evaluate.threshold": "sensitivity:1.5"}, "'evaluate.threshold' must be youden"),
+        ({"evaluate.threshold": "sensitivity:most"}, "'evaluate.threshold' must be youden"),
+        ({"evaluate.threshold": 1.0}, "'evaluate.threshold' must be youden"),
+        ({"evaluate.threshold": "otsu"}, "'evaluate.threshold' must be youden"),
+        ({"evaluate.threshold": True}, "'evaluate.threshold' must be youden"),
+        ({"evaluate.threshold": None}, "missing 'evaluate.threshold'"),
+        ({"evaluate.bootstrap": 10}, "'evaluate.bootstrap' must be >= 100"),
+        ({"evaluate.confidence": 1.5}, "'evaluate.confidence' must be in"),
+        ({"evaluate.alias": "v2"}, "'evaluate.alias' must be a name"),
+        ({"evaluate.alias": "my alias"}, "'evaluate.alias' must be a name"),
+        ({"evaluate.thresold": 0.5}, "unknown key\\(s\\) evaluate.thresold"),
     ],
 )
 def test_bad_params_fail_naming_the_key(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write_params(tmp_path, changes))
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "number"),
+    [
+        ("youden", "youden", None),
+        ("sensitivity:0.95", "sensitivity", 0.95),
+        ("sensitivity:1", "sensitivity", 1.0),
+        (0.3, "fixed", 0.3),
+        ("0.3", "fixed", 0.3),  # how `dvc exp run -S evaluate.threshold=0.3` may arrive
+    ],
+)
+def test_threshold_rules_parse(tmp_path, value, kind, number):
+    rule = load_config(write_params(tmp_path, {"evaluate.threshold": value})).evaluate.threshold
+    assert (rule.kind, rule.value) == (kind, number)
 
 
 def test_missing_params_file(tmp_path):

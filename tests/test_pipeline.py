@@ -26,7 +26,7 @@ from conftest import (
 )
 
 pytestmark = pytest.mark.slow
-STAGES = ("download", "split", "preprocess", "train")
+STAGES = ("download", "split", "preprocess", "train", "evaluate")
 TRIALS = 2
 IMAGES = sum(len(names) for names in PATIENT_FILES.values())
 
@@ -130,7 +130,7 @@ def test_one_mlflow_run_per_stage_with_params_metrics_and_chained_hashes(pipelin
     assert runs["tags.mlflow.runName"].tolist() == list(STAGES)
     assert (runs["status"] == "FINISHED").all()
     by_stage = {row["tags.mlflow.runName"]: row for _, row in runs.iterrows()}
-    download, split, preprocess, train = (by_stage[name] for name in STAGES)
+    download, split, preprocess, train, evaluate = (by_stage[name] for name in STAGES)
     assert download["params.download.source"] == "kaggle"
     assert download["metrics.images_usable"] == IMAGES
     assert download["metrics.skipped_duplicate_tree"] == IMAGES
@@ -156,6 +156,15 @@ def test_one_mlflow_run_per_stage_with_params_metrics_and_chained_hashes(pipelin
         "tags.input.data/processed/val",
     }
     assert train["params.train.tuning.n_trials"] == str(TRIALS)
+    # Evaluate reads the model, val (for the threshold) and test.
+    assert {
+        key for key in evaluate.index if key.startswith("tags.input.") and pd.notna(evaluate[key])
+    } == {
+        "tags.input.models/model.keras",
+        "tags.input.data/processed/val",
+        "tags.input.data/processed/test",
+    }
+    assert evaluate["tags.input.models/model.keras"] == train["tags.output.models/model.keras"]
     assert set(runs["tags.git_commit"]) == {
         run(["git", "rev-parse", "HEAD"], pipeline["repo"], pipeline["env"]).stdout.strip()
     }
@@ -220,3 +229,73 @@ def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
     assert predictions.shape == (len(images), 1)
     local = keras.saving.load_model(repo / "models" / "model.keras")
     np.testing.assert_allclose(local.predict(images, verbose=0), predictions, rtol=1e-5)
+
+
+def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipeline):
+    repo, env = pipeline["repo"], pipeline["env"]
+    report = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert report["threshold"]["chosen_on"] == "val"
+    test = report["test"]["at_threshold"]
+    assert report["test"]["images"] == len(PATIENT_FILES[("test", "NORMAL")]) + len(
+        PATIENT_FILES[("test", "PNEUMONIA")]
+    )
+    for name in ("accuracy", "sensitivity", "specificity", "roc_auc", "brier", "ece"):
+        assert test[name]["ci_low"] <= test[name]["value"] <= test[name]["ci_high"]
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)
+    metrics = next(iter(shown.values()))["data"]["reports/metrics.json"]["data"]
+    assert metrics["test"]["at_threshold"]["roc_auc"] == test["roc_auc"]
+    operating_point = json.loads((repo / "models" / "threshold.json").read_text())
+    assert operating_point["threshold"] == report["threshold"]["value"]
+    for name in ("roc", "precision_recall", "calibration", "predictions"):
+        assert (repo / "reports" / "evaluate" / f"{name}.csv").is_file()
+    rendered = run(["dvc", "plots", "show", "-o", str(pipeline["base"] / "plots")], repo, env)
+    assert "index.html" in rendered.stdout
+    html = (pipeline["base"] / "plots" / "index.html").read_text()
+    for title in ("Test ROC", "Test confusion matrix", "Training AUC", "roc.png", "true_positive"):
+        assert title in html, title
+
+    runs = runs_by_stage(repo)
+    train = runs[runs["tags.mlflow.runName"] == "train"].iloc[0]
+    evaluate = runs[runs["tags.mlflow.runName"] == "evaluate"].iloc[0]
+    assert evaluate["tags.train_run_id"] == train["run_id"]
+    assert evaluate["metrics.test_roc_auc"] == pytest.approx(test["roc_auc"]["value"])
+    assert evaluate["metrics.test_roc_auc_ci_low"] == pytest.approx(test["roc_auc"]["ci_low"])
+    assert "metrics.test_at_0.5_accuracy" in evaluate
+    client = mlflow.MlflowClient()
+    logged = client.get_run(evaluate["run_id"])
+    contexts = {
+        dataset.dataset.name: {tag.value for tag in dataset.tags}
+        for dataset in logged.inputs.dataset_inputs
+    }
+    assert contexts == {"val": {"validation"}, "test": {"test"}}
+    listed = client.list_artifacts(evaluate["run_id"], "evaluation/plots")
+    artifacts = {item.path for item in listed}
+    assert "evaluation/plots/roc.png" in artifacts
+    # The test metrics are attached to the logged model, on the test dataset.
+    card = json.loads((repo / "models" / "model.json").read_text())
+    model = mlflow.get_logged_model(card["mlflow"]["model_id"])
+    on_model = {m.key: m for m in model.metrics if m.run_id == evaluate["run_id"]}
+    assert on_model["test_roc_auc"].value == pytest.approx(test["roc_auc"]["value"])
+    assert on_model["test_roc_auc"].dataset_name == "test"
+    version = client.get_model_version_by_alias("pneumonia-cnn", "candidate")
+    assert str(version.version) == card["mlflow"]["version"]
+    assert float(version.tags["threshold"]) == pytest.approx(operating_point["threshold"])
+
+
+def test_changing_a_param_shows_in_params_and_metrics_diff(pipeline):
+    """The DVC way to compare variants: edit a param, repro, diff against the last commit."""
+    repo, env = pipeline["repo"], pipeline["env"]
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "evaluated", "--allow-empty"], repo, env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["threshold"] = 0.01  # everything called pneumonia
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rerun = run(["dvc", "repro"], repo, env)
+    assert "Running stage 'evaluate'" in rerun.stdout
+    assert "Running stage 'train'" not in rerun.stdout
+    params_diff = json.loads(run(["dvc", "params", "diff", "--json"], repo, env).stdout)
+    assert params_diff["params.yaml"]["evaluate.threshold"] == {"old": "youden", "new": 0.01}
+    metrics_diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo, env).stdout)
+    changed = metrics_diff["reports/metrics.json"]
+    assert changed["threshold.value"]["new"] == 0.01
+    assert changed["test.at_threshold.sensitivity.value"]["new"] == 1.0

@@ -7,6 +7,7 @@ validated here, so a bad param fails before any work with a message naming its k
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,18 @@ class Paths:
     @property
     def train_reports(self) -> Path:
         return self.reports / "train"
+
+    @property
+    def threshold(self) -> Path:
+        return self.models / "threshold.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / "metrics.json"
+
+    @property
+    def evaluate_reports(self) -> Path:
+        return self.reports / "evaluate"
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,33 @@ class TrainConfig:
     tuning: TuningConfig
 
 
+THRESHOLD_RULES = ("youden", "sensitivity:<x>", "a number in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How evaluate picks the operating threshold on val: youden, sensitivity or fixed."""
+
+    kind: str
+    value: float | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "youden":
+            return "youden"
+        return f"sensitivity:{self.value}" if self.kind == "sensitivity" else str(self.value)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    threshold: ThresholdRule
+    bootstrap: int  # patient-level resamples for the confidence intervals
+    confidence: float
+    seed: int
+    calibration_bins: int
+    gradcam_examples: int  # per outcome (true/false positive/negative)
+    alias: str  # registry alias set on the evaluated model version
+
+
 @dataclass(frozen=True)
 class Config:
     workspace: Path
@@ -204,6 +244,7 @@ class Config:
     split: SplitConfig
     preprocess: PreprocessConfig
     train: TrainConfig
+    evaluate: EvaluateConfig
     params: dict[str, Any]
 
     def source_path(self) -> Path:
@@ -551,6 +592,68 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
     )
 
 
+def parse_threshold_rule(value: Any, key: str = "evaluate.threshold") -> ThresholdRule:
+    """`youden`, `sensitivity:<x>` with x in (0, 1], or a fixed number in (0, 1)."""
+    problem = (
+        f"params.yaml: '{key}' must be youden, sensitivity:<x> with 0 < x <= 1 (e.g. "
+        f"sensitivity:0.95), or a fixed threshold in (0, 1); got {value!r}"
+    )
+    if isinstance(value, bool):
+        raise ConfigError(problem)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "youden":
+            return ThresholdRule("youden")
+        if text.startswith("sensitivity:"):
+            try:
+                target = float(text.split(":", 1)[1])
+            except ValueError:
+                raise ConfigError(problem) from None
+            if not 0.0 < target <= 1.0:
+                raise ConfigError(problem)
+            return ThresholdRule("sensitivity", target)
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(problem) from None
+    if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ConfigError(problem)
+    return ThresholdRule("fixed", float(value))
+
+
+def parse_evaluate(params: dict[str, Any]) -> EvaluateConfig:
+    section = _section(params, "evaluate")
+    known = {
+        "threshold",
+        "bootstrap",
+        "confidence",
+        "seed",
+        "calibration_bins",
+        "gradcam_examples",
+        "alias",
+    }
+    _reject_unknown(section, "evaluate", known)
+    if "threshold" not in section:
+        raise ConfigError("params.yaml: missing 'evaluate.threshold'")
+    alias = _take(section, "evaluate", "alias", str).strip()
+    # MLflow refuses aliases that read as a version (v3) or as `latest`.
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias) or re.fullmatch(
+        r"(?i)v\d+|latest", alias
+    ):
+        raise ConfigError(
+            f"params.yaml: 'evaluate.alias' must be a name such as candidate, got {alias!r}"
+        )
+    return EvaluateConfig(
+        threshold=parse_threshold_rule(section["threshold"]),
+        bootstrap=_positive(section, "evaluate", "bootstrap", minimum=100),
+        confidence=_number(section, "evaluate", "confidence", 0.5, 0.999),
+        seed=_take(section, "evaluate", "seed", int),
+        calibration_bins=_positive(section, "evaluate", "calibration_bins", minimum=2),
+        gradcam_examples=_positive(section, "evaluate", "gradcam_examples", minimum=0),
+        alias=alias,
+    )
+
+
 def read_params(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; run from the project root")
@@ -575,6 +678,7 @@ def load_config(params_path: Path | str = "params.yaml") -> Config:
         split=parse_split(params),
         preprocess=parse_preprocess(params),
         train=parse_train(params),
+        evaluate=parse_evaluate(params),
         params=params,
     )
 

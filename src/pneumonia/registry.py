@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import mlflow
 import numpy as np
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 
 from pneumonia.config import Config, Hyperparameters
 from pneumonia.preprocess import model_input_settings
@@ -18,28 +18,62 @@ from pneumonia.preprocess import model_input_settings
 MODEL_ARTIFACT = "model"
 
 
-def log_and_register(model: keras.Model, example: np.ndarray, registered_name: str) -> str:
-    """Log the Keras model with a uint8 signature and an input example, register it, and return
-    the new version.
+class _KerasFlavor:
+    """mlflow.keras with the model folder created before saving.
 
     `mlflow.keras.log_model(..., input_example=...)` fails in MLflow 3.17: the Keras flavor writes
-    the example before it creates the model folder. `save_model` into a folder made beforehand,
-    then logging and registering that folder, gives the same MLmodel, signature and example.
+    the example before it creates the folder. Logging through `Model.log` with this flavor keeps
+    everything else MLflow does (a LoggedModel with its id, signature, input example, run output
+    link, registration).
     """
-    signature = infer_signature(example, model.predict(example, verbose=0))
-    run = mlflow.active_run()
-    if run is None:
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    model_id: str
+    model_uri: str
+    version: str
+
+
+def log_and_register(
+    model: keras.Model, example: np.ndarray, registered_name: str, step: int = 0
+) -> LoggedModel:
+    """Log the Keras model to the active run with a uint8 signature and an input example, and
+    register it as a new version of ``registered_name``. MLflow attaches the run's metrics
+    logged at ``step`` (the epoch whose weights the model holds) to the logged model."""
+    if mlflow.active_run() is None:
         raise RuntimeError("log_and_register needs an active MLflow run")
-    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # pip-requirement inference chatter
-        folder = Path(scratch) / MODEL_ARTIFACT
-        folder.mkdir()
-        mlflow.keras.save_model(model, str(folder), signature=signature, input_example=example)
-        mlflow.log_artifacts(str(folder), MODEL_ARTIFACT)
-        version = mlflow.register_model(
-            f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}", registered_name
+        info = Model.log(
+            artifact_path=None,
+            name=MODEL_ARTIFACT,
+            flavor=_KerasFlavor,
+            flavor_name="mlflow.keras",
+            registered_model_name=registered_name,
+            model=model,
+            signature=signature,
+            input_example=example,
+            step=step,
         )
-    return str(version.version)
+    return LoggedModel(info.model_id, info.model_uri, str(info.registered_model_version))
+
+
+def tag_version(name: str, version: str, alias: str | None, tags: dict[str, Any]) -> None:
+    """Tag a registered model version and point an alias at it."""
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
 
 
 def model_card(
@@ -48,7 +82,7 @@ def model_card(
     metrics: dict[str, float],
     study: dict[str, Any] | None,
     run_id: str,
-    version: str,
+    logged: LoggedModel,
 ) -> dict[str, Any]:
     """What a user of models/model.keras needs: input contract, choices, provenance."""
     return {
@@ -66,6 +100,8 @@ def model_card(
         "mlflow": {
             "run_id": run_id,
             "registered_model": config.train.registered_model_name,
-            "version": version,
+            "version": logged.version,
+            "model_id": logged.model_id,
+            "model_uri": logged.model_uri,
         },
     }

@@ -129,14 +129,18 @@ class StageRun:
         else:
             mlflow.log_artifact(str(path), artifact_path)
 
-    def log_dataset(self, frame: pd.DataFrame, source: Path, name: str, context: str) -> None:
-        """Record a table as an MLflow input dataset (schema, digest, row count, source path)."""
+    def log_dataset(
+        self, frame: pd.DataFrame, source: Path, name: str, context: str
+    ) -> mlflow.data.dataset.Dataset:
+        """Record a table as an MLflow input dataset (schema, digest, row count, source path);
+        returns it, so metrics can name the dataset they were measured on."""
         with warnings.catch_warnings():
             # MLflow warns that a local path fits two equivalent source types, and that integer
             # columns cannot hold NaN; neither applies to these tables.
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=str(source.resolve()), name=name)
             mlflow.log_input(dataset, context=context)
+        return dataset
 
 
 @contextmanager

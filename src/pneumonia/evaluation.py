@@ -1,0 +1,262 @@
+"""The evaluate stage's logic: score val and test, choose the threshold on val, measure test at
+that threshold (and at 0.5 for comparison) with patient-bootstrap intervals, and build the tables
+behind the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from pneumonia.config import CLASSES, EvaluateConfig
+from pneumonia.errors import PipelineError
+from pneumonia.gradcam import gradcam_heatmaps
+from pneumonia.metrics import COUNTS, binary_metrics, bootstrap_intervals, calibration_bins
+from pneumonia.plots import (
+    calibration_figure,
+    confusion_figure,
+    gradcam_panel,
+    precision_recall_figure,
+    roc_figure,
+)
+
+OUTCOMES = ("true_positive", "false_positive", "true_negative", "false_negative")
+DEFAULT_THRESHOLD = 0.5
+
+
+class EvaluationError(PipelineError, ValueError):
+    """The model or its inputs do not fit together; the message names the files."""
+
+
+def load_trained_model(model_path: Path) -> keras.Model:
+    if not model_path.is_file():
+        raise EvaluationError(f"{model_path}: not found; run the train stage first (dvc repro)")
+    return keras.saving.load_model(model_path, compile=False)
+
+
+def read_model_card(card_path: Path) -> dict[str, Any]:
+    if not card_path.is_file():
+        raise EvaluationError(f"{card_path}: not found; run the train stage first (dvc repro)")
+    card = json.loads(card_path.read_text())
+    if "mlflow" not in card:
+        raise EvaluationError(f"{card_path}: no 'mlflow' section; re-run the train stage")
+    return card
+
+
+def check_model_input(model: keras.Model, images: np.ndarray, model_path: Path, arrays: Path):
+    """The arrays must be what the model was trained on: same shape, raw uint8 pixels."""
+    expected = tuple(model.input_shape[1:])
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise EvaluationError(
+            f"{model_path} takes images of shape {expected} but {arrays} holds "
+            f"{tuple(images.shape[1:])}; preprocess and train disagree (was "
+            "preprocess.image_size changed without retraining?): run dvc repro"
+        )
+    if images.dtype != np.uint8:
+        raise EvaluationError(f"{arrays}: expected uint8 pixels, found {images.dtype}")
+
+
+def predict_scores(model: keras.Model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """Probabilities of pneumonia, 1-D float64 (the metrics run in double precision)."""
+    return model.predict(images, batch_size=batch_size, verbose=0).reshape(-1).astype(np.float64)
+
+
+def measure(
+    labels: np.ndarray, scores: np.ndarray, patients: np.ndarray, threshold: float, settings
+) -> dict[str, Any]:
+    """Every metric at one threshold with its patient-bootstrap interval, and the confusion
+    counts; resamples that leave a metric undefined are counted, not hidden."""
+    intervals, undefined = bootstrap_intervals(
+        labels,
+        scores,
+        patients,
+        threshold,
+        resamples=settings.bootstrap,
+        seed=settings.seed,
+        confidence=settings.confidence,
+        bins=settings.calibration_bins,
+    )
+    point = binary_metrics(labels, scores, threshold, settings.calibration_bins)
+    result: dict[str, Any] = {"threshold": threshold}
+    result.update({name: interval.as_dict() for name, interval in intervals.items()})
+    result["confusion"] = {name: int(point[name]) for name in COUNTS}
+    undefined = {name: count for name, count in undefined.items() if count}
+    if undefined:
+        result["undefined_resamples"] = undefined
+    return result
+
+
+def split_summary(labels: np.ndarray, patients: np.ndarray) -> dict[str, int]:
+    return {
+        "images": len(labels),
+        "patients": int(pd.Series(patients).nunique()),
+        "pneumonia": int(labels.sum()),
+        "normal": int(len(labels) - labels.sum()),
+    }
+
+
+def evaluation_report(
+    settings: EvaluateConfig,
+    threshold: float,
+    val: tuple[np.ndarray, np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> dict[str, Any]:
+    """reports/metrics.json: the val operating point, test at it and at 0.5, with intervals.
+
+    ``val`` and ``test`` are (labels, scores, patient ids).
+    """
+    report: dict[str, Any] = {
+        "threshold": {"rule": str(settings.threshold), "value": threshold, "chosen_on": "val"},
+        "bootstrap": {
+            "unit": "patient",
+            "resamples": settings.bootstrap,
+            "confidence": settings.confidence,
+            "seed": settings.seed,
+        },
+        "val": {
+            **split_summary(val[0], val[2]),
+            "at_threshold": measure(*val, threshold, settings),
+        },
+        "test": {
+            **split_summary(test[0], test[2]),
+            "at_threshold": measure(*test, threshold, settings),
+            "at_0_5": measure(*test, DEFAULT_THRESHOLD, settings),
+        },
+    }
+    return report
+
+
+def flat_metrics(section: dict[str, Any], prefix: str) -> dict[str, float]:
+    """MLflow metric names for one measured section: `<prefix>_<metric>` and its CI bounds."""
+    flat = {f"{prefix}_threshold": section["threshold"]}
+    for name, value in section.items():
+        if isinstance(value, dict) and "value" in value:
+            flat[f"{prefix}_{name}"] = value["value"]
+            flat[f"{prefix}_{name}_ci_low"] = value["ci_low"]
+            flat[f"{prefix}_{name}_ci_high"] = value["ci_high"]
+    flat.update({f"{prefix}_{name}": count for name, count in section["confusion"].items()})
+    return {name: value for name, value in flat.items() if np.isfinite(value)}
+
+
+def curve_tables(labels: np.ndarray, scores: np.ndarray, bins: int) -> dict[str, pd.DataFrame]:
+    """ROC, precision-recall and calibration tables (the DVC plots' data)."""
+    false_positive_rate, sensitivity, roc_thresholds = roc_curve(labels, scores)
+    precision, recall, pr_thresholds = precision_recall_curve(labels, scores)
+    return {
+        "roc": pd.DataFrame(
+            {
+                "fpr": false_positive_rate,
+                "tpr": sensitivity,
+                # The first point (nothing called positive) has threshold +inf: left empty.
+                "threshold": np.where(np.isfinite(roc_thresholds), roc_thresholds, np.nan),
+            }
+        ),
+        "precision_recall": pd.DataFrame(
+            {
+                "recall": recall,
+                "precision": precision,
+                # The last point (recall 0) has no threshold.
+                "threshold": np.append(pr_thresholds, np.nan),
+            }
+        ),
+        "calibration": calibration_bins(labels, scores, bins),
+    }
+
+
+def outcomes(labels: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    called, positive = scores >= threshold, labels == 1
+    return np.select(
+        [called & positive, called & ~positive, ~called & ~positive],
+        ["true_positive", "false_positive", "true_negative"],
+        "false_negative",
+    )
+
+
+def predictions_table(
+    index: pd.DataFrame, labels: np.ndarray, scores: np.ndarray, threshold: float
+) -> pd.DataFrame:
+    """One row per test image: what it is, what the model said, and which outcome that is
+    (DVC draws the confusion matrix from `actual` and `predicted`)."""
+    names = np.array(CLASSES)
+    return pd.DataFrame(
+        {
+            "path": index["path"],
+            "patient_id": index["patient_id"],
+            "actual": names[labels],
+            "probability": np.round(scores, 6),
+            "predicted": names[(scores >= threshold).astype(int)],
+            "outcome": outcomes(labels, scores, threshold),
+        }
+    )
+
+
+def gradcam_examples(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, per_outcome: int
+) -> dict[str, np.ndarray]:
+    """Indices of the most confident images of each outcome: the surest hits and the worst
+    mistakes are the ones worth looking at."""
+    kinds = outcomes(labels, scores, threshold)
+    chosen = {}
+    for outcome in OUTCOMES:
+        members = np.flatnonzero(kinds == outcome)
+        # Called positive: most confident = highest score; called negative: lowest score.
+        descending = outcome in ("true_positive", "false_positive")
+        order = np.argsort(-scores[members] if descending else scores[members], kind="stable")
+        chosen[outcome] = members[order[:per_outcome]]
+    return chosen
+
+
+def write_figures(
+    measured: dict[str, Any], tables: dict[str, pd.DataFrame], prevalence: float, folder: Path
+) -> list[Path]:
+    """PNG versions of the test curves and confusion matrix at the chosen threshold."""
+    operating_point = (1 - measured["specificity"]["value"], measured["sensitivity"]["value"])
+    return [
+        roc_figure(
+            tables["roc"], measured["roc_auc"]["value"], operating_point, folder / "roc.png"
+        ),
+        precision_recall_figure(
+            tables["precision_recall"],
+            measured["pr_auc"]["value"],
+            prevalence,
+            folder / "precision_recall.png",
+        ),
+        calibration_figure(
+            tables["calibration"], measured["ece"]["value"], folder / "calibration.png"
+        ),
+        confusion_figure(measured["confusion"], CLASSES, folder / "confusion_matrix.png"),
+    ]
+
+
+def write_gradcam_panels(
+    model: keras.Model,
+    images: np.ndarray,
+    index: pd.DataFrame,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    per_outcome: int,
+    folder: Path,
+) -> dict[str, int]:
+    """One Grad-CAM panel per outcome (true/false positive/negative); returns how many images
+    each shows (an outcome with no images, e.g. no false negatives, gets no panel)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.png"):  # a panel from an earlier run must not linger
+        stale.unlink()
+    shown = {}
+    for outcome, chosen in gradcam_examples(labels, scores, threshold, per_outcome).items():
+        shown[outcome] = len(chosen)
+        if len(chosen) == 0:
+            continue
+        heatmaps, probabilities = gradcam_heatmaps(model, images[chosen], threshold)
+        names = [Path(index["path"].iloc[i]).name for i in chosen]
+        heading = f"{outcome.replace('_', ' ')} (test, threshold {threshold:.3f})"
+        gradcam_panel(
+            images[chosen], heatmaps, probabilities, names, heading, folder / f"{outcome}.png"
+        )
+    return shown

@@ -1,0 +1,86 @@
+"""Grad-CAM (Selvaraju et al. 2017): where in the X-ray the CNN found the evidence for its call.
+
+Shared by the evaluate stage (overlays for each outcome on test) and by prediction.
+"""
+
+from __future__ import annotations
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+_POOLING = (layers.MaxPooling2D, layers.AveragePooling2D, layers.GlobalAveragePooling2D)
+
+
+def feature_layer(model: keras.Model) -> keras.layers.Layer:
+    """The last layer with a spatial (4-D) output that is not a pooling layer: the final
+    convolution block's activations, whose gradients Grad-CAM weighs."""
+    for layer in reversed(model.layers):
+        output = getattr(layer, "output", None)
+        spatial = output is not None and len(output.shape) == 4
+        if spatial and not isinstance(layer, (*_POOLING, keras.layers.InputLayer)):
+            return layer
+    raise ValueError(f"model {model.name!r} has no convolutional layer to explain")
+
+
+def _classifier(model: keras.Model) -> keras.layers.Dense:
+    head = model.layers[-1]
+    if not isinstance(head, layers.Dense) or head.units != 1:
+        raise ValueError(
+            f"model {model.name!r}: Grad-CAM expects a final Dense(1) sigmoid layer, "
+            f"found {type(head).__name__}"
+        )
+    return head
+
+
+def gradcam_heatmaps(
+    model: keras.Model, images: np.ndarray, threshold: float = 0.5, batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmaps in [0, 1] at the image's size, and the probabilities of pneumonia.
+
+    Each map explains the model's call at the threshold: the PNEUMONIA logit for images called
+    positive, its negative for images called NORMAL. The gradient is taken on the logit (the
+    classifier's input times its weights), not on the sigmoid, which saturates at 0 or 1 for
+    confident calls and would give an empty map.
+    """
+    if images.ndim != 4 or images.shape[1:] != tuple(model.input_shape[1:]):
+        raise ValueError(
+            f"Grad-CAM: images of shape {images.shape[1:]} do not fit the model input "
+            f"{tuple(model.input_shape[1:])}"
+        )
+    head = _classifier(model)
+    probe = keras.Model(model.inputs, [feature_layer(model).output, head.input])
+    kernel = tf.cast(head.kernel, tf.float32)
+    bias = tf.cast(head.bias, tf.float32)
+    heatmaps, probabilities = [], []
+    for start in range(0, len(images), batch_size):
+        batch = tf.convert_to_tensor(images[start : start + batch_size])
+        with tf.GradientTape() as tape:
+            features, pooled = probe(batch, training=False)
+            features = tf.cast(features, tf.float32)
+            tape.watch(features)
+            logits = tf.matmul(tf.cast(pooled, tf.float32), kernel)[:, 0] + bias[0]
+            probability = tf.sigmoid(logits)
+            sign = tf.where(probability >= threshold, 1.0, -1.0)
+            explained = sign * logits
+        gradients = tape.gradient(explained, features)
+        channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        maps = tf.nn.relu(tf.reduce_sum(features * channel_weights, axis=-1, keepdims=True))
+        maps = tf.image.resize(maps, images.shape[1:3], method="bilinear")[..., 0]
+        peak = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
+        heatmaps.append((maps / tf.where(peak > 0, peak, 1.0)).numpy())
+        probabilities.append(probability.numpy())
+    return np.concatenate(heatmaps), np.concatenate(probabilities)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:
+    """RGB uint8: the grey X-ray with the heatmap blended on top in the jet colour map."""
+    grey = np.asarray(image, dtype=np.uint8).reshape(heatmap.shape)
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"overlay opacity must be in [0, 1], got {opacity}")
+    colours = cv2.applyColorMap(np.uint8(np.clip(heatmap, 0, 1) * 255), cv2.COLORMAP_JET)
+    colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB).astype(np.float32)
+    base = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
+    return np.uint8(np.clip((1 - opacity) * base + opacity * colours, 0, 255))

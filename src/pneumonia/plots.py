@@ -1,0 +1,103 @@
+"""PNG figures of the evaluation (ROC, precision-recall, calibration, confusion matrix, Grad-CAM
+panels). DVC renders the same curves from the CSV tables; these are for MLflow and reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on CI or servers
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from pneumonia.gradcam import overlay
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def roc_figure(roc: pd.DataFrame, auc: float, operating: tuple[float, float], path: Path) -> Path:
+    """ROC curve with the chosen operating point (1 - specificity, sensitivity)."""
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot(roc["fpr"], roc["tpr"], label=f"test ROC (AUC {auc:.3f})")
+    axes.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    axes.scatter(*operating, color="red", zorder=3, label="threshold chosen on val")
+    axes.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
+    axes.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def precision_recall_figure(
+    table: pd.DataFrame, average_precision: float, prevalence: float, path: Path
+) -> Path:
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot(table["recall"], table["precision"], label=f"test (AP {average_precision:.3f})")
+    axes.axhline(prevalence, linestyle=":", color="grey", label="prevalence")
+    axes.set(xlabel="recall (sensitivity)", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
+    axes.legend(loc="lower left")
+    return _save(figure, path)
+
+
+def calibration_figure(table: pd.DataFrame, ece: float, path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfect calibration")
+    axes.plot(
+        table["mean_predicted"], table["fraction_positive"], marker="o", label=f"ECE {ece:.3f}"
+    )
+    axes.set(
+        xlabel="mean predicted probability of pneumonia",
+        ylabel="observed share of pneumonia",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    axes.legend(loc="upper left")
+    return _save(figure, path)
+
+
+def confusion_figure(counts: dict[str, float], classes: tuple[str, str], path: Path) -> Path:
+    """2x2 matrix, rows = actual, columns = predicted, negative class first."""
+    matrix = np.array(
+        [
+            [counts["true_negative"], counts["false_positive"]],
+            [counts["false_negative"], counts["true_positive"]],
+        ]
+    )
+    figure, axes = plt.subplots(figsize=(4, 3.6))
+    axes.imshow(matrix, cmap="Blues")
+    for (row, column), value in np.ndenumerate(matrix):
+        colour = "white" if value > matrix.max() / 2 else "black"
+        axes.text(column, row, f"{value:.0f}", ha="center", va="center", color=colour)
+    axes.set_xticks([0, 1], classes)
+    axes.set_yticks([0, 1], classes)
+    axes.set(xlabel="predicted", ylabel="actual")
+    return _save(figure, path)
+
+
+def gradcam_panel(
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    probabilities: np.ndarray,
+    titles: list[str],
+    heading: str,
+    path: Path,
+) -> Path:
+    """One column per image: the X-ray above, its Grad-CAM overlay below."""
+    columns = len(images)
+    figure, axes = plt.subplots(2, columns, figsize=(2.2 * columns, 4.8), squeeze=False)
+    for column in range(columns):
+        grey = images[column, ..., 0]
+        axes[0, column].imshow(grey, cmap="gray", vmin=0, vmax=255)
+        axes[0, column].set_title(f"{titles[column]}\np={probabilities[column]:.3f}", fontsize=7)
+        axes[1, column].imshow(overlay(grey, heatmaps[column]))
+        for row in (0, 1):
+            axes[row, column].axis("off")
+    figure.suptitle(heading, fontsize=9)
+    return _save(figure, path)

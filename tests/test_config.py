@@ -66,6 +66,7 @@ def test_project_params_load():
         ({"train.model.convolution": "dilated"}, "'train.model.convolution' must be one of"),
         ({"train.model.depth": 9}, "'train.model.depth' must be in"),
         ({"train.batch_size": 0}, "'train.batch_size' must be >= 1"),
+        ({"train.label_smoothing": 0.7}, "'train.label_smoothing' must be in"),
         ({"train.epochs": None}, "'train.epochs' is missing"),
         ({"train.tuning.n_trails": 3}, "unknown key\\(s\\) train.tuning.n_trails"),
         ({"evaluate.threshold": "sensitivity:1.5"}, "'evaluate.threshold' must be youden"),

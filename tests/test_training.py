@@ -7,6 +7,7 @@ from pneumonia.dataset import class_weights, make_dataset
 from pneumonia.preprocess import PreprocessError, write_split
 from pneumonia.training import load_training_splits
 
+from conftest import PROJECT_ROOT
 from test_config import write_params
 
 
@@ -82,3 +83,17 @@ def test_dataset_yields_uint8_batches_and_augments_only_training_data():
         iter(make_dataset(images, labels, 10, training=True, seed=0, augmentation=jitter))
     )
     np.testing.assert_array_equal(batch.numpy(), again.numpy())
+
+
+def test_label_smoothing_reaches_the_loss():
+    from pneumonia.training import compiled_model
+
+    config = load_config(PROJECT_ROOT / "params.yaml")
+    model = compiled_model(32, config.train.fixed, label_smoothing=0.2)
+    assert model.loss.get_config()["label_smoothing"] == 0.2
+    targets, outputs = np.array([[1.0], [0.0]]), np.array([[0.9], [0.1]])
+    smoothed = float(model.loss(targets, outputs))
+    plain = float(compiled_model(32, config.train.fixed).loss(targets, outputs))
+    # Smoothing moves the targets to 0.9 / 0.1, exactly the outputs: the loss is their entropy.
+    assert smoothed == pytest.approx(-(0.9 * np.log(0.9) + 0.1 * np.log(0.1)), rel=1e-3)
+    assert plain == pytest.approx(-np.log(0.9), rel=1e-3)

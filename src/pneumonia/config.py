@@ -200,6 +200,7 @@ class TrainConfig:
     epochs: int
     early_stopping_patience: int
     class_weight: str
+    label_smoothing: float  # targets become 1 - s/2 and s/2: penalises over-confident calls
     mixed_precision: str
     registered_model_name: str
     fixed: Hyperparameters
@@ -505,6 +506,7 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
         "epochs",
         "early_stopping_patience",
         "class_weight",
+        "label_smoothing",
         "mixed_precision",
         "registered_model_name",
         "model",
@@ -558,6 +560,7 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
         epochs=_positive(section, "train", "epochs"),
         early_stopping_patience=_positive(section, "train", "early_stopping_patience"),
         class_weight=_choice(section, "train", "class_weight", CLASS_WEIGHTS),
+        label_smoothing=_number(section, "train", "label_smoothing", 0.0, 0.5),
         mixed_precision=_choice(section, "train", "mixed_precision", MIXED_PRECISION),
         registered_model_name=registered,
         fixed=Hyperparameters(

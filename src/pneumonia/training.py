@@ -77,11 +77,13 @@ def make_optimizer(config: OptimizerConfig) -> keras.optimizers.Optimizer:
     raise ConfigError(f"train.optimizer.name must be adam or rmsprop, got {config.name!r}")
 
 
-def compiled_model(image_size: int, hyperparameters: Hyperparameters) -> keras.Model:
+def compiled_model(
+    image_size: int, hyperparameters: Hyperparameters, label_smoothing: float = 0.0
+) -> keras.Model:
     model = build_model(image_size, hyperparameters.architecture)
     model.compile(
         optimizer=make_optimizer(hyperparameters.optimizer),
-        loss="binary_crossentropy",
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),
             keras.metrics.AUC(name="auc", num_thresholds=1000),
@@ -122,7 +124,7 @@ def fit(
     """Build, compile and fit a model from fresh seeds, so every run is reproducible alone."""
     seed_everything(config.seed)
     image_size = train.images.shape[1]
-    model = compiled_model(image_size, hyperparameters)
+    model = compiled_model(image_size, hyperparameters, config.label_smoothing)
     train_data = make_dataset(
         train.images,
         train.labels,

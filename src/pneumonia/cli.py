@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -38,8 +39,6 @@ def _check_params(arguments: argparse.Namespace) -> None:
 
 
 def _tune_worker(arguments: argparse.Namespace) -> None:
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     from pneumonia.config import load_config, parse_override
     from pneumonia.workers import run_worker

@@ -35,6 +35,7 @@ from pneumonia.tuning import (
 )
 from pneumonia.workers import run_worker
 
+import scaleout
 from conftest import PROJECT_ROOT
 from scaleout import MlflowServer, write_tiny_project
 
@@ -146,6 +147,14 @@ def test_stale_trial_is_failed_its_runs_ended_and_its_params_queued_again(tmp_pa
     assert client.get_run(child).info.status == "FAILED"
     assert client.get_run(child).data.tags["trial_state"] == "FAIL"
     assert client.get_run(parent).info.status == "FAILED"
+
+
+def test_missing_postgresql_is_reported_with_the_fix(tmp_path, monkeypatch):
+    # The reason the PostgreSQL tests give when they skip.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(scaleout, "DEBIAN_BINARIES", tmp_path / "postgresql")
+    with pytest.raises(scaleout.PostgresUnavailable, match="apt-get install -y postgresql"):
+        scaleout.find_binaries()
 
 
 # --- For real: worker processes, PostgreSQL, an MLflow tracking server ---------------------

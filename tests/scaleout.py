@@ -210,7 +210,7 @@ class MlflowServer:
         group = self.process.pid  # the group that start_new_session made
         try:
             os.killpg(group, signal.SIGTERM)
-            self.process.wait(timeout=5)
+            self.process.wait(timeout=2)
         except ProcessLookupError:
             return
         except subprocess.TimeoutExpired:

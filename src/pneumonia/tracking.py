@@ -154,8 +154,10 @@ def stage_run(
 ) -> Iterator[StageRun]:
     """One MLflow run named after the stage, with its params and provenance tags."""
     configure(config)
-    tags = {"stage": stage, **git_state(config.workspace), **(tags or {})}
-    tags.update({name: os.environ[name] for name in DVC_ENVIRONMENT_TAGS if os.environ.get(name)})
-    with mlflow.start_run(run_name=stage, tags=tags) as run:
+    run_tags = {"stage": stage, **git_state(config.workspace), **(tags or {})}
+    run_tags.update(
+        {name: os.environ[name] for name in DVC_ENVIRONMENT_TAGS if os.environ.get(name)}
+    )
+    with mlflow.start_run(run_name=stage, tags=run_tags) as run:
         mlflow.log_params(flatten(params))
         yield StageRun(config, run)

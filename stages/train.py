@@ -1,5 +1,6 @@
-"""DVC stage `train`: tune the CNN with Optuna on val AUC, refit the best configuration, save,
-log and register the model. Reads the train and val splits only; test is evaluate's."""
+"""DVC stage `train`: tune the CNN with Optuna on val AUC (or take the best trial of a study that
+tuning workers ran), refit the best configuration, save, log and register the model. Reads the
+train and val splits only; test is evaluate's."""
 
 import os
 import tempfile
@@ -25,14 +26,24 @@ from pneumonia.training import (
     fit,
     load_training_splits,
 )
-from pneumonia.tuning import hyperparameters_from, run_study, study_plots, study_summary
+from pneumonia.tuning import (
+    hyperparameters_from,
+    load_tuned_study,
+    loggable_train_params,
+    run_study,
+    study_plots,
+    study_summary,
+)
 
 
 def main() -> None:
     config = load_config()
     paths, settings = config.paths, config.train
     train, val = load_training_splits(config)
-    params = {"train": config.params["train"], "preprocess.image_size": train.images.shape[1]}
+    params = {
+        "train": loggable_train_params(config.params["train"]),
+        "preprocess.image_size": train.images.shape[1],
+    }
     paths.train_reports.mkdir(parents=True, exist_ok=True)
     with stage_run("train", config, params) as run:
         mlflow.set_tags(configure_runtime(settings.seed, settings.mixed_precision))
@@ -40,8 +51,14 @@ def main() -> None:
         hyperparameters, summary = settings.fixed, None
         trials_file = paths.train_reports / "trials.csv"
         trials_file.write_text("number,state,value\n")  # stays so when tuning is off
+        study = None
         if settings.tuning.n_trials > 0:
             study = run_study(settings, train, val, run.run_id, config.project_root)
+        elif settings.tuning.study_name:
+            # Tuning workers (`pneumonia tune-worker`) ran the trials; refit their best.
+            study = load_tuned_study(settings.tuning, config.project_root)
+        if study is not None:
+            mlflow.set_tag("optuna_study", study.study_name)
             summary = study_summary(study)
             hyperparameters = hyperparameters_from(study.best_trial.params, settings.fixed)
             run.log_json(summary, "tuning/study_summary.json")

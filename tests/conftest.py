@@ -138,3 +138,24 @@ def sample_shared_images() -> dict | None:
         # val takes its images from the end of train/ so no file is used twice.
         sample[(split, label)] = files[-len(names) :] if split == "val" else files[: len(names)]
     return sample
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (tests/scaleout.py).
+
+    Skips, saying why, only where PostgreSQL cannot run here: its server programs are missing,
+    or this is root and there is no `postgres` user to run them. A server that is there but
+    fails to start fails the test.
+    """
+    from scaleout import PostgresCluster, PostgresUnavailable
+
+    try:
+        cluster = PostgresCluster()
+    except PostgresUnavailable as error:
+        pytest.skip(f"PostgreSQL is not available: {error}")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

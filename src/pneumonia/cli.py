@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -37,6 +38,21 @@ def _check_params(arguments: argparse.Namespace) -> None:
     print(f"{arguments.params}: OK (project root {config.project_root})", file=sys.stderr)
 
 
+def _tune_worker(arguments: argparse.Namespace) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    from pneumonia.config import load_config, parse_override
+    from pneumonia.workers import run_worker
+
+    overrides = dict(parse_override(text) for text in arguments.overrides)
+    if arguments.storage is not None:
+        overrides["train.tuning.storage"] = arguments.storage
+    if arguments.study is not None:
+        overrides["train.tuning.study_name"] = arguments.study
+    config = load_config(arguments.params, overrides)
+    result = run_worker(config, arguments.n_trials, arguments.study_trials)
+    print(result.describe())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pneumonia", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -44,6 +60,45 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-params", help="validate params.yaml and print it resolved")
     check.add_argument("--params", type=Path, default=Path("params.yaml"))
     check.set_defaults(handler=_check_params)
+
+    worker = commands.add_parser(
+        "tune-worker",
+        help="join a shared Optuna study and run trials (start any number, on any machines)",
+        description=(
+            "Run Optuna trials on the shared study named by train.tuning.study_name in "
+            "train.tuning.storage, on this machine's processed train and val arrays. Each "
+            "trial is a nested MLflow run under this worker's `tune-worker` run; set "
+            "MLFLOW_TRACKING_URI to log to a shared tracking server. The train stage then "
+            "refits the study's best trial (train.tuning.n_trials: 0 with the study name)."
+        ),
+    )
+    worker.add_argument("--params", type=Path, default=Path("params.yaml"))
+    worker.add_argument(
+        "--storage",
+        help="Optuna RDB URL, e.g. postgresql://user@host/optuna (train.tuning.storage)",
+    )
+    worker.add_argument("--study", help="the study's name (train.tuning.study_name)")
+    worker.add_argument(
+        "--n-trials",
+        type=int,
+        help="most trials this worker runs (default: train.tuning.n_trials, or no limit with "
+        "--study-trials)",
+    )
+    worker.add_argument(
+        "--study-trials",
+        type=int,
+        help="stop once the study holds this many complete or pruned trials, from all workers",
+    )
+    worker.add_argument(
+        "-S",
+        "--set-param",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param like `dvc exp run -S`, e.g. -S train.tuning.timeout=0 (repeatable)",
+    )
+    worker.set_defaults(handler=_tune_worker)
     return parser
 
 

@@ -6,8 +6,10 @@ validated here, so a bad param fails before any work with a message naming its k
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -191,6 +193,8 @@ class TuningConfig:
     pruner: str
     storage: str
     study_name: str
+    heartbeat_interval: int  # seconds between a running trial's heartbeats in the storage
+    grace_period: int  # seconds without a heartbeat before a RUNNING trial is failed as stale
     search_space: SearchSpace
 
 
@@ -529,7 +533,17 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
         section,
         "train",
         "tuning",
-        {"n_trials", "timeout", "epochs", "pruner", "storage", "study_name", "search_space"},
+        {
+            "n_trials",
+            "timeout",
+            "epochs",
+            "pruner",
+            "storage",
+            "study_name",
+            "heartbeat_interval",
+            "grace_period",
+            "search_space",
+        },
     )
     space, space_prefix = _subsection(
         tuning,
@@ -554,6 +568,15 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
         raise ConfigError(
             f"params.yaml: '{tuning_prefix}.storage' must be an Optuna RDB URL such as "
             f"sqlite:///studies/optuna.db or postgresql://user@host/db, got {storage!r}"
+        )
+    heartbeat_interval = _positive(tuning, tuning_prefix, "heartbeat_interval")
+    grace_period = _positive(tuning, tuning_prefix, "grace_period")
+    # Every worker judges the others' trials by its own grace period: a grace shorter than two
+    # heartbeats would fail live trials whose heartbeat is merely a little late.
+    if grace_period < 2 * heartbeat_interval:
+        raise ConfigError(
+            f"params.yaml: '{tuning_prefix}.grace_period' ({grace_period}) must be at least twice "
+            f"'{tuning_prefix}.heartbeat_interval' ({heartbeat_interval})"
         )
     return TrainConfig(
         seed=_take(section, "train", "seed", int),
@@ -581,6 +604,8 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
             pruner=_choice(tuning, tuning_prefix, "pruner", PRUNERS),
             storage=storage,
             study_name=_take(tuning, tuning_prefix, "study_name", str).strip(),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
             search_space=SearchSpace(
                 optimizer=_options(space, space_prefix, "optimizer", str, OPTIMIZERS),
                 learning_rate=_range(space, space_prefix, "learning_rate", 1e-7, 1.0),
@@ -667,10 +692,45 @@ def read_params(path: Path) -> dict[str, Any]:
     return params
 
 
-def load_config(params_path: Path | str = "params.yaml") -> Config:
-    """Read and validate params.yaml; paths resolve against the folder that holds it."""
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.tuning.n_trials=8` -> ("train.tuning.n_trials", 8); the value is read as YAML, the
+    way `dvc exp run -S` reads it."""
+    key, separator, value = text.partition("=")
+    key = key.strip()
+    if not separator or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE with a dotted key")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({error})") from error
+
+
+def apply_overrides(params: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of params with dotted keys set; a mistyped key is then rejected by validation."""
+    params = copy.deepcopy(params)
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split(".")
+        section = params
+        for depth, parent in enumerate(parents, start=1):
+            section = section.setdefault(parent, {})
+            if not isinstance(section, dict):
+                raise ConfigError(
+                    f"override {dotted}: '{'.'.join(parents[:depth])}' is not a mapping"
+                )
+        section[key] = value
+    return params
+
+
+def load_config(
+    params_path: Path | str = "params.yaml", overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Read and validate params.yaml; paths resolve against the folder that holds it.
+
+    `overrides` maps dotted keys to values that replace the file's (like `dvc exp run -S`); they
+    are validated with the rest.
+    """
     params_path = Path(params_path).resolve()
-    params = read_params(params_path)
+    params = apply_overrides(read_params(params_path), overrides or {})
     workspace = params_path.parent
     return Config(
         workspace=workspace,

@@ -2,7 +2,9 @@
 
 The store is a SQLite database under ``<project>/mlruns/`` with artifacts beside it, resolved
 from the project root, so ``dvc exp run --temp`` and ``--queue`` (which run in
-``<project>/.dvc/tmp/exps/...``) log to the same place. ``MLFLOW_TRACKING_URI`` overrides it.
+``<project>/.dvc/tmp/exps/...``) log to the same place. ``MLFLOW_TRACKING_URI`` overrides it,
+for example with a shared tracking server (``http://host:5000``), which then chooses where
+artifacts go.
 """
 
 from __future__ import annotations
@@ -44,15 +46,19 @@ def configure(config: Config) -> str:
     else:
         (config.project_root / STORE_DIR).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
-    experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        experiment_id = mlflow.create_experiment(
-            config.tracking.experiment, artifact_location=artifact_root
-        )
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
+    name = config.tracking.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=artifact_root)
+        except mlflow.exceptions.MlflowException:
+            # Tuning workers starting together on one tracking server race to create it; the
+            # loser uses the winner's.
+            if mlflow.get_experiment_by_name(name) is None:
+                raise
+        experiment = mlflow.get_experiment_by_name(name)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    return experiment.experiment_id
 
 
 def content_hash(path: Path) -> str:
@@ -144,11 +150,18 @@ class StageRun:
 
 
 @contextmanager
-def stage_run(stage: str, config: Config, params: Mapping[str, Any]) -> Iterator[StageRun]:
+def stage_run(
+    stage: str,
+    config: Config,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[StageRun]:
     """One MLflow run named after the stage, with its params and provenance tags."""
     configure(config)
-    tags = {"stage": stage, **git_state(config.workspace)}
-    tags.update({name: os.environ[name] for name in DVC_ENVIRONMENT_TAGS if os.environ.get(name)})
-    with mlflow.start_run(run_name=stage, tags=tags) as run:
+    run_tags = {"stage": stage, **git_state(config.workspace), **(tags or {})}
+    run_tags.update(
+        {name: os.environ[name] for name in DVC_ENVIRONMENT_TAGS if os.environ.get(name)}
+    )
+    with mlflow.start_run(run_name=stage, tags=run_tags) as run:
         mlflow.log_params(flatten(params))
         yield StageRun(config, run)

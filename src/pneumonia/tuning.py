@@ -4,6 +4,7 @@ nested MLflow run. The objective is val ROC AUC; the test split is never read he
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 import warnings
 from collections.abc import Callable
@@ -12,12 +13,18 @@ from typing import Any
 
 import mlflow
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import KerasPruningCallback
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
 
 from pneumonia.config import Hyperparameters, SearchSpace, TrainConfig, TuningConfig
 from pneumonia.errors import PipelineError
 from pneumonia.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
+
+# The trial's user attribute that names its MLflow run.
+MLFLOW_RUN_ATTRIBUTE = "mlflow_run_id"
+SCHEMA_ATTEMPTS = 5
 
 
 class TuningError(PipelineError, RuntimeError):
@@ -115,28 +122,152 @@ def resolve_storage(url: str, project_root: Path) -> str:
     return url
 
 
-def create_study(tuning: TuningConfig, seed: int, project_root: Path, default_name: str):
+def redact_url(url: str) -> str:
+    """The storage URL with any password masked, fit to log or print."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def loggable_train_params(train_params: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml's train section with the storage password masked, to log to MLflow."""
+    tuning = train_params.get("tuning", {})
+    if not isinstance(tuning.get("storage"), str):
+        return train_params
+    return {**train_params, "tuning": {**tuning, "storage": redact_url(tuning["storage"])}}
+
+
+class RequeueStaleTrial:
+    """Heartbeat-stale callback, run by the worker that finds a dead worker's RUNNING trial.
+
+    The dead worker can no longer end its MLflow runs, so its trial run is ended here as FAILED
+    (tag `trial_state` FAIL, like the Optuna trial), and its `tune-worker` run too. Then Optuna's
+    RetryHeartbeatStaleTrialCallback queues the same params once more, so the configuration is
+    still evaluated. One retry only: a configuration that kills its worker twice (out of GPU
+    memory, say) stays failed.
+    """
+
+    def __init__(self, max_retry: int = 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get(MLFLOW_RUN_ATTRIBUTE)
+        if run_id:
+            try:
+                end_lost_runs(run_id)
+            except mlflow.exceptions.MlflowException as error:
+                # The dead worker may have logged to another tracking server; the study is
+                # what matters here, so go on.
+                print(
+                    f"tuning: could not end MLflow run {run_id} of stale trial {trial.number}: "
+                    f"{error}"
+                )
+        self.retry(study, trial)
+
+
+def end_lost_runs(trial_run_id: str) -> None:
+    """End a dead worker's trial run, and its parent run, as FAILED."""
+    client = mlflow.MlflowClient()
+    client.set_tag(trial_run_id, "trial_state", TrialState.FAIL.name)
+    client.set_terminated(trial_run_id, status="FAILED")
+    parent_id = client.get_run(trial_run_id).data.tags.get("mlflow.parentRunId")
+    if parent_id and client.get_run(parent_id).info.status == "RUNNING":
+        client.set_terminated(parent_id, status="FAILED")
+
+
+def make_storage(tuning: TuningConfig, project_root: Path) -> optuna.storages.RDBStorage:
+    url = resolve_storage(tuning.storage, project_root)
+    # Workers starting together on an empty database all create Optuna's tables; PostgreSQL lets
+    # one win and the others fail on a duplicate type or table. Those find the tables on a retry.
+    attempt = 1
+    while True:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    # A worker that dies mid-trial leaves a RUNNING trial; the heartbeat fails it.
+                    heartbeat_interval=tuning.heartbeat_interval,
+                    grace_period=tuning.grace_period,
+                    heartbeat_stale_trial_callback=RequeueStaleTrial(),
+                )
+        except (IntegrityError, ProgrammingError):
+            if attempt == SCHEMA_ATTEMPTS:
+                raise
+            time.sleep(0.5 * attempt)
+            attempt += 1
+
+
+def create_study(
+    config: TrainConfig, project_root: Path, default_name: str, seed: int | None = None
+) -> optuna.Study:
+    """Create the study, or join it when `train.tuning.study_name` names one that exists.
+
+    Only the process that creates the study queues the fixed hyperparameters as its first
+    trial: the database's unique study name decides which one that is, so workers starting
+    together do not each evaluate them.
+    """
+    tuning = config.tuning
+    arguments = {
+        "storage": make_storage(tuning, project_root),
+        "study_name": tuning.study_name or f"{default_name}-{uuid.uuid4().hex[:8]}",
+        "sampler": optuna.samplers.TPESampler(seed=config.seed if seed is None else seed),
+        "pruner": make_pruner(tuning),
+    }
+    try:
+        study = optuna.create_study(direction="maximize", **arguments)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(**arguments)
+    first = fixed_trial_params(config.fixed, tuning.search_space)
+    if first is not None:
+        study.enqueue_trial(first)
+    return study
+
+
+def load_tuned_study(tuning: TuningConfig, project_root: Path) -> optuna.Study:
+    """The named study, for a refit from its best trial without running trials here."""
+    storage = make_storage(tuning, project_root)
+    try:
+        study = optuna.load_study(study_name=tuning.study_name, storage=storage)
+    except KeyError as error:
+        raise TuningError(
+            f"train.tuning.study_name {tuning.study_name!r}: no such study in "
+            f"{redact_url(tuning.storage)}; run `pneumonia tune-worker` on it first, or set "
+            "train.tuning.n_trials > 0 to tune here"
+        ) from error
+    # A dead worker's trial still RUNNING past the grace period is failed now, so the summary
+    # counts it as failed rather than in progress.
+    fail_stale_trials(study)
+    require_complete_trial(
+        study, "run tune-worker on it until one completes, or set train.tuning.study_name: ''"
+    )
+    return study
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials whose heartbeat is older than the grace period (what Optuna does before
+    each trial), running the stale-trial callback on each."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            resolve_storage(tuning.storage, project_root),
-            # A worker that dies mid-trial leaves a RUNNING trial; the heartbeat fails it.
-            heartbeat_interval=60,
-            grace_period=180,
+        optuna.storages.fail_stale_trials(study)
+
+
+def require_complete_trial(study: optuna.Study, fix: str) -> None:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise TuningError(
+            f"study {study.study_name}: no trial completed ({len(study.trials)} tried); {fix}"
         )
-    name = tuning.study_name or f"{default_name}-{uuid.uuid4().hex[:8]}"
-    return optuna.create_study(
-        storage=storage,
-        study_name=name,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=make_pruner(tuning),
-        load_if_exists=True,
-    )
 
 
 def make_objective(
-    config: TrainConfig, train: SplitArrays, val: SplitArrays, parent_run_id: str
+    config: TrainConfig,
+    train: SplitArrays,
+    val: SplitArrays,
+    parent_run_id: str,
+    stage: str = "train",
 ) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         hyperparameters = suggest(trial, config.tuning.search_space, config.fixed)
@@ -147,11 +278,13 @@ def make_objective(
             nested=True,
             parent_run_id=parent_run_id,
             tags={
-                "stage": "train",
+                "stage": stage,
                 "optuna_trial": str(trial.number),
                 "optuna_study": trial.study.study_name,
             },
         )
+        # Recorded first, so a worker that finds this trial stale can end its run.
+        trial.set_user_attr(MLFLOW_RUN_ATTRIBUTE, run.info.run_id)
         state, status = TrialState.FAIL, "FAILED"
         try:
             mlflow.log_params(hyperparameters.flat())
@@ -166,7 +299,6 @@ def make_objective(
             )
             epoch, value = best_epoch(history)
             mlflow.log_metrics({"best_val_auc": value, "best_epoch": epoch})
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
             state, status = TrialState.COMPLETE, "FINISHED"
             return value
         except optuna.TrialPruned:
@@ -186,22 +318,18 @@ def run_study(
     parent_run_id: str,
     project_root: Path,
 ) -> optuna.Study:
-    study = create_study(config.tuning, config.seed, project_root, config.registered_model_name)
-    if not study.trials:
-        first = fixed_trial_params(config.fixed, config.tuning.search_space)
-        if first is not None:
-            study.enqueue_trial(first)
+    study = create_study(config, project_root, config.registered_model_name)
     study.optimize(
         make_objective(config, train, val, parent_run_id),
         n_trials=config.tuning.n_trials,
         timeout=config.tuning.timeout or None,
         gc_after_trial=True,
     )
-    if not any(trial.state == TrialState.COMPLETE for trial in study.trials):
-        raise TuningError(
-            f"study {study.study_name}: no trial completed ({len(study.trials)} tried); "
-            "raise train.tuning.timeout or n_trials, or set n_trials: 0 to use the fixed params"
-        )
+    require_complete_trial(
+        study,
+        "raise train.tuning.timeout or n_trials, or set n_trials: 0 and study_name: '' to use "
+        "the fixed params",
+    )
     return study
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -37,6 +39,65 @@ def _check_params(arguments: argparse.Namespace) -> None:
     print(f"{arguments.params}: OK (project root {config.project_root})", file=sys.stderr)
 
 
+def _quiet_libraries() -> None:
+    # Keep TensorFlow's C++ start-up chatter and MLflow's download bars off the terminal: stdout
+    # carries the predictions, stderr the per-file errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _predict(arguments: argparse.Namespace) -> None:
+    _quiet_libraries()
+    from pneumonia.config import find_project_root
+    from pneumonia.prediction import OUTPUT_COLUMNS, is_mlflow_uri, load_classifier, predict_paths
+    from pneumonia.tracking import use_project_store
+
+    if arguments.model and is_mlflow_uri(arguments.model):
+        use_project_store(find_project_root(Path.cwd()))
+    classifier = load_classifier(arguments.model, arguments.threshold)
+    columns = [*OUTPUT_COLUMNS, *(["gradcam"] if arguments.gradcam else [])]
+    writer = None
+    if arguments.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+    predicted = failed = 0
+    for prediction in predict_paths(
+        classifier, arguments.inputs, arguments.batch_size, arguments.gradcam
+    ):
+        row = {column: prediction.row().get(column) for column in columns}
+        if writer is not None:
+            writer.writerow({key: "" if value is None else value for key, value in row.items()})
+        else:
+            print(json.dumps(row))
+        sys.stdout.flush()  # a consumer of a long run sees each batch as it is scored
+        if prediction.ok:
+            predicted += 1
+        else:
+            failed += 1
+            print(f"error: {prediction.error}", file=sys.stderr)
+    print(
+        f"predict: {predicted} image(s) scored, {failed} failed; model {classifier.source}, "
+        f"threshold {classifier.threshold:.4f}",
+        file=sys.stderr,
+    )
+    if failed:
+        sys.exit(1)
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pneumonia", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -44,6 +105,41 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-params", help="validate params.yaml and print it resolved")
     check.add_argument("--params", type=Path, default=Path("params.yaml"))
     check.set_defaults(handler=_check_params)
+
+    predict = commands.add_parser(
+        "predict",
+        help="probability of pneumonia and label for X-ray files and folders",
+        description="Score chest X-rays with a trained model. One line per image on stdout "
+        "(path, probability, label, threshold, error); an image that cannot be read gets an "
+        "error line on stderr naming it, and the others are still scored. Exit status: 0 all "
+        "scored, 1 some failed, 2 nothing could run (no model, bad option).",
+    )
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_DIR",
+        help="image files, or folders searched recursively for .jpeg/.jpg/.png",
+    )
+    predict.add_argument(
+        "--model",
+        help="a .keras file with model.json and threshold.json beside it, or an MLflow model "
+        "URI (models:/pneumonia-classifier@champion, models:/pneumonia-cnn/3, runs:/<id>/...); "
+        "default models/model.keras with models/threshold.json",
+    )
+    predict.add_argument(
+        "--threshold",
+        type=_probability,
+        help="override the operating threshold chosen by evaluate",
+    )
+    predict.add_argument("--format", choices=("json", "csv"), default="json")
+    predict.add_argument(
+        "--gradcam",
+        type=Path,
+        metavar="DIR",
+        help="write a Grad-CAM overlay PNG per image into DIR",
+    )
+    predict.add_argument("--batch-size", type=_positive_int, default=32)
+    predict.set_defaults(handler=_predict)
     return parser
 
 

@@ -84,6 +84,19 @@ def _predict(arguments: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def _promote(arguments: argparse.Namespace) -> None:
+    from pneumonia.config import find_project_root, load_config
+    from pneumonia.promotion import promote
+    from pneumonia.tracking import use_project_store
+
+    name = arguments.name
+    if name is None:
+        name = load_config(arguments.params).evaluate.serving_model_name
+    use_project_store(find_project_root(arguments.params.resolve().parent))
+    decision = promote(name, arguments.source_alias, arguments.target_alias, arguments.force)
+    print(decision.summary())
+
+
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -140,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--batch-size", type=_positive_int, default=32)
     predict.set_defaults(handler=_predict)
+
+    promote = commands.add_parser(
+        "promote",
+        help="move the champion alias to the candidate if it is at least as good on val",
+        description="Compare the candidate's val figures (val_roc_auc, then val_sensitivity, "
+        "then val_specificity; tags set by evaluate) with the champion's and move the champion "
+        "alias only if the candidate is at least as good. Test figures are never read.",
+    )
+    promote.add_argument(
+        "--name", help="registered model (default: evaluate.serving_model_name in params.yaml)"
+    )
+    promote.add_argument("--from", dest="source_alias", default="candidate")
+    promote.add_argument("--to", dest="target_alias", default="champion")
+    promote.add_argument(
+        "--force", action="store_true", help="promote even if the candidate is worse"
+    )
+    promote.add_argument("--params", type=Path, default=Path("params.yaml"))
+    promote.set_defaults(handler=_promote)
     return parser
 
 

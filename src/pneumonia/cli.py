@@ -64,7 +64,8 @@ def _predict(arguments: argparse.Namespace) -> None:
     for prediction in predict_paths(
         classifier, arguments.inputs, arguments.batch_size, arguments.gradcam
     ):
-        row = {column: prediction.row().get(column) for column in columns}
+        values = prediction.row()
+        row = {column: values.get(column) for column in columns}
         if writer is not None:
             writer.writerow({key: "" if value is None else value for key, value in row.items()})
         else:

@@ -1,7 +1,8 @@
 """DVC stage `evaluate`: choose the operating threshold on val, measure the model on the official
 test split (once, at that threshold and at 0.5) with patient-bootstrap confidence intervals,
-write the DVC metrics and plots, log them to MLflow against the trained model, and mark the
-registered version with the `evaluate.alias` alias."""
+write the DVC metrics and plots, log them to MLflow against the trained model, log and register
+the served model (image bytes in, probability and label at the chosen threshold out), and mark
+both registered versions with the `evaluate.alias` alias."""
 
 import os
 import time
@@ -28,6 +29,7 @@ from pneumonia.files import write_json
 from pneumonia.metrics import choose_threshold
 from pneumonia.preprocess import load_split
 from pneumonia.registry import tag_version
+from pneumonia.serving import encode_png, log_serving_model
 from pneumonia.tracking import stage_run
 
 
@@ -89,18 +91,18 @@ def main() -> None:
         )
 
         write_json(paths.metrics, report)
+        val_at_threshold = report["val"]["at_threshold"]
         operating_point = {
             "threshold": threshold,
             "rule": str(settings.threshold),
             "chosen_on": "val",
-            "val_sensitivity": report["val"]["at_threshold"]["sensitivity"]["value"],
-            "val_specificity": report["val"]["at_threshold"]["specificity"]["value"],
+            "val_sensitivity": val_at_threshold["sensitivity"]["value"],
+            "val_specificity": val_at_threshold["specificity"]["value"],
             "model": {
                 key: model_info.get(key) for key in ("registered_model", "version", "model_id")
             },
             "evaluate_run_id": run.run_id,
         }
-        write_json(paths.threshold, operating_point)
 
         val_dataset = run.log_dataset(
             splits["val"][2], paths.processed_split("val"), "val", "validation"
@@ -119,22 +121,48 @@ def main() -> None:
             **flat_metrics(report["test"]["at_0_5"], "test_at_0.5"),
         }
         mlflow.log_metrics(test_metrics, model_id=model_id, dataset=test_dataset)
-        for path in (paths.metrics, paths.threshold, reports):
-            run.log_artifact(path, "evaluation" if path == reports else None)
 
+        # What `pneumonia promote` compares (val only) and `pneumonia predict` reads (threshold).
+        version_tags = {
+            "threshold": threshold,
+            "threshold_rule": str(settings.threshold),
+            "val_roc_auc": val_at_threshold["roc_auc"]["value"],
+            "val_sensitivity": operating_point["val_sensitivity"],
+            "val_specificity": operating_point["val_specificity"],
+            "val_dataset_digest": val_dataset.digest,
+            "evaluate_run_id": run.run_id,
+        }
         tag_version(
-            model_info["registered_model"],
-            model_info["version"],
+            model_info["registered_model"], model_info["version"], settings.alias, version_tags
+        )
+        # The served model: image bytes in, probability and label at this threshold out.
+        served = log_serving_model(
+            paths.model,
+            threshold,
+            card["preprocess"],
+            settings.serving_model_name,
+            source=operating_point["model"],
+            example_image=encode_png(splits["val"][0][0]),
+        )
+        tag_version(
+            settings.serving_model_name,
+            served.version,
             settings.alias,
             {
-                "threshold": threshold,
-                "threshold_rule": str(settings.threshold),
-                "val_roc_auc": report["val"]["at_threshold"]["roc_auc"]["value"],
-                "val_sensitivity": operating_point["val_sensitivity"],
-                "val_specificity": operating_point["val_specificity"],
-                "evaluate_run_id": run.run_id,
+                **version_tags,
+                "source_model": model_info["registered_model"],
+                "source_model_version": model_info["version"],
+                "source_model_id": model_info.get("model_id") or "",
             },
         )
+        operating_point["serving_model"] = {
+            "registered_model": settings.serving_model_name,
+            "version": served.version,
+            "model_id": served.model_id,
+        }
+        write_json(paths.threshold, operating_point)
+        for path in (paths.metrics, paths.threshold, reports):
+            run.log_artifact(path, "evaluation" if path == reports else None)
     test = report["test"]["at_threshold"]
     print(
         f"evaluate: threshold {threshold:.4f} ({settings.threshold}, chosen on val); test "
@@ -143,7 +171,8 @@ def main() -> None:
             f"{test[name]['ci_high']:.3f}]"
             for name in ("roc_auc", "accuracy", "sensitivity", "specificity")
         )
-        + f"; {model_info['registered_model']} v{model_info['version']} is @{settings.alias}"
+        + f"; {model_info['registered_model']} v{model_info['version']} and "
+        f"{settings.serving_model_name} v{served.version} are @{settings.alias}"
     )
 
 

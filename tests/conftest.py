@@ -159,3 +159,77 @@ def postgres():
         yield cluster
     finally:
         cluster.stop()
+
+
+# --- A tiny trained model, saved as the train and evaluate stages leave it in models/ ----------
+
+TINY_SIDE = 32
+TINY_PREPROCESS = {
+    "image_size": TINY_SIDE,
+    "resize": "letterbox",
+    "clahe": False,
+    "clahe_clip_limit": 2.0,
+    "clahe_tile_grid": 8,
+}
+
+
+def blob_pixels(seed: int, positive: bool, size: tuple[int, int] = (TINY_SIDE, TINY_SIDE)):
+    """Dark noise; a "pneumonia" image carries a bright square somewhere (width, height)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    pixels = rng.integers(0, 90, size=(height, width)).astype(np.uint8)
+    if positive:
+        side = max(4, min(width, height) // 4)
+        row, column = rng.integers(1, height - side - 1), rng.integers(1, width - side - 1)
+        pixels[row : row + side, column : column + side] = 230
+    return pixels
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> dict:
+    """A small CNN of the project's architecture, trained for seconds to find bright squares,
+    saved with its model card and an operating threshold (the median score of the sample images,
+    so both labels occur), plus sample image files (PNG and JPEG, various sizes)."""
+    import json
+
+    import keras
+
+    from pneumonia.config import ArchitectureConfig
+    from pneumonia.model import build_model
+    from pneumonia.preprocess import config_from_settings, preprocess_file
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    keras.utils.set_random_seed(0)
+    model = build_model(TINY_SIDE, ArchitectureConfig(2, 8, "plain", 0.0))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    labels = np.arange(128) % 2
+    images = np.stack([blob_pixels(seed, bool(label)) for seed, label in enumerate(labels)])
+    model.fit(images[..., None], labels, epochs=4, batch_size=32, verbose=0)
+    model.save(folder / "model.keras")
+
+    images_dir = folder / "images"
+    images_dir.mkdir()
+    paths = []
+    for index in range(8):
+        size = (TINY_SIDE, TINY_SIDE) if index % 3 == 0 else (48 + index, 40)
+        suffix = ".png" if index % 2 else ".jpeg"
+        path = images_dir / f"xray{index}{suffix}"
+        pixels = blob_pixels(1000 + index, index % 2 == 1, size)
+        Image.fromarray(pixels).save(path, **({"quality": 95} if suffix == ".jpeg" else {}))
+        paths.append(path)
+
+    settings = config_from_settings(TINY_PREPROCESS, "tiny model")
+    pixels = np.stack([preprocess_file(path, settings) for path in paths])[..., None]
+    scores = np.sort(model.predict(pixels, verbose=0).reshape(-1))
+    threshold = float(scores[len(scores) // 2])
+    card = {"preprocess": TINY_PREPROCESS, "mlflow": {"version": "1", "model_id": "m-tiny"}}
+    (folder / "model.json").write_text(json.dumps(card))
+    operating_point = {"threshold": threshold, "model": {"version": "1", "model_id": "m-tiny"}}
+    (folder / "threshold.json").write_text(json.dumps(operating_point))
+    return {
+        "folder": folder,
+        "model_path": folder / "model.keras",
+        "images": paths,
+        "threshold": threshold,
+        "settings": settings,
+    }

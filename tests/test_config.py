@@ -32,6 +32,7 @@ def test_project_params_load():
     assert config.download.is_kaggle
     assert config.download.kaggle_handle.endswith("/versions/2")
     assert config.paths.manifest == PROJECT_ROOT / "data/raw/manifest.csv"
+    assert config.evaluate.serving_model_name == "pneumonia-classifier"
 
 
 @pytest.mark.parametrize(
@@ -80,6 +81,13 @@ def test_project_params_load():
         ({"evaluate.alias": "v2"}, "'evaluate.alias' must be a name"),
         ({"evaluate.alias": "my alias"}, "'evaluate.alias' must be a name"),
         ({"evaluate.thresold": 0.5}, "unknown key\\(s\\) evaluate.thresold"),
+        ({"evaluate.serving_model_name": None}, "'evaluate.serving_model_name' is missing"),
+        ({"evaluate.serving_model_name": " "}, "'evaluate.serving_model_name' must be a"),
+        ({"evaluate.serving_model_name": "a/b"}, "'evaluate.serving_model_name' must be a"),
+        (
+            {"evaluate.serving_model_name": "pneumonia-cnn"},
+            "'evaluate.serving_model_name' must differ from 'train.registered_model_name'",
+        ),
     ],
 )
 def test_bad_params_fail_naming_the_key(tmp_path, changes, message):

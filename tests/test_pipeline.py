@@ -3,6 +3,7 @@ layout (real images from ../shared when present). Kaggle is replaced only at the
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,6 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from pneumonia.prediction import load_classifier, predict_paths
 
 from conftest import (
     PATIENT_FILES,
@@ -280,6 +283,54 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     version = client.get_model_version_by_alias("pneumonia-cnn", "candidate")
     assert str(version.version) == card["mlflow"]["version"]
     assert float(version.tags["threshold"]) == pytest.approx(operating_point["threshold"])
+    # The served model of the same weights and threshold, registered and @candidate too; its
+    # tags carry val figures only (what promotion compares), never test's.
+    served = client.get_model_version_by_alias("pneumonia-classifier", "candidate")
+    assert operating_point["serving_model"]["version"] == str(served.version)
+    assert served.run_id == evaluate["run_id"]
+    assert served.tags["source_model_version"] == card["mlflow"]["version"]
+    assert float(served.tags["threshold"]) == pytest.approx(operating_point["threshold"])
+    assert {"val_roc_auc", "val_sensitivity", "val_specificity", "val_dataset_digest"} <= set(
+        served.tags
+    )
+    assert not [key for key in served.tags if "test" in key]
+
+
+def test_predict_and_promote_in_the_project(pipeline):
+    """`pneumonia predict` on the raw test images agrees with what evaluate measured on the
+    preprocessed arrays; a bad file fails alone; promotion moves @champion."""
+    repo, env = pipeline["repo"], pipeline["env"]
+    bad = pipeline["base"] / "not-an-image.jpeg"
+    bad.write_text("text")
+    command = ["pneumonia", "predict", "data/raw/images/test", str(bad), "--format", "csv"]
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert f"error: {bad}: not an image" in result.stderr
+    rows = pd.read_csv(io.StringIO(result.stdout))
+    scored = rows[rows["error"].isna()].copy()
+    scored["path"] = scored["path"].str.removeprefix("data/raw/images/")
+    evaluated = pd.read_csv(repo / "reports" / "evaluate" / "predictions.csv")
+    merged = evaluated.merge(scored, on="path", suffixes=("_evaluate", "_predict"))
+    assert len(merged) == len(evaluated) == len(scored)
+    np.testing.assert_allclose(
+        merged["probability_predict"], merged["probability_evaluate"], atol=2e-6
+    )
+    assert (merged["label"] == merged["predicted"]).all()
+
+    # The Keras flavor from the registry: the threshold comes from its version tag, the
+    # preprocess settings from the train run's model card.
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    classifier = load_classifier("models:/pneumonia-cnn@candidate")
+    assert classifier.threshold == pytest.approx(scored["threshold"].iloc[0])
+    first = repo / "data" / "raw" / "images" / merged["path"].iloc[0]
+    assert next(predict_paths(classifier, [first])).probability == pytest.approx(
+        merged["probability_predict"].iloc[0], rel=1e-5
+    )
+
+    promoted = run(["pneumonia", "promote"], repo, env)
+    assert promoted.stdout.startswith("promoted: pneumonia-classifier v1 (@candidate)")
+    champion = mlflow.MlflowClient().get_model_version_by_alias("pneumonia-classifier", "champion")
+    assert str(champion.version) == "1"
 
 
 def test_changing_a_param_shows_in_params_and_metrics_diff(pipeline):

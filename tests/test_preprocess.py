@@ -7,15 +7,20 @@ import pytest
 from PIL import Image
 
 from pneumonia.config import PreprocessConfig
+from pneumonia.images import ImageDecodeError
 from pneumonia.preprocess import (
     PreprocessError,
+    config_from_settings,
     load_split,
+    model_input_settings,
+    preprocess_bytes,
+    preprocess_file,
     preprocess_image,
     run_preprocess,
     sample_grid,
 )
 
-from conftest import write_image
+from conftest import truncated_jpeg_bytes, write_image
 
 CONFIG = PreprocessConfig(
     image_size=32,
@@ -121,3 +126,32 @@ def test_empty_split_and_missing_output_are_clear_errors(split_frames, tmp_path)
         run_preprocess({"val": frames["val"].iloc[:0]}, images_dir, tmp_path / "out", CONFIG)
     with pytest.raises(PreprocessError, match=r"missing images\.npy.*run the preprocess stage"):
         load_split(tmp_path / "nowhere")
+
+
+def test_bytes_preprocess_exactly_like_the_file(split_frames, tmp_path):
+    """The served model gets the file's bytes; it must see the pixels training saw (same JPEG
+    draft scale, same resize), for every mode and format of the fixtures."""
+    frames, images_dir = split_frames
+    for relative in frames["train"]["path"]:
+        path = images_dir / relative
+        np.testing.assert_array_equal(
+            preprocess_bytes(path.read_bytes(), CONFIG), preprocess_file(path, CONFIG)
+        )
+    with pytest.raises(ImageDecodeError, match=r"^row 3: not an image"):
+        preprocess_bytes(b"GIF? no", CONFIG, name="row 3")
+    with pytest.raises(ImageDecodeError, match=r"^upload: truncated image"):
+        preprocess_bytes(truncated_jpeg_bytes(), CONFIG, name="upload")
+
+
+def test_model_settings_round_trip_and_are_validated():
+    settings = model_input_settings(CONFIG)
+    assert config_from_settings(settings, "model.json") == dataclasses.replace(
+        CONFIG, workers=1, sample_grid=0
+    )
+    with pytest.raises(PreprocessError, match=r"model\.json: preprocess settings lack clahe"):
+        without_clahe = {key: value for key, value in settings.items() if key != "clahe"}
+        config_from_settings(without_clahe, "model.json")
+    with pytest.raises(PreprocessError, match=r"model\.json: bad preprocess settings: .*resize"):
+        config_from_settings({**settings, "resize": "squash"}, "model.json")
+    with pytest.raises(PreprocessError, match="unknown key"):
+        config_from_settings({**settings, "gamma": 2.2}, "model.json")

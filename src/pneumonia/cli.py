@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ def _check_params(arguments: argparse.Namespace) -> None:
         "split": config.split,
         "preprocess": config.preprocess,
         "train": config.train,
+        "evaluate": config.evaluate,
         "mlflow": config.tracking,
     }
     print(json.dumps({name: asdict(value) for name, value in sections.items()}, indent=2))
@@ -51,6 +53,79 @@ def _tune_worker(arguments: argparse.Namespace) -> None:
     config = load_config(arguments.params, overrides)
     result = run_worker(config, arguments.n_trials, arguments.study_trials)
     print(result.describe())
+
+
+def _quiet_libraries() -> None:
+    # Keep TensorFlow's C++ start-up chatter and MLflow's download bars off the terminal: stdout
+    # carries the predictions, stderr the per-file errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _predict(arguments: argparse.Namespace) -> None:
+    _quiet_libraries()
+    from pneumonia.config import find_project_root
+    from pneumonia.prediction import OUTPUT_COLUMNS, is_mlflow_uri, load_classifier, predict_paths
+    from pneumonia.tracking import use_project_store
+
+    if arguments.model and is_mlflow_uri(arguments.model):
+        use_project_store(find_project_root(Path.cwd()))
+    classifier = load_classifier(arguments.model, arguments.threshold)
+    columns = [*OUTPUT_COLUMNS, *(["gradcam"] if arguments.gradcam else [])]
+    writer = None
+    if arguments.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+    predicted = failed = 0
+    for prediction in predict_paths(
+        classifier, arguments.inputs, arguments.batch_size, arguments.gradcam
+    ):
+        values = prediction.row()
+        row = {column: values.get(column) for column in columns}
+        if writer is not None:
+            writer.writerow({key: "" if value is None else value for key, value in row.items()})
+        else:
+            print(json.dumps(row))
+        sys.stdout.flush()  # a consumer of a long run sees each batch as it is scored
+        if prediction.ok:
+            predicted += 1
+        else:
+            failed += 1
+            print(f"error: {prediction.error}", file=sys.stderr)
+    print(
+        f"predict: {predicted} image(s) scored, {failed} failed; model {classifier.source}, "
+        f"threshold {classifier.threshold:.4f}",
+        file=sys.stderr,
+    )
+    if failed:
+        sys.exit(1)
+
+
+def _promote(arguments: argparse.Namespace) -> None:
+    from pneumonia.config import find_project_root, load_config
+    from pneumonia.promotion import promote
+    from pneumonia.tracking import use_project_store
+
+    name = arguments.name
+    if name is None:
+        name = load_config(arguments.params).evaluate.serving_model_name
+    use_project_store(find_project_root(arguments.params.resolve().parent))
+    decision = promote(name, arguments.source_alias, arguments.target_alias, arguments.force)
+    print(decision.summary())
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +174,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a param like `dvc exp run -S`, e.g. -S train.tuning.timeout=0 (repeatable)",
     )
     worker.set_defaults(handler=_tune_worker)
+
+    predict = commands.add_parser(
+        "predict",
+        help="probability of pneumonia and label for X-ray files and folders",
+        description="Score chest X-rays with a trained model. One line per image on stdout "
+        "(path, probability, label, threshold, error); an image that cannot be read gets an "
+        "error line on stderr naming it, and the others are still scored. Exit status: 0 all "
+        "scored, 1 some failed, 2 nothing could run (no model, bad option).",
+    )
+    predict.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_DIR",
+        help="image files, or folders searched recursively for .jpeg/.jpg/.png",
+    )
+    predict.add_argument(
+        "--model",
+        help="a .keras file with model.json and threshold.json beside it, or an MLflow model "
+        "URI (models:/pneumonia-classifier@champion, models:/pneumonia-cnn/3, runs:/<id>/...); "
+        "default models/model.keras with models/threshold.json",
+    )
+    predict.add_argument(
+        "--threshold",
+        type=_probability,
+        help="override the operating threshold chosen by evaluate",
+    )
+    predict.add_argument("--format", choices=("json", "csv"), default="json")
+    predict.add_argument(
+        "--gradcam",
+        type=Path,
+        metavar="DIR",
+        help="write a Grad-CAM overlay PNG per image into DIR",
+    )
+    predict.add_argument("--batch-size", type=_positive_int, default=32)
+    predict.set_defaults(handler=_predict)
+
+    promote = commands.add_parser(
+        "promote",
+        help="move the champion alias to the candidate if it is at least as good on val",
+        description="Compare the candidate's val figures (val_roc_auc, then val_sensitivity, "
+        "then val_specificity; tags set by evaluate) with the champion's and move the champion "
+        "alias only if the candidate is at least as good. Test figures are never read.",
+    )
+    promote.add_argument(
+        "--name", help="registered model (default: evaluate.serving_model_name in params.yaml)"
+    )
+    promote.add_argument("--from", dest="source_alias", default="candidate")
+    promote.add_argument("--to", dest="target_alias", default="champion")
+    promote.add_argument(
+        "--force", action="store_true", help="promote even if the candidate is worse"
+    )
+    promote.add_argument("--params", type=Path, default=Path("params.yaml"))
+    promote.set_defaults(handler=_promote)
     return parser
 
 

@@ -236,7 +236,8 @@ class EvaluateConfig:
     seed: int
     calibration_bins: int
     gradcam_examples: int  # per outcome (true/false positive/negative)
-    alias: str  # registry alias set on the evaluated model version
+    alias: str  # registry alias set on the evaluated model versions
+    serving_model_name: str  # registered name of the served (image bytes in) pyfunc model
 
 
 @dataclass(frozen=True)
@@ -659,6 +660,7 @@ def parse_evaluate(params: dict[str, Any]) -> EvaluateConfig:
         "calibration_bins",
         "gradcam_examples",
         "alias",
+        "serving_model_name",
     }
     _reject_unknown(section, "evaluate", known)
     if "threshold" not in section:
@@ -671,6 +673,13 @@ def parse_evaluate(params: dict[str, Any]) -> EvaluateConfig:
         raise ConfigError(
             f"params.yaml: 'evaluate.alias' must be a name such as candidate, got {alias!r}"
         )
+    serving_name = _take(section, "evaluate", "serving_model_name", str).strip()
+    # The name goes into models:/<name>/<version> and models:/<name>@<alias> URIs.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", serving_name):
+        raise ConfigError(
+            "params.yaml: 'evaluate.serving_model_name' must be a registered model name of "
+            f"letters, digits, '.', '_' and '-' such as pneumonia-classifier, got {serving_name!r}"
+        )
     return EvaluateConfig(
         threshold=parse_threshold_rule(section["threshold"]),
         bootstrap=_positive(section, "evaluate", "bootstrap", minimum=100),
@@ -679,6 +688,7 @@ def parse_evaluate(params: dict[str, Any]) -> EvaluateConfig:
         calibration_bins=_positive(section, "evaluate", "calibration_bins", minimum=2),
         gradcam_examples=_positive(section, "evaluate", "gradcam_examples", minimum=0),
         alias=alias,
+        serving_model_name=serving_name,
     )
 
 
@@ -732,6 +742,13 @@ def load_config(
     params_path = Path(params_path).resolve()
     params = apply_overrides(read_params(params_path), overrides or {})
     workspace = params_path.parent
+    train, evaluate = parse_train(params), parse_evaluate(params)
+    # One registered name per flavor: promotion compares versions of one kind of model.
+    if evaluate.serving_model_name == train.registered_model_name:
+        raise ConfigError(
+            "params.yaml: 'evaluate.serving_model_name' must differ from "
+            f"'train.registered_model_name' (both {train.registered_model_name!r})"
+        )
     return Config(
         workspace=workspace,
         project_root=find_project_root(workspace),
@@ -740,8 +757,8 @@ def load_config(
         download=parse_download(params),
         split=parse_split(params),
         preprocess=parse_preprocess(params),
-        train=parse_train(params),
-        evaluate=parse_evaluate(params),
+        train=train,
+        evaluate=evaluate,
         params=params,
     )
 

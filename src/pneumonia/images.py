@@ -7,6 +7,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -92,13 +93,18 @@ def draft_size(width: int, height: int, target: int, resize: str) -> tuple[int, 
 
 
 def load_grayscale(
-    path: str | Path, target: int | None = None, resize: str = "stretch"
+    path: str | Path | BinaryIO,
+    target: int | None = None,
+    resize: str = "stretch",
+    name: str | None = None,
 ) -> Image.Image:
-    """Decode one file to 8-bit grayscale, EXIF orientation applied.
+    """Decode one file (or an open binary stream, e.g. bytes received by the served model) to
+    8-bit grayscale, EXIF orientation applied. Errors name `name`, else the path.
 
     With `target`, a JPEG is decoded at the smallest DCT scale that still covers the output
     (Pillow's draft mode): much faster for large originals, exact enough for a downscale.
     """
+    path_name = name or path
     try:
         with Image.open(path) as image:
             if target is not None and image.format in ("JPEG", "MPO"):
@@ -107,6 +113,6 @@ def load_grayscale(
             image = ImageOps.exif_transpose(image)
             return to_grayscale(image)
     except FileNotFoundError as error:
-        raise ImageDecodeError(f"{path}: file not found") from error
+        raise ImageDecodeError(f"{path_name}: file not found") from error
     except Exception as error:
-        raise ImageDecodeError(f"{path}: {_failure_reason(error)}") from error
+        raise ImageDecodeError(f"{path_name}: {_failure_reason(error)}") from error

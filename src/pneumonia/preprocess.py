@@ -7,6 +7,7 @@ byte-identical outputs and DVC sees no change on a re-run.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import asdict
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pneumonia.config import CLASSES, PreprocessConfig
+from pneumonia.config import CLASSES, ConfigError, PreprocessConfig, parse_preprocess
 from pneumonia.errors import PipelineError
 from pneumonia.images import load_grayscale
 from pneumonia.parallel import parallel_map
@@ -83,6 +84,17 @@ def preprocess_file(path: str | Path, config: PreprocessConfig) -> np.ndarray:
     return preprocess_image(image, config)
 
 
+def preprocess_bytes(
+    data: bytes, config: PreprocessConfig, name: str = "image bytes"
+) -> np.ndarray:
+    """preprocess_file for an encoded image held in memory (what the served model receives):
+    the same decode, draft scale and resize, so a file and its bytes give identical pixels."""
+    image = load_grayscale(
+        io.BytesIO(data), target=config.image_size, resize=config.resize, name=name
+    )
+    return preprocess_image(image, config)
+
+
 def _fill_rows(task: tuple[Path, int, list[Path], PreprocessConfig]) -> int:
     """Worker: preprocess a run of files straight into their rows of the output .npy."""
     output, start, paths, config = task
@@ -142,6 +154,22 @@ def load_split(directory: Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarr
 def model_input_settings(config: PreprocessConfig) -> dict[str, Any]:
     settings = asdict(config)
     return {key: settings[key] for key in MODEL_INPUT_KEYS}
+
+
+def config_from_settings(settings: dict[str, Any], source: str | Path) -> PreprocessConfig:
+    """The inverse of model_input_settings: a model's recorded preprocess settings (model card,
+    served model) back to a PreprocessConfig, validated like params.yaml's section."""
+    if not isinstance(settings, dict):
+        raise PreprocessError(f"{source}: preprocess settings must be a mapping, got {settings!r}")
+    missing = [key for key in MODEL_INPUT_KEYS if key not in settings]
+    if missing:
+        raise PreprocessError(f"{source}: preprocess settings lack {', '.join(missing)}")
+    # workers and sample_grid only matter to the stage; one image at a time needs neither.
+    section = {**settings, "workers": 1, "sample_grid": 0}
+    try:
+        return parse_preprocess({"preprocess": section})
+    except ConfigError as error:
+        raise PreprocessError(f"{source}: bad preprocess settings: {error}") from error
 
 
 def write_meta(path: Path, config: PreprocessConfig, counts: dict[str, int]) -> None:

@@ -37,15 +37,22 @@ def store_locations(project_root: Path) -> tuple[str, str]:
     return f"sqlite:///{store / DATABASE_NAME}", (store / ARTIFACTS_DIR).as_uri()
 
 
-def configure(config: Config) -> str:
-    """Point MLflow at the project's store (or MLFLOW_TRACKING_URI) and its experiment; returns
-    the experiment id."""
-    tracking_uri, artifact_root = store_locations(config.project_root)
+def use_project_store(project_root: Path) -> tuple[str, str | None]:
+    """Point MLflow at the project's store, or at MLFLOW_TRACKING_URI when set; returns the
+    tracking URI and the artifact root for new experiments (None: the server decides)."""
+    tracking_uri, artifact_root = store_locations(project_root)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         tracking_uri, artifact_root = os.environ["MLFLOW_TRACKING_URI"], None
     else:
-        (config.project_root / STORE_DIR).mkdir(parents=True, exist_ok=True)
+        (project_root / STORE_DIR).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
+    return tracking_uri, artifact_root
+
+
+def configure(config: Config) -> str:
+    """Point MLflow at the project's store (or MLFLOW_TRACKING_URI) and its experiment; returns
+    the experiment id."""
+    _, artifact_root = use_project_store(config.project_root)
     name = config.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:

@@ -1,0 +1,189 @@
+"""`pneumonia predict` and the library under it: inputs, scoring with the training preprocessing,
+failures that do not stop the others, the threshold, CSV/JSON output and Grad-CAM overlays."""
+
+import csv
+import io
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumonia.cli import main
+from pneumonia.errors import PipelineError
+from pneumonia.prediction import (
+    PredictionError,
+    expand_inputs,
+    label_for,
+    load_classifier,
+    load_model_file,
+    predict_paths,
+)
+from pneumonia.preprocess import preprocess_file
+
+from conftest import TINY_SIDE, truncated_jpeg_bytes, write_image
+
+
+def expected_scores(tiny_model, paths):
+    """What the saved Keras model says on the training preprocessing of each file."""
+    model = keras.saving.load_model(tiny_model["model_path"], compile=False)
+    pixels = np.stack([preprocess_file(path, tiny_model["settings"]) for path in paths])
+    return model.predict(pixels[..., None], verbose=0).reshape(-1)
+
+
+def run_cli(arguments, capsys):
+    """The real command in-process; returns (exit status, stdout, stderr)."""
+    status = 0
+    try:
+        main(arguments)
+    except SystemExit as exit:
+        status = exit.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_folders_are_searched_for_images_and_named_files_taken_as_given(tmp_path):
+    folder = tmp_path / "scans"
+    for name in ("b.PNG", "a.jpeg", "sub/c.JPG", "sub/deeper/d.jpg", ".hidden.jpeg"):
+        write_image(folder / name, seed=1)
+    write_image(folder / "__MACOSX" / "sub" / "e.jpeg", seed=2)
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    named = tmp_path / "report.pdf"
+    named.write_bytes(b"%PDF-1.4")
+    entries = expand_inputs([folder, named, tmp_path / "missing.jpeg", tmp_path / "empty"])
+    relative = [(path.relative_to(tmp_path).as_posix(), error) for path, error in entries]
+    assert relative[:4] == [
+        ("scans/a.jpeg", None),
+        ("scans/b.PNG", None),
+        ("scans/sub/c.JPG", None),
+        ("scans/sub/deeper/d.jpg", None),
+    ]
+    assert relative[4] == ("report.pdf", None)  # named explicitly: tried, and will fail there
+    assert relative[5][0] == "missing.jpeg" and "file not found" in relative[5][1]
+    assert relative[6][0] == "empty" and "no .jpeg, .jpg or .png" in relative[6][1]
+    assert len(relative) == 7
+
+
+def test_predictions_use_the_training_preprocessing_and_the_evaluate_threshold(tiny_model):
+    classifier = load_model_file(tiny_model["model_path"])
+    assert classifier.threshold == tiny_model["threshold"]
+    paths = tiny_model["images"]
+    predictions = list(predict_paths(classifier, paths, batch_size=3))
+    assert [prediction.path for prediction in predictions] == [str(path) for path in paths]
+    scores = np.array([prediction.probability for prediction in predictions])
+    np.testing.assert_allclose(scores, expected_scores(tiny_model, paths), rtol=1e-5, atol=1e-6)
+    labels = [prediction.label for prediction in predictions]
+    assert labels == [label_for(score, tiny_model["threshold"]) for score in scores]
+    # The threshold is the median score, so both labels occur, and the image scored exactly at
+    # the threshold is called pneumonia (>=), as evaluate counts it.
+    assert set(labels) == {"NORMAL", "PNEUMONIA"}
+    assert labels.count("PNEUMONIA") == len(paths) - len(paths) // 2
+    assert all(prediction.ok for prediction in predictions)
+    assert {prediction.threshold for prediction in predictions} == {classifier.threshold}
+
+
+def test_a_bad_file_gets_an_error_and_the_others_are_still_scored(tiny_model, tmp_path):
+    good = tiny_model["images"][:3]
+    truncated = tmp_path / "truncated.jpeg"
+    truncated.write_bytes(truncated_jpeg_bytes())
+    text = tmp_path / "notes.png"
+    text.write_text("a text file with an image name")
+    classifier = load_model_file(tiny_model["model_path"])
+    inputs = [good[0], truncated, good[1], text, tmp_path / "gone.jpeg", good[2]]
+    predictions = list(predict_paths(classifier, inputs, batch_size=4))
+    assert [prediction.ok for prediction in predictions] == [True, False, True, False, False, True]
+    assert "truncated.jpeg: truncated image" in predictions[1].error
+    assert "notes.png: not an image" in predictions[3].error
+    assert "gone.jpeg: file not found" in predictions[4].error
+    assert predictions[1].probability is None and predictions[1].label is None
+    scores = [predictions[index].probability for index in (0, 2, 5)]
+    np.testing.assert_allclose(scores, expected_scores(tiny_model, good), rtol=1e-5, atol=1e-6)
+
+
+def test_cli_json_lines_on_stdout_error_lines_on_stderr_and_exit_one(tiny_model, tmp_path, capsys):
+    bad = tmp_path / "broken.jpeg"
+    bad.write_bytes(truncated_jpeg_bytes())
+    arguments = ["predict", str(tiny_model["images"][0]), str(bad), str(tiny_model["images"][1])]
+    status, out, err = run_cli([*arguments, "--model", str(tiny_model["model_path"])], capsys)
+    assert status == 1
+    rows = [json.loads(line) for line in out.splitlines()]
+    columns = ["path", "probability", "label", "threshold", "error"]
+    assert [list(row) for row in rows] == [columns] * 3
+    assert rows[1]["path"] == str(bad) and rows[1]["probability"] is None
+    assert rows[1]["error"].startswith(f"{bad}: truncated image")
+    assert rows[0]["error"] is None and rows[0]["label"] in {"NORMAL", "PNEUMONIA"}
+    assert rows[0]["threshold"] == tiny_model["threshold"]
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert error_lines == [f"error: {rows[1]['error']}"]
+    assert "2 image(s) scored, 1 failed" in err
+
+
+def test_cli_csv_with_a_threshold_override_exits_zero(tiny_model, capsys):
+    folder = tiny_model["folder"] / "images"
+    arguments = ["predict", str(folder), "--model", str(tiny_model["model_path"])]
+    status, out, _ = run_cli([*arguments, "--format", "csv", "--threshold", "0"], capsys)
+    assert status == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == len(tiny_model["images"])
+    assert {row["label"] for row in rows} == {"PNEUMONIA"}  # everything is >= 0
+    assert {row["threshold"] for row in rows} == {"0.0"} and {row["error"] for row in rows} == {""}
+    scores = [float(row["probability"]) for row in rows]
+    paths = sorted(tiny_model["images"])
+    np.testing.assert_allclose(scores, expected_scores(tiny_model, paths), rtol=1e-5, atol=1e-6)
+
+
+def test_gradcam_writes_one_overlay_per_image_with_unique_names(tiny_model, tmp_path, capsys):
+    first, second = tiny_model["images"][:2]
+    twin = tmp_path / "other" / first.name  # same file name in another folder
+    twin.parent.mkdir()
+    shutil.copyfile(first, twin)
+    overlays = tmp_path / "gradcam"
+    arguments = ["predict", str(first), str(second), str(twin), "--gradcam", str(overlays)]
+    status, out, _ = run_cli([*arguments, "--model", str(tiny_model["model_path"])], capsys)
+    assert status == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    written = [row["gradcam"] for row in rows]
+    assert written == [
+        str(overlays / f"{first.stem}.png"),
+        str(overlays / f"{second.stem}.png"),
+        str(overlays / f"{first.stem}-1.png"),
+    ]
+    for path in written:
+        with Image.open(path) as image:
+            assert image.size == (TINY_SIDE, TINY_SIDE) and image.mode == "RGB"
+
+
+def test_missing_default_model_names_the_file_and_dvc_repro(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run_cli(["predict", "x.jpeg"], capsys)
+    assert status == 2 and out == ""
+    assert "error: models/model.keras: not found; run the pipeline first (dvc repro)" in err
+
+
+def test_threshold_must_belong_to_the_model(tiny_model, tmp_path):
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_model["folder"], folder, ignore=shutil.ignore_patterns("images"))
+    stale = {"threshold": 0.3, "model": {"version": "7", "model_id": "m-older"}}
+    (folder / "threshold.json").write_text(json.dumps(stale))
+    with pytest.raises(PredictionError, match=r"threshold\.json was chosen for model version 7"):
+        load_classifier(folder / "model.keras")
+    assert load_classifier(folder / "model.keras", threshold=0.25).threshold == 0.25
+    (folder / "threshold.json").unlink()
+    with pytest.raises(PredictionError, match=r"threshold\.json: not found; the evaluate stage"):
+        load_classifier(folder / "model.keras")
+    (folder / "model.json").write_text(json.dumps({"preprocess": {"image_size": 32}}))
+    with pytest.raises(PipelineError, match="preprocess settings lack resize"):
+        load_classifier(folder / "model.keras", threshold=0.5)
+
+
+def test_preprocess_settings_must_fit_the_model(tiny_model, tmp_path):
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_model["folder"], folder, ignore=shutil.ignore_patterns("images"))
+    card = json.loads((folder / "model.json").read_text())
+    card["preprocess"]["image_size"] = 64
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(PredictionError, match=r"takes \(32, 32, 1\) but its preprocess settings"):
+        load_classifier(folder / "model.keras")

@@ -1,0 +1,297 @@
+"""The served model: logged and registered into a real (temporary) MLflow store, loaded back by
+URI, loaded in a fresh process from its own copy of the code, and served over real HTTP by
+`mlflow models serve`."""
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumonia.cli import main
+from pneumonia.prediction import (
+    Prediction,
+    PredictionError,
+    load_classifier,
+    load_model_file,
+    predict_paths,
+)
+from pneumonia.registry import LoggedModel, tag_version
+from pneumonia.serving import INPUT_COLUMN, log_serving_model, serving_frame
+
+from conftest import TINY_PREPROCESS
+
+KERAS_NAME, SERVING_NAME, ALIAS = "pneumonia-cnn", "pneumonia-classifier", "candidate"
+SERVED_URI = f"models:/{SERVING_NAME}@{ALIAS}"
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_model, tmp_path_factory):
+    """What train and evaluate leave in the registry, for the tiny model: the Keras flavor with
+    its model card (train run) and the served pyfunc (evaluate run), both tagged and @candidate."""
+    store = tmp_path_factory.mktemp("mlflow-store")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    threshold = tiny_model["threshold"]
+    tags = {"threshold": threshold, "val_roc_auc": 0.9, "val_sensitivity": 0.8}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.create_experiment(
+            "pneumonia", artifact_location=(store / "artifacts").as_uri()
+        )
+        model = keras.saving.load_model(tiny_model["model_path"], compile=False)
+        with mlflow.start_run(experiment_id=experiment, run_name="train") as train:
+            # As train logs it, less the signature and requirements inference (seconds of a
+            # subprocess); the end-to-end test covers train's own logging.
+            info = mlflow.keras.log_model(
+                model, name="model", registered_model_name=KERAS_NAME, pip_requirements=["keras"]
+            )
+            keras_model = LoggedModel(
+                info.model_id, info.model_uri, str(info.registered_model_version)
+            )
+            mlflow.log_artifact(str(tiny_model["folder"] / "model.json"))
+        tag_version(KERAS_NAME, keras_model.version, ALIAS, tags)
+        with mlflow.start_run(experiment_id=experiment, run_name="evaluate"):
+            served = log_serving_model(
+                tiny_model["model_path"],
+                threshold,
+                TINY_PREPROCESS,
+                SERVING_NAME,
+                source={"registered_model": KERAS_NAME, "version": keras_model.version},
+                example_image=tiny_model["images"][0].read_bytes(),
+            )
+        tag_version(SERVING_NAME, served.version, ALIAS, tags)
+        yield {
+            "uri": uri,
+            "train_run_id": train.info.run_id,
+            "keras": keras_model,
+            "served": served,
+            "local": list(
+                predict_paths(load_model_file(tiny_model["model_path"]), tiny_model["images"])
+            ),
+        }
+
+
+def frame_of(*blobs) -> pd.DataFrame:
+    return pd.DataFrame({INPUT_COLUMN: list(blobs)})
+
+
+def test_served_model_answers_image_bytes_and_flags_undecodable_rows(tiny_model, registry):
+    served = mlflow.pyfunc.load_model(SERVED_URI)
+    assert served.metadata.get_input_schema().input_types()[0].name == "binary"
+    files = tiny_model["images"][:3]
+    answer = served.predict(frame_of(*(path.read_bytes() for path in files), b"\x89PNG broken"))
+    assert list(answer.columns) == ["probability", "label", "threshold", "error"]
+    local = registry["local"][:3]
+    np.testing.assert_allclose(
+        answer["probability"][:3].astype(float), [p.probability for p in local], rtol=1e-5
+    )
+    assert answer["label"][:3].tolist() == [p.label for p in local]
+    assert (answer["threshold"] == tiny_model["threshold"]).all()
+    assert answer["error"][:3].isna().all()
+    assert answer["probability"][3] is None and answer["label"][3] is None
+    assert answer["error"][3].startswith("row 3: ")
+
+
+def test_predict_loads_the_served_and_the_keras_model_from_the_registry(tiny_model, registry):
+    expected = [prediction.probability for prediction in registry["local"]]
+    for uri in (
+        SERVED_URI,
+        f"models:/{KERAS_NAME}/{registry['keras'].version}",
+        f"models:/{KERAS_NAME}@{ALIAS}",
+        registry["keras"].model_uri,  # models:/<model id>: threshold from the run's version
+    ):
+        classifier = load_classifier(uri)
+        assert classifier.threshold == pytest.approx(tiny_model["threshold"]), uri
+        assert classifier.preprocess.image_size == TINY_PREPROCESS["image_size"]
+        scores = [p.probability for p in predict_paths(classifier, tiny_model["images"])]
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, err_msg=uri)
+    assert load_classifier(SERVED_URI, threshold=0.2).threshold == 0.2
+    with pytest.raises(PredictionError, match="models:/no-such-model/1: cannot load"):
+        load_classifier("models:/no-such-model/1")
+
+
+def test_cli_predicts_with_a_registry_uri(tiny_model, registry, capsys):
+    main(["predict", str(tiny_model["images"][1]), "--model", SERVED_URI])  # exit 0: returns
+    out, err = capsys.readouterr()
+    assert f"model {SERVED_URI}" in err
+    row = json.loads(out)
+    assert row["probability"] == pytest.approx(registry["local"][1].probability, rel=1e-5)
+
+
+def test_failed_rows_serialise_as_null_not_nan(registry):
+    frame = serving_frame(registry["local"][:1])
+    assert frame["probability"].dtype == np.float64
+    failed = Prediction("row 1", None, None, 0.5, "row 1: not an image")
+    records = serving_frame([*registry["local"][:1], failed]).to_dict(orient="records")
+    assert records[1] == {
+        "probability": None,
+        "label": None,
+        "threshold": 0.5,
+        "error": "row 1: not an image",
+    }
+    assert records[0]["error"] is None
+    json.dumps(records, allow_nan=False)
+
+
+def served_environment(registry) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = registry["uri"]
+    # `mlflow models serve` starts `uvicorn` by name: the one of this environment.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@pytest.mark.slow
+def test_served_model_runs_its_own_copy_of_the_code(tiny_model, registry, tmp_path):
+    """Loaded in a fresh process, the model imports the package from its folder (code_paths),
+    not from wherever `pneumonia` happens to be installed."""
+    script = (
+        "import sys, mlflow, pandas as pd\n"
+        f"model = mlflow.pyfunc.load_model({SERVED_URI!r})\n"
+        "import pneumonia.serving\n"
+        "print(pneumonia.serving.__file__)\n"
+        f"image = open({str(tiny_model['images'][1])!r}, 'rb').read()\n"
+        "print(model.predict(pd.DataFrame({'image': [image]}))['probability'][0])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=served_environment(registry),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    module_file, probability = result.stdout.split()[-2:]
+    model_folder = Path(mlflow.artifacts.download_artifacts(registry["served"].model_uri))
+    assert Path(module_file).resolve().parent == (model_folder / "code" / "pneumonia").resolve()
+    assert float(probability) == pytest.approx(registry["local"][1].probability, rel=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(url: str, payload: dict) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.fixture
+def server(registry, tmp_path):
+    """`mlflow models serve` of the registry alias on a free loopback port; always stopped."""
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        SERVED_URI,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with log_path.open("w") as log:
+        # Its own session: the CLI starts uvicorn as a child, and both must be stopped.
+        process = subprocess.Popen(
+            command,
+            env=served_environment(registry),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited ({process.returncode}):\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer /ping:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def encoded(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.slow
+def test_served_over_http_answers_like_the_local_model(tiny_model, registry, server):
+    images = [path.read_bytes() for path in tiny_model["images"][:2]]
+    payload = {
+        "dataframe_split": {
+            "columns": [INPUT_COLUMN],
+            "data": [[encoded(images[0])], [encoded(b"plain text")], [encoded(images[1])]],
+        }
+    }
+    status, body = post(f"{server}/invocations", payload)
+    assert status == 200, body
+    answers = strict_json(body)["predictions"]
+    local = registry["local"]
+    for answer, expected in zip([answers[0], answers[2]], local[:2], strict=True):
+        assert answer["probability"] == pytest.approx(expected.probability, rel=1e-5)
+        assert answer["label"] == expected.label
+        assert answer["threshold"] == pytest.approx(tiny_model["threshold"])
+        assert answer["error"] is None
+        called = answer["probability"] >= answer["threshold"]
+        assert answer["label"] == ("PNEUMONIA" if called else "NORMAL")
+    assert answers[1]["probability"] is None and answers[1]["label"] is None
+    assert answers[1]["error"] == "row 1: not an image (Pillow cannot identify it)"
+
+    records = {"dataframe_records": [{INPUT_COLUMN: encoded(images[1])}]}
+    status, body = post(f"{server}/invocations", records)
+    assert status == 200, body
+    assert strict_json(body)["predictions"][0]["probability"] == pytest.approx(
+        local[1].probability, rel=1e-5
+    )
+    # Text that is not base64 never reaches the model: the scoring server answers 400.
+    status, body = post(f"{server}/invocations", {"dataframe_records": [{INPUT_COLUMN: "abc"}]})
+    assert status == 400 and "image" in body

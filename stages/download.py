@@ -1,6 +1,8 @@
 """DVC stage `download`: fetch (Kaggle) or open (local folder / zip) the dataset, check every image,
 write the manifest and the data-quality report."""
 
+import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
+
 from pneumonia.cli import run_stage
 from pneumonia.config import load_config
 from pneumonia.download import run_download

@@ -7,6 +7,8 @@ both registered versions with the `evaluate.alias` alias."""
 import os
 import time
 
+import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
 
 import mlflow

@@ -1,6 +1,8 @@
 """DVC stage `preprocess`: decode, grayscale, resize and (optionally) CLAHE every split into uint8
 arrays, plus a sample grid per split."""
 
+import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
+
 from pneumonia.cli import run_stage
 from pneumonia.config import SPLITS, load_config
 from pneumonia.files import read_csv, write_json

@@ -1,5 +1,7 @@
 """DVC stage `split`: patient-level, stratified train/val split; the official test split kept."""
 
+import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
+
 from pneumonia.cli import run_stage
 from pneumonia.config import load_config
 from pneumonia.files import read_csv, write_json

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -233,3 +234,35 @@ def tiny_model(tmp_path_factory) -> dict:
         "threshold": threshold,
         "settings": settings,
     }
+
+
+# --- Running the real tools on a copy of the repository ------------------------------------
+
+
+def run_command(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def copy_repository(target: Path) -> None:
+    """What a fresh clone holds: tracked files plus new files git does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    # A clone of a project that never committed a run: no lock file, no outputs.
+    generated = ("dvc.lock", "reports/", "data/", "models/", "studies/")
+    for relative in filter(None, listed):
+        if relative.startswith(generated):
+            continue
+        source = PROJECT_ROOT / relative
+        if source.is_file():
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / relative)

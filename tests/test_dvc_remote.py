@@ -8,14 +8,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import PROJECT_ROOT, build_kaggle_tree
+from conftest import build_kaggle_tree, copy_repository, run_command
 
 pytestmark = pytest.mark.slow
 # What push/pull carries: the cached outputs of dvc.yaml (the image links, the reports and
@@ -30,29 +29,7 @@ CACHED_OUTPUTS = (
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result.stdout
-
-
-def copy_repository(target: Path) -> None:
-    """The files a fresh clone holds, without anything a run generated."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    generated = ("dvc.lock", "reports/", "data/", "models/", "studies/", "mlruns/")
-    for relative in filter(None, listed):
-        source = PROJECT_ROOT / relative
-        if not relative.startswith(generated) and source.is_file():
-            (target / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / relative)
+    return run_command(command, cwd, env).stdout
 
 
 def file_hashes(root: Path, outputs: tuple[str, ...]) -> dict[str, str]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -246,6 +248,29 @@ def run_command(command: list[str], cwd: Path, env: dict[str, str]) -> subproces
             f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def tool_environment(**extra: str) -> dict[str, str]:
+    """What the pipeline's tools run with in a repo copy: this venv's programs first, a git
+    identity, no DVC analytics, and no MLflow settings leaking in from the caller."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+        DVC_NO_ANALYTICS="true",
+    )
+    env.update(extra)
+    return env
+
+
+def commit_baseline(repo: Path, env: dict[str, str]) -> None:
+    """A git repository whose first commit holds everything in the copy."""
+    run_command(["git", "init", "-q", "-b", "main"], repo, env)
+    run_command(["git", "add", "-A"], repo, env)
+    run_command(["git", "commit", "-qm", "baseline"], repo, env)
 
 
 def copy_repository(target: Path) -> None:

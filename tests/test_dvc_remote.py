@@ -6,15 +6,19 @@ cache deleted, pulls every cached output back byte-identical."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import build_kaggle_tree, copy_repository, run_command
+from conftest import (
+    build_kaggle_tree,
+    commit_baseline,
+    copy_repository,
+    run_command,
+    tool_environment,
+)
 
 pytestmark = pytest.mark.slow
 # What push/pull carries: the cached outputs of dvc.yaml (the image links, the reports and
@@ -57,18 +61,8 @@ def test_push_to_a_local_remote_and_pull_back(tmp_path):
     train["tuning"]["n_trials"] = 0
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        GIT_AUTHOR_NAME="test",
-        GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="test",
-        GIT_COMMITTER_EMAIL="test@example.com",
-        DVC_NO_ANALYTICS="true",
-    )
-    run(["git", "init", "-q", "-b", "main"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "baseline"], repo, env)
+    env = tool_environment()
+    commit_baseline(repo, env)
     run(["dvc", "repro"], repo, env)
     produced = file_hashes(repo, CACHED_OUTPUTS)
     assert "models/model.keras" in produced

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -24,9 +23,11 @@ from conftest import (
     PROJECT_ROOT,
     add_archive_quirks,
     build_kaggle_tree,
+    commit_baseline,
     copy_repository,
     run_command,
     sample_shared_images,
+    tool_environment,
 )
 
 run = run_command
@@ -56,23 +57,14 @@ def pipeline(tmp_path_factory):
     train["tuning"]["search_space"].update(base_filters=[4, 8], batch_size=[8])
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    env = tool_environment(
         PYTHONPATH=os.pathsep.join(
-            [str(PROJECT_ROOT / "tests" / "boundary"), env.get("PYTHONPATH", "")]
+            [str(PROJECT_ROOT / "tests" / "boundary"), os.environ.get("PYTHONPATH", "")]
         ),
         FAKE_KAGGLEHUB_DATASET=str(dataset),
         FAKE_KAGGLEHUB_LOG=str(base / "kaggle-calls.log"),
-        GIT_AUTHOR_NAME="test",
-        GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="test",
-        GIT_COMMITTER_EMAIL="test@example.com",
-        DVC_NO_ANALYTICS="true",
     )
-    run(["git", "init", "-q", "-b", "main"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "baseline"], repo, env)
+    commit_baseline(repo, env)
     first = run(["dvc", "repro"], repo, env)
     return {"repo": repo, "env": env, "base": base, "first": first}
 

@@ -22,6 +22,10 @@ RESIZE_MODES = ("letterbox", "stretch", "crop")
 KAGGLE_SOURCE = "kaggle"
 SPLITS = ("train", "val", "test")
 CLASSES = ("NORMAL", "PNEUMONIA")
+# File names in `paths.models`: the model, train's model card, evaluate's operating threshold.
+MODEL_FILE = "model.keras"
+MODEL_CARD_FILE = "model.json"
+THRESHOLD_FILE = "threshold.json"
 
 # A `dvc exp run --temp` or `--queue` runs in <project>/.dvc/tmp/exps/<name>/; the MLflow store
 # and relative dataset paths must still resolve against <project>.
@@ -61,11 +65,11 @@ class Paths:
 
     @property
     def model(self) -> Path:
-        return self.models / "model.keras"
+        return self.models / MODEL_FILE
 
     @property
     def model_card(self) -> Path:
-        return self.models / "model.json"
+        return self.models / MODEL_CARD_FILE
 
     @property
     def train_reports(self) -> Path:
@@ -73,7 +77,7 @@ class Paths:
 
     @property
     def threshold(self) -> Path:
-        return self.models / "threshold.json"
+        return self.models / THRESHOLD_FILE
 
     @property
     def metrics(self) -> Path:

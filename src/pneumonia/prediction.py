@@ -21,7 +21,13 @@ import keras
 import numpy as np
 from PIL import Image
 
-from pneumonia.config import CLASSES, PreprocessConfig
+from pneumonia.config import (
+    CLASSES,
+    MODEL_CARD_FILE,
+    MODEL_FILE,
+    THRESHOLD_FILE,
+    PreprocessConfig,
+)
 from pneumonia.errors import PipelineError
 from pneumonia.gradcam import gradcam_heatmaps, overlay
 from pneumonia.images import ImageDecodeError
@@ -33,9 +39,7 @@ from pneumonia.preprocess import (
 )
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-DEFAULT_MODEL = Path("models") / "model.keras"
-MODEL_CARD_NAME = "model.json"
-THRESHOLD_NAME = "threshold.json"
+DEFAULT_MODEL = Path("models") / MODEL_FILE
 DEFAULT_BATCH_SIZE = 32
 OUTPUT_COLUMNS = ("path", "probability", "label", "threshold", "error")
 NEGATIVE_CLASS = CLASSES[0]
@@ -288,13 +292,13 @@ def load_model_file(model_path: Path, threshold: float | None = None) -> Classif
             f"{model_path}: not found; run the pipeline first (dvc repro) or pass --model "
             "with a .keras file or an MLflow model URI"
         )
-    card_path = model_path.with_name(MODEL_CARD_NAME)
+    card_path = model_path.with_name(MODEL_CARD_FILE)
     card = _read_json(
         card_path,
         f"it holds the preprocess settings of {model_path}; run the train stage (dvc repro)",
     )
     if threshold is None:
-        threshold_path = model_path.with_name(THRESHOLD_NAME)
+        threshold_path = model_path.with_name(THRESHOLD_FILE)
         operating_point = _read_json(
             threshold_path,
             "the evaluate stage chooses the threshold: run dvc repro, or pass --threshold",
@@ -343,15 +347,15 @@ def _load_keras_flavor(uri: str, info, threshold: float | None) -> Classifier:
     with tempfile.TemporaryDirectory() as scratch:
         try:
             card_file = mlflow.artifacts.download_artifacts(
-                run_id=info.run_id, artifact_path=MODEL_CARD_NAME, dst_path=scratch
+                run_id=info.run_id, artifact_path=MODEL_CARD_FILE, dst_path=scratch
             )
         except Exception as error:  # MlflowException or OSError, depending on the store
             raise PredictionError(
-                f"{uri}: cannot read {MODEL_CARD_NAME} (the preprocess settings) from run "
+                f"{uri}: cannot read {MODEL_CARD_FILE} (the preprocess settings) from run "
                 f"{info.run_id}: {error}"
             ) from error
         card = _read_json(Path(card_file), f"run {info.run_id} logged no model card")
-    preprocess = config_from_settings(card.get("preprocess"), f"{uri} ({MODEL_CARD_NAME})")
+    preprocess = config_from_settings(card.get("preprocess"), f"{uri} ({MODEL_CARD_FILE})")
     model = mlflow.keras.load_model(uri)
     return Classifier(model, threshold, preprocess, uri)
 

@@ -85,6 +85,31 @@ def test_dataset_yields_uint8_batches_and_augments_only_training_data():
     np.testing.assert_array_equal(batch.numpy(), again.numpy())
 
 
+def test_exposure_and_blur_jitter_change_brightness_and_sharpness():
+    from pneumonia.config import AugmentationConfig
+
+    # A sharp vertical edge at mid-grey: brightness moves the mean, blur softens the edge.
+    image = np.full((1, 16, 16, 1), 100, dtype=np.uint8)
+    image[:, :, 8:] = 160
+    images, labels = np.repeat(image, 64, axis=0), np.zeros(64, dtype=int)
+    off = AugmentationConfig(rotation=0.0, shift=0.0, zoom=0.0, contrast=0.0)
+    exposure = AugmentationConfig(0.0, 0.0, 0.0, 0.0, brightness=0.2)
+    blur = AugmentationConfig(0.0, 0.0, 0.0, 0.0, blur=2.0)
+
+    def batch(config: AugmentationConfig) -> np.ndarray:
+        dataset = make_dataset(images, labels, 64, training=True, seed=3, augmentation=config)
+        return next(iter(dataset))[0].numpy().astype(float)
+
+    np.testing.assert_array_equal(batch(off), images)
+    means = batch(exposure).mean(axis=(1, 2, 3))
+    assert means.std() > 5 and np.abs(means - 130).max() <= 0.2 * 255 + 1
+    # Blur keeps the mean (away from the clipped range) and shrinks the step at the edge.
+    blurred = batch(blur)
+    steps = blurred[:, 8, 8, 0] - blurred[:, 8, 7, 0]
+    assert steps.min() < 60 and (steps < 60).sum() >= 8
+    assert np.abs(blurred.mean(axis=(1, 2, 3)) - 130).max() < 3
+
+
 def test_label_smoothing_reaches_the_loss():
     from pneumonia.training import compiled_model
 

@@ -175,6 +175,8 @@ class AugmentationConfig:
     shift: float
     zoom: float
     contrast: float
+    brightness: float = 0.0  # fraction of the value range added or subtracted (exposure)
+    blur: float = 0.0  # largest Gaussian blur sigma, in pixels (sharpness of the detector)
 
 
 @dataclass(frozen=True)
@@ -532,7 +534,10 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
         section, "train", "optimizer", {"name", "learning_rate", "weight_decay", "rho", "momentum"}
     )
     augmentation, augmentation_prefix = _subsection(
-        section, "train", "augmentation", {"rotation", "shift", "zoom", "contrast"}
+        section,
+        "train",
+        "augmentation",
+        {"rotation", "shift", "zoom", "contrast", "brightness", "blur"},
     )
     tuning, tuning_prefix = _subsection(
         section,
@@ -601,6 +606,8 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
             shift=_number(augmentation, augmentation_prefix, "shift", 0.0, 0.5),
             zoom=_number(augmentation, augmentation_prefix, "zoom", 0.0, 0.9),
             contrast=_number(augmentation, augmentation_prefix, "contrast", 0.0, 0.9),
+            brightness=_number(augmentation, augmentation_prefix, "brightness", 0.0, 0.5),
+            blur=_number(augmentation, augmentation_prefix, "blur", 0.0, 5.0),
         ),
         tuning=TuningConfig(
             n_trials=_positive(tuning, tuning_prefix, "n_trials", minimum=0),

@@ -6,6 +6,8 @@ instead of decoding JPEGs from disk every epoch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 from keras import layers
@@ -14,6 +16,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from pneumonia.config import AugmentationConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
+Augmentation = Callable[..., tf.Tensor]  # called as augmentation(pixels, training=True)
 
 
 def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
@@ -28,9 +31,26 @@ def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
     return {int(label): float(weight) for label, weight in zip(classes, weights, strict=True)}
 
 
-def augmentation_layers(config: AugmentationConfig, seed: int) -> list[layers.Layer]:
-    """Small geometric and contrast jitter; black fill matches the letterbox bars."""
-    chosen: list[layers.Layer] = []
+class ReflectPadded:
+    """Runs an image layer on a reflect-padded batch and crops back: Keras' Gaussian blur pads
+    with zeros, which would darken a band along every edge of the image."""
+
+    def __init__(self, layer: layers.Layer, pad: int):
+        self.layer, self.pad = layer, pad
+
+    def __call__(self, pixels: tf.Tensor, training: bool = True) -> tf.Tensor:
+        pad = self.pad
+        padded = tf.pad(pixels, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+        return self.layer(padded, training=training)[:, pad:-pad, pad:-pad, :]
+
+
+def augmentation_layers(config: AugmentationConfig, seed: int) -> list[Augmentation]:
+    """Geometric, contrast, exposure and sharpness jitter; black fill matches the letterbox bars.
+
+    Exposure (brightness) and sharpness (blur) stand in for differences between X-ray units
+    and settings, which a split of one hospital's archive does not show on val.
+    """
+    chosen: list[Augmentation] = []
     if config.rotation > 0:
         chosen.append(
             layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed, name="rotate")
@@ -51,6 +71,24 @@ def augmentation_layers(config: AugmentationConfig, seed: int) -> list[layers.La
                 config.contrast, value_range=(0, 255), seed=seed + 3, name="contrast"
             )
         )
+    if config.brightness > 0:
+        chosen.append(
+            layers.RandomBrightness(
+                config.brightness, value_range=(0, 255), seed=seed + 4, name="brightness"
+            )
+        )
+    if config.blur > 0:
+        # Keras draws one sigma per batch and blurs each image with probability ~1/2.
+        radius = int(np.ceil(2 * config.blur))
+        blur = layers.RandomGaussianBlur(
+            factor=1.0,
+            kernel_size=2 * radius + 1,
+            sigma=(0.0, config.blur),
+            value_range=(0, 255),
+            seed=seed + 5,
+            name="blur",
+        )
+        chosen.append(ReflectPadded(blur, radius))
     return chosen
 
 

@@ -17,8 +17,10 @@ import pandas as pd
 
 from pneumonia.cli import run_stage
 from pneumonia.config import load_config
+from pneumonia.evaluation import predict_scores
 from pneumonia.files import write_json
 from pneumonia.registry import log_and_register, model_card
+from pneumonia.robustness import check_model
 from pneumonia.tracking import stage_run
 from pneumonia.training import (
     MONITOR,
@@ -103,6 +105,19 @@ def main() -> None:
             "train_images_per_second": round(len(train.images) * epochs_run / seconds, 1),
         }
 
+        # Val images under acquisition shifts (robustness.py): a val signal that the clean,
+        # nearly saturated val AUC does not give. Val only; test stays evaluate's.
+        shift = check_model(
+            lambda images: predict_scores(model, images),
+            paths.split_csv("val"),
+            paths.images,
+            config.preprocess,
+            config.evaluate.threshold,
+            settings.seed,
+        )
+        metrics.update({key: round(value, 6) for key, value in shift.summary.items()})
+        shift.table.to_csv(paths.train_reports / "val_shift.csv", index=False)
+
         paths.models.mkdir(parents=True, exist_ok=True)
         model.save(paths.model)
         run.log_hashes("output", [paths.model])
@@ -117,6 +132,7 @@ def main() -> None:
         run.log_artifact(paths.model_card)
         run.log_artifact(paths.train_reports / "history.csv")
         run.log_artifact(trials_file)
+        run.log_artifact(paths.train_reports / "val_shift.csv")
     print(
         f"train: val AUC {val_auc:.4f} at epoch {epoch}; registered "
         f"{settings.registered_model_name} version {logged.version} ({logged.model_uri})"

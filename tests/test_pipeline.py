@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from pneumonia.prediction import load_classifier, predict_paths
+from pneumonia.robustness import SHIFTS
 
 from conftest import (
     PATIENT_FILES,
@@ -188,6 +189,16 @@ def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
     assert card["preprocess"]["image_size"] == 32
     history = (repo / "reports" / "train" / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,")
+    # The acquisition-shift check ran on the raw val images: one row per condition, summary
+    # figures in the DVC metrics and on the MLflow run.
+    shift = pd.read_csv(repo / "reports" / "train" / "val_shift.csv")
+    assert list(shift["condition"]) == ["none", *SHIFTS]
+    assert shift["roc_auc"].between(0, 1).all()
+    summary = json.loads((repo / "reports" / "train.json").read_text())
+    assert summary["val_shift_auc_min"] == pytest.approx(shift["roc_auc"].iloc[1:].min(), abs=1e-6)
+    assert parent["metrics.val_shift_auc_mean"].iloc[0] == pytest.approx(
+        summary["val_shift_auc_mean"], abs=1e-6
+    )
 
     info = mlflow.models.get_model_info("models:/pneumonia-cnn/1")
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"

@@ -80,7 +80,10 @@ def main() -> None:
     threshold = report["threshold"]
     print(
         f"\nthreshold {threshold['value']:.4f} ({threshold['rule']}, chosen on val); "
-        f"best val AUC {train['best_val_auc']:.4f}; test: {report['test']['images']} images, "
+        f"val AUC {train['val_auc']:.4f} ({train['ensemble_members']} member(s)), val "
+        f"balanced accuracy under acquisition shifts "
+        f"{train['val_shift_balanced_accuracy_mean']:.4f}; "
+        f"test: {report['test']['images']} images, "
         f"{report['test']['patients']} patients; {report['bootstrap']['resamples']} "
         "patient-bootstrap resamples"
     )

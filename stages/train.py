@@ -4,16 +4,15 @@ train and val splits only; test is evaluate's."""
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
 
-import keras
 import mlflow
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from pneumonia.cli import run_stage
 from pneumonia.config import load_config
@@ -24,11 +23,11 @@ from pneumonia.robustness import check_model
 from pneumonia.tracking import stage_run
 from pneumonia.training import (
     MONITOR,
-    MlflowEpochLogger,
     best_epoch,
     configure_runtime,
-    fit,
+    fit_ensemble,
     load_training_splits,
+    members_table,
 )
 from pneumonia.tuning import (
     hyperparameters_from,
@@ -79,30 +78,22 @@ def main() -> None:
             )
         mlflow.log_params({f"chosen.{k}": v for k, v in hyperparameters.flat().items()})
 
-        stopper = keras.callbacks.EarlyStopping(
-            monitor=MONITOR,
-            mode="max",
-            patience=settings.early_stopping_patience,
-            restore_best_weights=True,
-        )
-        started = time.perf_counter()
-        model, history = fit(
-            hyperparameters,
-            train,
-            val,
-            settings,
-            epochs=settings.epochs,
-            callbacks=[stopper, MlflowEpochLogger(run.run_id)],
-        )
-        seconds = time.perf_counter() - started
+        final = fit_ensemble(hyperparameters, train, val, settings, run.run_id)
+        model, history = final.model, final.histories[0]
         epoch, val_auc = best_epoch(history)
-        epochs_run = len(history.history[MONITOR])
+        epochs_run = sum(len(member.history[MONITOR]) for member in final.histories)
+        members = pd.DataFrame(members_table(final.histories, settings.seed))
+        members.to_csv(paths.train_reports / "members.csv", index=False)
         metrics = {
+            # best_val_auc / best_epoch: member 0's best epoch (Keras' AUC, as early stopping
+            # saw it); val_auc: the saved model (the members' average when ensemble > 1).
             "best_val_auc": val_auc,
             "best_epoch": epoch,
+            "val_auc": float(roc_auc_score(val.labels, predict_scores(model, val.images))),
+            "ensemble_members": len(final.histories),
             "epochs_run": epochs_run,
-            "final_fit_seconds": round(seconds, 1),
-            "train_images_per_second": round(len(train.images) * epochs_run / seconds, 1),
+            "final_fit_seconds": round(final.seconds, 1),
+            "train_images_per_second": round(len(train.images) * epochs_run / final.seconds, 1),
         }
 
         # Val images under acquisition shifts (robustness.py): a val signal that the clean,
@@ -133,8 +124,9 @@ def main() -> None:
         run.log_artifact(paths.train_reports / "history.csv")
         run.log_artifact(trials_file)
         run.log_artifact(paths.train_reports / "val_shift.csv")
+        run.log_artifact(paths.train_reports / "members.csv")
     print(
-        f"train: val AUC {val_auc:.4f} at epoch {epoch}; registered "
+        f"train: val AUC {metrics['val_auc']:.4f} ({len(final.histories)} member(s)); registered "
         f"{settings.registered_model_name} version {logged.version} ({logged.model_uri})"
     )
 

@@ -76,6 +76,36 @@ def test_gradcam_points_at_the_evidence(blob_model):
     assert np.mean(peaks) >= 0.8
 
 
+def copy_of(model: keras.Model) -> keras.Model:
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def test_gradcam_of_an_ensemble_averages_its_members_maps(blob_model):
+    from pneumonia.model import average_ensemble
+
+    images, _, _ = blob_images(24, seed=2)
+    single, _ = gradcam_heatmaps(blob_model, images)
+    # Two identical members: the same maps and probabilities as the network alone.
+    twins = average_ensemble([copy_of(blob_model), copy_of(blob_model)])
+    heatmaps, probabilities = gradcam_heatmaps(twins, images)
+    np.testing.assert_allclose(heatmaps, single, atol=1e-5)
+    # A member that sees nothing (all weights of its head zero: probability 0.5 everywhere)
+    # halves the distance to 0.5 and adds an empty map, so the maps keep their shape.
+    blind = copy_of(blob_model)
+    head = blind.layers[-1]
+    head.set_weights([np.zeros_like(weight) for weight in head.get_weights()])
+    mixed = average_ensemble([copy_of(blob_model), blind])
+    heatmaps, probabilities = gradcam_heatmaps(mixed, images)
+    alone = blob_model.predict(images, verbose=0)[:, 0]
+    np.testing.assert_allclose(probabilities, (alone + 0.5) / 2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(probabilities, mixed.predict(images, verbose=0)[:, 0], atol=1e-5)
+    # Where the explained call is the same, the blind member adds nothing to the map.
+    same_call = (alone >= 0.5) == (probabilities >= 0.5)
+    np.testing.assert_allclose(heatmaps[same_call], single[same_call], atol=1e-5)
+
+
 def test_gradcam_explains_the_last_convolution_block(blob_model):
     assert feature_layer(blob_model).name == "block2_relu2"
     with pytest.raises(ValueError, match="do not fit the model input"):

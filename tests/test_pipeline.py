@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pneumonia.model import ensemble_members
 from pneumonia.prediction import load_classifier, predict_paths
 from pneumonia.robustness import SHIFTS
 
@@ -52,7 +53,7 @@ def pipeline(tmp_path_factory):
     assert params["download"]["source"] == "kaggle"
     params["preprocess"].update(image_size=32, workers=2)
     train = params["train"]
-    train.update(epochs=2, batch_size=8)
+    train.update(epochs=2, batch_size=8, ensemble=2)  # the whole pipeline on an ensemble
     train["model"].update(depth=2, base_filters=4)
     train["tuning"].update(n_trials=TRIALS, epochs=2)
     train["tuning"]["search_space"].update(base_filters=[4, 8], batch_size=[8])
@@ -189,6 +190,12 @@ def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
     assert card["preprocess"]["image_size"] == 32
     history = (repo / "reports" / "train" / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,")
+    # Two members with consecutive seeds; member 1's curves under its own prefix.
+    members = pd.read_csv(repo / "reports" / "train" / "members.csv")
+    assert members["seed"].tolist() == [42, 43] and members["epochs_run"].tolist() == [2, 2]
+    steps = [m.step for m in client.get_metric_history(parent_id, "member1/val_auc")]
+    assert steps == [0, 1]
+    assert len(ensemble_members(keras.saving.load_model(repo / "models" / "model.keras"))) == 2
     # The acquisition-shift check ran on the raw val images: one row per condition, summary
     # figures in the DVC metrics and on the MLflow run.
     shift = pd.read_csv(repo / "reports" / "train" / "val_shift.csv")

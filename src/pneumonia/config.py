@@ -204,10 +204,14 @@ class TuningConfig:
     search_space: SearchSpace
 
 
+MAX_ENSEMBLE = 10
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int
     epochs: int
+    ensemble: int  # members fitted with seeds seed, seed + 1, ...; their probabilities averaged
     early_stopping_patience: int
     class_weight: str
     label_smoothing: float  # targets become 1 - s/2 and s/2: penalises over-confident calls
@@ -510,11 +514,22 @@ def _positive(section: dict[str, Any], prefix: str, key: str, minimum: int = 1) 
     return value
 
 
+def _ensemble_size(section: dict[str, Any]) -> int:
+    size = _positive(section, "train", "ensemble")
+    if size > MAX_ENSEMBLE:
+        raise ConfigError(
+            f"params.yaml: 'train.ensemble' must be <= {MAX_ENSEMBLE} (each member is a full "
+            f"fit), got {size}"
+        )
+    return size
+
+
 def parse_train(params: dict[str, Any]) -> TrainConfig:
     section = _section(params, "train")
     known = {
         "seed",
         "epochs",
+        "ensemble",
         "early_stopping_patience",
         "class_weight",
         "label_smoothing",
@@ -591,6 +606,7 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
     return TrainConfig(
         seed=_take(section, "train", "seed", int),
         epochs=_positive(section, "train", "epochs"),
+        ensemble=_ensemble_size(section),
         early_stopping_patience=_positive(section, "train", "early_stopping_patience"),
         class_weight=_choice(section, "train", "class_weight", CLASS_WEIGHTS),
         label_smoothing=_number(section, "train", "label_smoothing", 0.0, 0.5),

@@ -11,6 +11,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from pneumonia.model import ensemble_members
+
 _POOLING = (layers.MaxPooling2D, layers.AveragePooling2D, layers.GlobalAveragePooling2D)
 
 
@@ -43,36 +45,61 @@ def gradcam_heatmaps(
     Each map explains the model's call at the threshold: the PNEUMONIA logit for images called
     positive, its negative for images called NORMAL. The gradient is taken on the logit (the
     classifier's input times its weights), not on the sigmoid, which saturates at 0 or 1 for
-    confident calls and would give an empty map.
+    confident calls and would give an empty map. For an ensemble (model.average_ensemble) each
+    member's map explains the ensemble's call, and the maps are averaged.
     """
     if images.ndim != 4 or images.shape[1:] != tuple(model.input_shape[1:]):
         raise ValueError(
             f"Grad-CAM: images of shape {images.shape[1:]} do not fit the model input "
             f"{tuple(model.input_shape[1:])}"
         )
-    head = _classifier(model)
-    probe = keras.Model(model.inputs, [feature_layer(model).output, head.input])
-    kernel = tf.cast(head.kernel, tf.float32)
-    bias = tf.cast(head.bias, tf.float32)
+    probes = []
+    for member in ensemble_members(model):
+        head = _classifier(member)
+        probes.append(
+            (
+                keras.Model(member.inputs, [feature_layer(member).output, head.input]),
+                tf.cast(head.kernel, tf.float32),
+                tf.cast(head.bias, tf.float32),
+            )
+        )
     heatmaps, probabilities = [], []
     for start in range(0, len(images), batch_size):
         batch = tf.convert_to_tensor(images[start : start + batch_size])
         with tf.GradientTape() as tape:
-            features, pooled = probe(batch, training=False)
-            features = tf.cast(features, tf.float32)
-            tape.watch(features)
-            logits = tf.matmul(tf.cast(pooled, tf.float32), kernel)[:, 0] + bias[0]
-            probability = tf.sigmoid(logits)
+            features, logits = [], []
+            for probe, kernel, bias in probes:
+                member_features, pooled = probe(batch, training=False)
+                member_features = tf.cast(member_features, tf.float32)
+                tape.watch(member_features)
+                features.append(member_features)
+                logits.append(tf.matmul(tf.cast(pooled, tf.float32), kernel)[:, 0] + bias[0])
+            probability = tf.reduce_mean(tf.sigmoid(tf.stack(logits)), axis=0)
             sign = tf.where(probability >= threshold, 1.0, -1.0)
-            explained = sign * logits
+            # Each member's features reach only its own logit, so one gradient gives them all.
+            explained = tf.add_n([sign * logit for logit in logits])
         gradients = tape.gradient(explained, features)
-        channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-        maps = tf.nn.relu(tf.reduce_sum(features * channel_weights, axis=-1, keepdims=True))
-        maps = tf.image.resize(maps, images.shape[1:3], method="bilinear")[..., 0]
-        peak = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
-        heatmaps.append((maps / tf.where(peak > 0, peak, 1.0)).numpy())
+        maps = tf.add_n(
+            [
+                _normalised(_weighted_map(member_features, member_gradients), images.shape[1:3])
+                for member_features, member_gradients in zip(features, gradients, strict=True)
+            ]
+        )
+        heatmaps.append(_normalised(maps, images.shape[1:3])[..., 0].numpy())
         probabilities.append(probability.numpy())
     return np.concatenate(heatmaps), np.concatenate(probabilities)
+
+
+def _weighted_map(features: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    return tf.nn.relu(tf.reduce_sum(features * channel_weights, axis=-1, keepdims=True))
+
+
+def _normalised(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Resized to the image and scaled so each map peaks at 1 (an all-zero map stays 0)."""
+    maps = tf.image.resize(maps, size, method="bilinear")
+    peak = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
+    return maps / tf.where(peak > 0, peak, 1.0)
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.ndarray:

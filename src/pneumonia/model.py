@@ -47,3 +47,31 @@ def build_model(image_size: int, architecture: ArchitectureConfig) -> keras.Mode
     # float32 output even under mixed precision, so the sigmoid and the loss stay stable.
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(x)
     return keras.Model(inputs, outputs, name="pneumonia_cnn")
+
+
+def average_ensemble(members: list[keras.Model]) -> keras.Model:
+    """One model whose probability is the mean of the members' (same input, uint8 in).
+
+    A single model is returned as it is. The members keep their own layers (and names
+    member_0, member_1, ...), so Grad-CAM can explain each of them.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    if len(members) == 1:
+        return members[0]
+    shapes = {tuple(member.input_shape[1:]) for member in members}
+    if len(shapes) != 1:
+        raise ValueError(f"ensemble members take different inputs: {sorted(shapes)}")
+    for index, member in enumerate(members):
+        member.name = f"member_{index}"
+    inputs = keras.Input(shape=shapes.pop(), dtype="uint8", name="image")
+    average = layers.Average(dtype="float32", name="pneumonia")(
+        [member(inputs) for member in members]
+    )
+    return keras.Model(inputs, average, name="pneumonia_ensemble")
+
+
+def ensemble_members(model: keras.Model) -> list[keras.Model]:
+    """The members of an average_ensemble, or [model] for a single network."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return nested or [model]

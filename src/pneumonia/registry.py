@@ -94,7 +94,11 @@ def model_card(
         "output": "probability of PNEUMONIA (sigmoid)",
         "preprocess": model_input_settings(config.preprocess),
         "hyperparameters": hyperparameters.flat(),
-        "selection": "Optuna on val ROC AUC; final fit early-stopped on val ROC AUC",
+        "selection": (
+            "Optuna on val ROC AUC; final fit (train.ensemble members, averaged) early-stopped "
+            "on val ROC AUC"
+        ),
+        "ensemble_members": config.train.ensemble,
         "validation": metrics,
         "tuning": study,
         "mlflow": {

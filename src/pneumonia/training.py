@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from pneumonia.config import (
     resolve_workers,
 )
 from pneumonia.dataset import class_weights, make_dataset
-from pneumonia.model import build_model
+from pneumonia.model import average_ensemble, build_model
 from pneumonia.preprocess import PreprocessError, load_split
 
 MONITOR = "val_auc"
@@ -120,9 +121,15 @@ def fit(
     epochs: int,
     callbacks: list[keras.callbacks.Callback],
     augmentation: AugmentationConfig | None = None,
+    seed: int | None = None,
 ) -> tuple[keras.Model, keras.callbacks.History]:
-    """Build, compile and fit a model from fresh seeds, so every run is reproducible alone."""
-    seed_everything(config.seed)
+    """Build, compile and fit a model from fresh seeds, so every run is reproducible alone.
+
+    `seed` (default train.seed) seeds the weights, the shuffling and the augmentation: an
+    ensemble's members differ only by it.
+    """
+    seed = config.seed if seed is None else seed
+    seed_everything(seed)
     image_size = train.images.shape[1]
     model = compiled_model(image_size, hyperparameters, config.label_smoothing)
     train_data = make_dataset(
@@ -130,10 +137,10 @@ def fit(
         train.labels,
         hyperparameters.batch_size,
         training=True,
-        seed=config.seed,
+        seed=seed,
         augmentation=augmentation or config.augmentation,
     )
-    val_data = make_dataset(val.images, val.labels, 128, training=False, seed=config.seed)
+    val_data = make_dataset(val.images, val.labels, 128, training=False, seed=seed)
     history = model.fit(
         train_data,
         validation_data=val_data,
@@ -144,6 +151,67 @@ def fit(
         verbose=2,
     )
     return model, history
+
+
+@dataclass
+class FinalFit:
+    model: keras.Model  # the single network, or the average of the members
+    histories: list[keras.callbacks.History]  # one per member, in seed order
+    seconds: float
+
+
+def fit_ensemble(
+    hyperparameters: Hyperparameters,
+    train: SplitArrays,
+    val: SplitArrays,
+    config: TrainConfig,
+    run_id: str,
+) -> FinalFit:
+    """The final fit: train.ensemble members with seeds seed, seed + 1, ..., each with early
+    stopping on val AUC (best weights restored); their probabilities averaged.
+
+    Member 0 logs its curves under the plain metric names (as a single model does); member k
+    under `member<k>/`.
+    """
+    members, histories = [], []
+    started = time.perf_counter()
+    for index in range(config.ensemble):
+        stopper = keras.callbacks.EarlyStopping(
+            monitor=MONITOR,
+            mode="max",
+            patience=config.early_stopping_patience,
+            restore_best_weights=True,
+        )
+        logger = MlflowEpochLogger(run_id, prefix=f"member{index}/" if index else "")
+        model, history = fit(
+            hyperparameters,
+            train,
+            val,
+            config,
+            epochs=config.epochs,
+            callbacks=[stopper, logger],
+            seed=config.seed + index,
+        )
+        members.append(model)
+        histories.append(history)
+    return FinalFit(average_ensemble(members), histories, time.perf_counter() - started)
+
+
+def members_table(histories: list[keras.callbacks.History], seed: int) -> list[dict[str, Any]]:
+    """Per member: its seed, best epoch, best val AUC and epochs run."""
+    rows = []
+    for index, history in enumerate(histories):
+        epoch, value = best_epoch(history)
+        rows.append(
+            {
+                "member": index,
+                "seed": seed + index,
+                "best_epoch": epoch,
+                "best_val_auc": value,
+                "epochs_run": len(history.history[MONITOR]),
+            }
+        )
+    return rows
 
 
 def best_epoch(history: keras.callbacks.History) -> tuple[int, float]:

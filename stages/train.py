@@ -103,7 +103,6 @@ def main() -> None:
             paths.split_csv("val"),
             paths.images,
             config.preprocess,
-            config.evaluate.threshold,
             settings.seed,
         )
         metrics.update({key: round(value, 6) for key, value in shift.summary.items()})

@@ -140,7 +140,6 @@ def test_check_model_runs_on_files_and_names_a_missing_split(tmp_path, tiny_mode
         split_csv,
         images_dir,
         tiny_model["settings"],
-        parse_threshold_rule("youden"),
         seed=0,
     )
     assert list(report.table["condition"]) == ["none", *SHIFTS]
@@ -159,7 +158,6 @@ def test_check_model_runs_on_files_and_names_a_missing_split(tmp_path, tiny_mode
             tmp_path / "missing.csv",
             images_dir,
             PLAIN,
-            parse_threshold_rule("youden"),
             0,
         )
 

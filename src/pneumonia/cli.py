@@ -132,7 +132,6 @@ def _shift_check(arguments: argparse.Namespace) -> None:
         config.paths.split_csv("val"),
         config.paths.images,
         preprocess,
-        config.evaluate.threshold,
         config.train.seed,
     )
     if arguments.format == "csv":
@@ -270,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="val ROC AUC and calls under simulated acquisition shifts (val only)",
         description="Re-render the val images under fixed exposure, contrast, blur, noise, "
         "resolution and field-of-view changes, preprocess them as the model's card says, and "
-        "report ROC AUC, sensitivity, specificity and balanced accuracy at the threshold the "
-        "evaluate rule picks on the clean val images. The train stage records the same figures "
+        "report ROC AUC, sensitivity, specificity and balanced accuracy at the Youden threshold "
+        "of the clean val images. The train stage records the same figures "
         "in reports/train.json; this command checks any saved model. Test is never read.",
     )
     shift.add_argument(

@@ -6,7 +6,7 @@ cannot tell apart choices that behave differently on images acquired differently
 the official test split is known to be. This check re-renders each val image under fixed,
 seeded changes of exposure (gamma), contrast, sharpness, noise, resolution and field of view,
 *before* preprocessing (so CLAHE and resizing see them as they would see a new image), and
-measures ROC AUC and the calls at the threshold chosen on the clean val images. Only val images
+measures ROC AUC and the calls at the Youden threshold of the clean val images. Only val images
 are used; test is never read.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pneumonia.config import PreprocessConfig, ThresholdRule
+from pneumonia.config import PreprocessConfig, ThresholdRule, parse_threshold_rule
 from pneumonia.errors import PipelineError
 from pneumonia.images import load_grayscale
 from pneumonia.metrics import binary_metrics, choose_threshold
@@ -29,6 +29,9 @@ from pneumonia.preprocess import POSITIVE_CLASS, preprocess_image
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 REPORTED = ("roc_auc", "sensitivity", "specificity", "balanced_accuracy")
+# The check's own threshold rule, not evaluate's: a model's training figures must not change
+# (nor train re-run) when only the evaluate stage's operating-point rule is edited.
+YOUDEN = parse_threshold_rule("youden")
 
 
 class ShiftCheckError(PipelineError, ValueError):
@@ -106,7 +109,7 @@ SHIFTS: dict[str, Shift] = {
 
 @dataclass
 class ShiftReport:
-    threshold: float  # chosen on the clean val images by the evaluate threshold rule
+    threshold: float  # chosen on the clean val images (Youden unless told otherwise)
     table: pd.DataFrame  # one row per condition ("none" first): REPORTED metrics and counts
     summary: dict[str, float]
 
@@ -140,7 +143,7 @@ def shift_report(
     predict: Callable[[np.ndarray], np.ndarray],
     conditions: dict[str, np.ndarray],
     labels: np.ndarray,
-    rule: ThresholdRule,
+    rule: ThresholdRule = YOUDEN,
 ) -> ShiftReport:
     """Score every condition; the threshold comes from the clean ("none") scores only."""
     if "none" not in conditions:
@@ -175,11 +178,11 @@ def check_model(
     split_csv: Path,
     images_dir: Path,
     preprocess: PreprocessConfig,
-    rule: ThresholdRule,
     seed: int,
 ) -> ShiftReport:
-    """The whole check for one model over the val split listed in split_csv."""
+    """The whole check for one model over the val split listed in split_csv, at the Youden
+    threshold of the clean val images."""
     if not split_csv.is_file():
         raise ShiftCheckError(f"{split_csv}: not found; run the split stage first (dvc repro)")
     sources, labels = load_sources(pd.read_csv(split_csv), images_dir)
-    return shift_report(predict, shifted_images(sources, preprocess, seed), labels, rule)
+    return shift_report(predict, shifted_images(sources, preprocess, seed), labels)

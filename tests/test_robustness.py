@@ -185,7 +185,14 @@ def test_shift_check_command_reads_the_models_card(tmp_path, tiny_model):
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert [row["condition"] for row in shown["conditions"]] == ["none", *SHIFTS]
-    assert 0 < shown["threshold"] < 1
+    assert 0 < shown["threshold"] < 1 and shown["members"] == 1
+    too_many = subprocess.run(
+        [*command, "--model", str(tiny_model["model_path"]), "--members", "2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert too_many.returncode == 2 and "--members 2, but the model has 1" in too_many.stderr
     missing = subprocess.run(
         [*command, "--model", str(tmp_path / "nowhere" / "model.keras")],
         cwd=tmp_path,

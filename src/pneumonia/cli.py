@@ -118,8 +118,9 @@ def _shift_check(arguments: argparse.Namespace) -> None:
     _quiet_libraries()
     from pneumonia.config import MODEL_CARD_FILE, load_config
     from pneumonia.evaluation import load_trained_model, predict_scores, read_model_card
+    from pneumonia.model import average_ensemble, ensemble_members
     from pneumonia.preprocess import config_from_settings
-    from pneumonia.robustness import check_model
+    from pneumonia.robustness import ShiftCheckError, check_model
 
     config = load_config(arguments.params)
     model_path = arguments.model or config.paths.model
@@ -127,6 +128,15 @@ def _shift_check(arguments: argparse.Namespace) -> None:
     # The model's own preprocess settings (its card), not params.yaml's, which may have moved on.
     preprocess = config_from_settings(read_model_card(card_path)["preprocess"], card_path)
     model = load_trained_model(model_path)
+    if arguments.members is not None:
+        # The first k members of an ensemble: what a smaller train.ensemble would have given,
+        # since member i depends only on seed + i.
+        members = ensemble_members(model)
+        if arguments.members > len(members):
+            raise ShiftCheckError(
+                f"{model_path}: --members {arguments.members}, but the model has {len(members)}"
+            )
+        model = average_ensemble(members[: arguments.members])
     report = check_model(
         lambda images: predict_scores(model, images),
         config.paths.split_csv("val"),
@@ -141,6 +151,7 @@ def _shift_check(arguments: argparse.Namespace) -> None:
             json.dumps(
                 {
                     "model": str(model_path),
+                    "members": len(ensemble_members(model)),
                     "threshold": report.threshold,
                     "summary": report.summary,
                     "conditions": report.table.to_dict(orient="records"),
@@ -277,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         help="a .keras file with its model.json beside it (default: paths.models/model.keras)",
+    )
+    shift.add_argument(
+        "--members",
+        type=_positive_int,
+        metavar="K",
+        help="check the average of an ensemble's first K members only",
     )
     shift.add_argument("--format", choices=("json", "csv"), default="json")
     shift.add_argument("--params", type=Path, default=Path("params.yaml"))

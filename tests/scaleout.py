@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from PIL import Image
 
 from pneumonia.preprocess import write_split
 
@@ -266,7 +267,7 @@ def write_tiny_project(root: Path, changes: dict[str, Any], images: int = 48) ->
         folder.mkdir(parents=True, exist_ok=True)
         pixels, labels = tiny_arrays(count, size, seed)
         np.save(folder / "images.npy", pixels, allow_pickle=False)
-        names = [f"{split}-{index}.jpeg" for index in range(count)]
+        names = [f"{split}-{index}.png" for index in range(count)]
         frame = pd.DataFrame(
             {
                 "path": names,
@@ -276,4 +277,13 @@ def write_tiny_project(root: Path, changes: dict[str, Any], images: int = 48) ->
             }
         )
         write_split(folder, frame, labels)
+        # The split table and the raw images too: the train stage's acquisition-shift check
+        # re-renders the raw val images.
+        images_dir = root / params["paths"]["images"]
+        images_dir.mkdir(parents=True, exist_ok=True)
+        for name, image in zip(names, pixels, strict=True):
+            Image.fromarray(image[..., 0]).save(images_dir / name)
+        split_dir = root / params["paths"]["split"]
+        split_dir.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(split_dir / f"{split}.csv", index=False)
     return root / "params.yaml"

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumonia.config import PreprocessConfig, parse_threshold_rule
+from pneumonia.config import parse_threshold_rule
+from pneumonia.preprocess import config_from_settings
 from pneumonia.robustness import (
     SHIFTS,
     ShiftCheckError,
@@ -18,18 +19,10 @@ from pneumonia.robustness import (
     shifted_images,
 )
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, TINY_PREPROCESS
 
 RAMP = np.tile(np.linspace(20, 235, 64).round().astype(np.uint8), (48, 1))  # (48, 64)
-PLAIN = PreprocessConfig(
-    image_size=32,
-    resize="letterbox",
-    clahe=False,
-    clahe_clip_limit=2.0,
-    clahe_tile_grid=8,
-    workers=1,
-    sample_grid=0,
-)
+PLAIN = config_from_settings(TINY_PREPROCESS, "test settings")  # 32 px letterbox, no CLAHE
 
 
 def edges(pixels: np.ndarray) -> float:

@@ -81,11 +81,17 @@ def gradcam_heatmaps(
         gradients = tape.gradient(explained, features)
         maps = tf.add_n(
             [
-                _normalised(_weighted_map(member_features, member_gradients), images.shape[1:3])
+                _peak_normalised(
+                    tf.image.resize(
+                        _weighted_map(member_features, member_gradients),
+                        images.shape[1:3],
+                        method="bilinear",
+                    )
+                )
                 for member_features, member_gradients in zip(features, gradients, strict=True)
             ]
         )
-        heatmaps.append(_normalised(maps, images.shape[1:3])[..., 0].numpy())
+        heatmaps.append(_peak_normalised(maps)[..., 0].numpy())
         probabilities.append(probability.numpy())
     return np.concatenate(heatmaps), np.concatenate(probabilities)
 
@@ -95,9 +101,8 @@ def _weighted_map(features: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
     return tf.nn.relu(tf.reduce_sum(features * channel_weights, axis=-1, keepdims=True))
 
 
-def _normalised(maps: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Resized to the image and scaled so each map peaks at 1 (an all-zero map stays 0)."""
-    maps = tf.image.resize(maps, size, method="bilinear")
+def _peak_normalised(maps: tf.Tensor) -> tf.Tensor:
+    """Each map scaled to peak at 1 (an all-zero map stays 0)."""
     peak = tf.reduce_max(maps, axis=(1, 2), keepdims=True)
     return maps / tf.where(peak > 0, peak, 1.0)
 

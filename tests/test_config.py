@@ -72,6 +72,7 @@ def test_project_params_load():
         ({"train.ensemble": 11}, "'train.ensemble' must be <= 10"),
         ({"train.augmentation.brightness": 0.8}, "'train.augmentation.brightness' must be in"),
         ({"train.augmentation.blur": -1}, "'train.augmentation.blur' must be in"),
+        ({"train.augmentation.aspect": 0.6}, "'train.augmentation.aspect' must be in"),
         ({"train.epochs": None}, "'train.epochs' is missing"),
         ({"train.tuning.n_trails": 3}, "unknown key\\(s\\) train.tuning.n_trails"),
         ({"evaluate.threshold": "sensitivity:1.5"}, "'evaluate.threshold' must be youden"),

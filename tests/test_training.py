@@ -110,6 +110,24 @@ def test_exposure_and_blur_jitter_change_brightness_and_sharpness():
     assert np.abs(blurred.mean(axis=(1, 2, 3)) - 130).max() < 3
 
 
+def test_aspect_jitter_changes_width_but_not_height():
+    from pneumonia.config import AugmentationConfig
+
+    # A bright centred box 16 px wide and 16 px tall on black: only its width may change.
+    image = np.zeros((1, 32, 32, 1), dtype=np.uint8)
+    image[:, 8:24, 8:24] = 200
+    images, labels = np.repeat(image, 64, axis=0), np.zeros(64, dtype=int)
+    aspect = AugmentationConfig(0.0, 0.0, 0.0, 0.0, aspect=0.3)
+    batch = next(iter(make_dataset(images, labels, 64, training=True, seed=5, augmentation=aspect)))
+    bright = batch[0].numpy()[..., 0] > 100
+    widths = bright[:, 16, :].sum(axis=1)
+    heights = bright[:, :, 16].sum(axis=1)
+    np.testing.assert_array_equal(heights, 16)
+    assert widths.min() <= 14 and widths.max() >= 18
+    # Zoom factors of +-0.3 keep the width between 16 / 1.3 and 16 / 0.7 (plus a pixel of rounding).
+    assert widths.min() >= 11 and widths.max() <= 24
+
+
 def test_label_smoothing_reaches_the_loss():
     from pneumonia.training import compiled_model
 

@@ -177,6 +177,7 @@ class AugmentationConfig:
     contrast: float
     brightness: float = 0.0  # fraction of the value range added or subtracted (exposure)
     blur: float = 0.0  # largest Gaussian blur sigma, in pixels (sharpness of the detector)
+    aspect: float = 0.0  # width-only zoom: the copy stretched every original to a square
 
 
 @dataclass(frozen=True)
@@ -552,7 +553,7 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
         section,
         "train",
         "augmentation",
-        {"rotation", "shift", "zoom", "contrast", "brightness", "blur"},
+        {"rotation", "shift", "zoom", "contrast", "brightness", "blur", "aspect"},
     )
     tuning, tuning_prefix = _subsection(
         section,
@@ -624,6 +625,7 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
             contrast=_number(augmentation, augmentation_prefix, "contrast", 0.0, 0.9),
             brightness=_number(augmentation, augmentation_prefix, "brightness", 0.0, 0.5),
             blur=_number(augmentation, augmentation_prefix, "blur", 0.0, 5.0),
+            aspect=_number(augmentation, augmentation_prefix, "aspect", 0.0, 0.5),
         ),
         tuning=TuningConfig(
             n_trials=_positive(tuning, tuning_prefix, "n_trials", minimum=0),

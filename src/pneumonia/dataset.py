@@ -48,7 +48,10 @@ def augmentation_layers(config: AugmentationConfig, seed: int) -> list[Augmentat
     """Geometric, contrast, exposure and sharpness jitter; black fill matches the letterbox bars.
 
     Exposure (brightness) and sharpness (blur) stand in for differences between X-ray units
-    and settings, which a split of one hospital's archive does not show on val.
+    and settings, which a split of one hospital's archive does not show on val. Aspect (a
+    width-only zoom) stands in for the originals' aspect ratios: the published 224 px copy
+    stretched every image to a square, so the chest's width-to-height ratio carries how the
+    film was framed, not the lungs.
     """
     chosen: list[Augmentation] = []
     if config.rotation > 0:
@@ -64,6 +67,13 @@ def augmentation_layers(config: AugmentationConfig, seed: int) -> list[Augmentat
     if config.zoom > 0:
         chosen.append(
             layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 2, name="zoom")
+        )
+    if config.aspect > 0:
+        # height_factor 0: only the width is scaled, which changes the aspect ratio.
+        chosen.append(
+            layers.RandomZoom(
+                0.0, config.aspect, fill_mode="constant", seed=seed + 6, name="aspect"
+            )
         )
     if config.contrast > 0:
         chosen.append(

@@ -73,6 +73,7 @@ def test_project_params_load():
         ({"train.augmentation.brightness": 0.8}, "'train.augmentation.brightness' must be in"),
         ({"train.augmentation.blur": -1}, "'train.augmentation.blur' must be in"),
         ({"train.augmentation.aspect": 0.6}, "'train.augmentation.aspect' must be in"),
+        ({"train.learning_rate_schedule": "step"}, "'train.learning_rate_schedule' must be one of"),
         ({"train.epochs": None}, "'train.epochs' is missing"),
         ({"train.tuning.n_trails": 3}, "unknown key\\(s\\) train.tuning.n_trails"),
         ({"evaluate.threshold": "sensitivity:1.5"}, "'evaluate.threshold' must be youden"),

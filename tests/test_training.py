@@ -140,3 +140,38 @@ def test_label_smoothing_reaches_the_loss():
     # Smoothing moves the targets to 0.9 / 0.1, exactly the outputs: the loss is their entropy.
     assert smoothed == pytest.approx(-(0.9 * np.log(0.9) + 0.1 * np.log(0.1)), rel=1e-3)
     assert plain == pytest.approx(-np.log(0.9), rel=1e-3)
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_fit(tmp_path):
+    import dataclasses
+
+    import keras
+
+    from pneumonia.training import SplitArrays, fit
+
+    config = load_config(PROJECT_ROOT / "params.yaml").train
+    cosine = dataclasses.replace(config, learning_rate_schedule="cosine")
+    hyperparameters = dataclasses.replace(
+        config.fixed,
+        batch_size=8,
+        architecture=dataclasses.replace(config.fixed.architecture, depth=2, base_filters=4),
+    )
+    generator = np.random.default_rng(0)
+    images = generator.integers(0, 255, (20, 16, 16, 1), dtype=np.uint8)
+    split = SplitArrays(images, np.arange(20) % 2)
+    initial = hyperparameters.optimizer.learning_rate
+
+    model, history = fit(hyperparameters, split, split, cosine, epochs=2, callbacks=[])
+    # 20 images in batches of 8: 3 steps an epoch, 6 in all, after which the rate is 0.
+    assert int(model.optimizer.iterations) == 6
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+    schedule = model.optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(initial)
+    assert float(schedule(3)) == pytest.approx(initial / 2, rel=1e-4)
+    assert len(history.history["loss"]) == 2
+    # The saved model (its optimizer carries the schedule) loads back.
+    model.save(tmp_path / "cosine.keras")
+    keras.models.load_model(tmp_path / "cosine.keras")
+
+    constant, _ = fit(hyperparameters, split, split, config, epochs=1, callbacks=[])
+    assert float(constant.optimizer.learning_rate) == pytest.approx(initial)

@@ -130,6 +130,7 @@ OPTIMIZERS = ("adam", "rmsprop")
 CONVOLUTIONS = ("plain", "separable")
 PRUNERS = ("median", "hyperband", "none")
 CLASS_WEIGHTS = ("balanced", "none")
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("auto", "off")
 
 
@@ -221,6 +222,8 @@ class TrainConfig:
     fixed: Hyperparameters
     augmentation: AugmentationConfig
     tuning: TuningConfig
+    # cosine: the learning rate decays to 0 over each fit's epochs (trials and final fit alike)
+    learning_rate_schedule: str = "constant"
 
 
 THRESHOLD_RULES = ("youden", "sensitivity:<x>", "a number in (0, 1)")
@@ -534,6 +537,7 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
         "early_stopping_patience",
         "class_weight",
         "label_smoothing",
+        "learning_rate_schedule",
         "mixed_precision",
         "registered_model_name",
         "model",
@@ -611,6 +615,9 @@ def parse_train(params: dict[str, Any]) -> TrainConfig:
         early_stopping_patience=_positive(section, "train", "early_stopping_patience"),
         class_weight=_choice(section, "train", "class_weight", CLASS_WEIGHTS),
         label_smoothing=_number(section, "train", "label_smoothing", 0.0, 0.5),
+        learning_rate_schedule=_choice(
+            section, "train", "learning_rate_schedule", LEARNING_RATE_SCHEDULES
+        ),
         mixed_precision=_choice(section, "train", "mixed_precision", MIXED_PRECISION),
         registered_model_name=registered,
         fixed=Hyperparameters(

@@ -3,10 +3,10 @@ write the manifest and the data-quality report."""
 
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
-from pneumonia.cli import run_stage
 from pneumonia.config import load_config
-from pneumonia.download import run_download
-from pneumonia.files import write_json
+from pneumonia.contracts.files import write_json
+from pneumonia.data.download import run_download
+from pneumonia.errors import run_stage
 from pneumonia.tracking import stage_run
 
 

@@ -3,10 +3,10 @@ arrays, plus a sample grid per split."""
 
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
-from pneumonia.cli import run_stage
 from pneumonia.config import SPLITS, load_config
-from pneumonia.files import read_csv, write_json
-from pneumonia.preprocess import load_split, run_preprocess, sample_grid
+from pneumonia.contracts.files import read_csv, write_json
+from pneumonia.data.preprocess import run_preprocess, sample_grid
+from pneumonia.errors import run_stage
 from pneumonia.tracking import stage_run
 
 
@@ -23,7 +23,7 @@ def main() -> None:
             images, labels, _ = load_split(paths.processed_split(name))
             grid = sample_grid(images, labels, config.preprocess.sample_grid)
             if grid is not None:
-                grid.save(paths.samples / f"{name}.png")
+                grid.save(paths.sample_grid(name))
         write_json(paths.stage_summary("preprocess"), summary)
         run.log_metrics(summary)
         run.log_hashes("output", [paths.processed])

@@ -2,10 +2,10 @@
 
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
-from pneumonia.cli import run_stage
 from pneumonia.config import load_config
-from pneumonia.files import read_csv, write_json
-from pneumonia.split import split_manifest, summarize
+from pneumonia.contracts.files import read_csv, write_json
+from pneumonia.data.split import split_manifest, summarize
+from pneumonia.errors import run_stage
 from pneumonia.tracking import stage_run
 
 

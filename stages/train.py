@@ -3,8 +3,6 @@ tuning workers ran), refit the best configuration, save, log and register the mo
 train and val splits only; test is evaluate's."""
 
 import os
-import tempfile
-from pathlib import Path
 
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
@@ -14,14 +12,14 @@ import mlflow
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from pneumonia.cli import run_stage
 from pneumonia.config import load_config
-from pneumonia.evaluation import predict_scores
-from pneumonia.files import write_json
-from pneumonia.registry import log_and_register, model_card
-from pneumonia.robustness import check_model
-from pneumonia.tracking import stage_run
-from pneumonia.training import (
+from pneumonia.contracts.files import write_json
+from pneumonia.contracts.model_card import build_model_card, write_model_card
+from pneumonia.errors import run_stage
+from pneumonia.imaging.transforms import model_input_settings
+from pneumonia.model.robustness import check_model
+from pneumonia.model.scoring import score
+from pneumonia.model.training import (
     MONITOR,
     best_epoch,
     configure_runtime,
@@ -29,14 +27,14 @@ from pneumonia.training import (
     load_training_splits,
     members_table,
 )
-from pneumonia.tuning import (
+from pneumonia.model.tuning import (
     hyperparameters_from,
-    load_tuned_study,
+    log_study,
     loggable_train_params,
-    run_study,
-    study_plots,
-    study_summary,
+    study_for_training,
 )
+from pneumonia.registry import log_and_register
+from pneumonia.tracking import stage_run
 
 
 def main() -> None:
@@ -51,79 +49,76 @@ def main() -> None:
     with stage_run("train", config, params) as run:
         mlflow.set_tags(configure_runtime(settings.seed, settings.mixed_precision))
         run.log_hashes("input", [paths.processed_split("train"), paths.processed_split("val")])
-        hyperparameters, summary = settings.fixed, None
-        trials_file = paths.train_reports / "trials.csv"
-        trials_file.write_text("number,state,value\n")  # stays so when tuning is off
-        study = None
-        if settings.tuning.n_trials > 0:
-            study = run_study(settings, train, val, run.run_id, config.project_root)
-        elif settings.tuning.study_name:
-            # Tuning workers (`pneumonia tune-worker`) ran the trials; refit their best.
-            study = load_tuned_study(settings.tuning, config.project_root)
+        hyperparameters = settings.hyperparameters
+        study = study_for_training(settings, train, val, run.run_id, config.project_root)
+        summary = log_study(run, study, paths.trials_table)
         if study is not None:
-            mlflow.set_tag("optuna_study", study.study_name)
-            summary = study_summary(study)
-            hyperparameters = hyperparameters_from(study.best_trial.params, settings.fixed)
-            run.log_json(summary, "tuning/study_summary.json")
-            study.trials_dataframe().to_csv(trials_file, index=False)
-            with tempfile.TemporaryDirectory() as scratch:
-                for plot in study_plots(study, Path(scratch)):
-                    run.log_artifact(plot, "tuning")
-            mlflow.log_metrics(
-                {
-                    "tuning_best_val_auc": summary["best_val_auc"],
-                    "tuning_trials_complete": summary["complete"],
-                    "tuning_trials_pruned": summary["pruned"],
-                }
-            )
+            hyperparameters = hyperparameters_from(study.best_trial.params, hyperparameters)
         mlflow.log_params({f"chosen.{k}": v for k, v in hyperparameters.flat().items()})
 
         final = fit_ensemble(hyperparameters, train, val, settings, run.run_id)
         model, history = final.model, final.histories[0]
         epoch, val_auc = best_epoch(history)
         epochs_run = sum(len(member.history[MONITOR]) for member in final.histories)
-        members = pd.DataFrame(members_table(final.histories, settings.seed))
-        members.to_csv(paths.train_reports / "members.csv", index=False)
+        pd.DataFrame(members_table(final.histories, settings.seed)).to_csv(
+            paths.members_table, index=False
+        )
         metrics = {
             # best_val_auc / best_epoch: member 0's best epoch (Keras' AUC, as early stopping
             # saw it); val_auc: the saved model (the members' average when ensemble > 1).
             "best_val_auc": val_auc,
             "best_epoch": epoch,
-            "val_auc": float(roc_auc_score(val.labels, predict_scores(model, val.images))),
+            "val_auc": float(roc_auc_score(val.labels, score(model, val.images))),
             "ensemble_members": len(final.histories),
             "epochs_run": epochs_run,
             "final_fit_seconds": round(final.seconds, 1),
             "train_images_per_second": round(len(train.images) * epochs_run / final.seconds, 1),
         }
-
-        # Val images under acquisition shifts (robustness.py): a val signal that the clean,
-        # nearly saturated val AUC does not give. Val only; test stays evaluate's.
+        # Val images under acquisition shifts (model/robustness.py): a val signal that the
+        # clean, nearly saturated val AUC does not give. Val only; test stays evaluate's.
         shift = check_model(
-            lambda images: predict_scores(model, images),
+            lambda images: score(model, images),
             paths.split_csv("val"),
             paths.images,
             config.preprocess,
             settings.seed,
         )
         metrics.update({key: round(value, 6) for key, value in shift.summary.items()})
-        shift.table.to_csv(paths.train_reports / "val_shift.csv", index=False)
+        shift.table.to_csv(paths.val_shift_table, index=False)
 
         paths.models.mkdir(parents=True, exist_ok=True)
         model.save(paths.model)
         run.log_hashes("output", [paths.model])
         frame = pd.DataFrame(history.history)
         frame.insert(0, "epoch", range(len(frame)))
-        frame.to_csv(paths.train_reports / "history.csv", index=False)
+        frame.to_csv(paths.history_table, index=False)
         logged = log_and_register(model, val.images[:1], settings.registered_model_name, step=epoch)
         mlflow.log_metrics(metrics, model_id=logged.model_id)
-        card = model_card(config, hyperparameters, metrics, summary, run.run_id, logged)
-        write_json(paths.model_card, card)
+        card = build_model_card(
+            image_size=config.preprocess.image_size,
+            preprocess=model_input_settings(config.preprocess),
+            hyperparameters=hyperparameters.flat(),
+            ensemble_members=settings.ensemble,
+            validation=metrics,
+            tuning=summary,
+            registry={
+                "run_id": run.run_id,
+                "registered_model": settings.registered_model_name,
+                "version": logged.version,
+                "model_id": logged.model_id,
+                "model_uri": logged.model_uri,
+            },
+        )
+        write_model_card(paths.model_card, card)
         write_json(paths.stage_summary("train"), metrics)
-        run.log_artifact(paths.model_card)
-        run.log_artifact(paths.train_reports / "history.csv")
-        run.log_artifact(trials_file)
-        run.log_artifact(paths.train_reports / "val_shift.csv")
-        run.log_artifact(paths.train_reports / "members.csv")
+        for path in (
+            paths.model_card,
+            paths.history_table,
+            paths.trials_table,
+            paths.val_shift_table,
+            paths.members_table,
+        ):
+            run.log_artifact(path)
     print(
         f"train: val AUC {metrics['val_auc']:.4f} ({len(final.histories)} member(s)); registered "
         f"{settings.registered_model_name} version {logged.version} ({logged.model_uri})"

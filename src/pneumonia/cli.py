@@ -7,21 +7,10 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from pneumonia import __version__
-from pneumonia.errors import PipelineError
-
-
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage; a user-fixable error prints one clear line and exits 2, not a traceback."""
-    try:
-        main()
-    except PipelineError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+from pneumonia.errors import run_stage
 
 
 def _check_params(arguments: argparse.Namespace) -> None:
@@ -34,16 +23,20 @@ def _check_params(arguments: argparse.Namespace) -> None:
         "preprocess": config.preprocess,
         "train": config.train,
         "evaluate": config.evaluate,
-        "mlflow": config.tracking,
+        "mlflow": config.mlflow,
     }
-    print(json.dumps({name: asdict(value) for name, value in sections.items()}, indent=2))
+    print(
+        json.dumps(
+            {name: value.model_dump(mode="json") for name, value in sections.items()}, indent=2
+        )
+    )
     print(f"{arguments.params}: OK (project root {config.project_root})", file=sys.stderr)
 
 
 def _tune_worker(arguments: argparse.Namespace) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     from pneumonia.config import load_config, parse_override
-    from pneumonia.workers import run_worker
+    from pneumonia.model.workers import run_worker
 
     overrides = dict(parse_override(text) for text in arguments.overrides)
     if arguments.storage is not None:
@@ -65,7 +58,8 @@ def _quiet_libraries() -> None:
 def _predict(arguments: argparse.Namespace) -> None:
     _quiet_libraries()
     from pneumonia.config import find_project_root
-    from pneumonia.prediction import OUTPUT_COLUMNS, is_mlflow_uri, load_classifier, predict_paths
+    from pneumonia.inference.loading import is_mlflow_uri, load_classifier
+    from pneumonia.inference.prediction import OUTPUT_COLUMNS, predict_paths
     from pneumonia.tracking import use_project_store
 
     if arguments.model and is_mlflow_uri(arguments.model):
@@ -116,18 +110,17 @@ def _promote(arguments: argparse.Namespace) -> None:
 
 def _shift_check(arguments: argparse.Namespace) -> None:
     _quiet_libraries()
-    from pneumonia.config import MODEL_CARD_FILE, load_config
-    from pneumonia.evaluation import load_trained_model, predict_scores, read_model_card
-    from pneumonia.model import average_ensemble, ensemble_members
-    from pneumonia.preprocess import config_from_settings
-    from pneumonia.robustness import ShiftCheckError, check_model
+    from pneumonia.config import load_config
+    from pneumonia.inference.loading import load_carded_model
+    from pneumonia.model.network import average_ensemble, ensemble_members
+    from pneumonia.model.robustness import ShiftCheckError, check_model
+    from pneumonia.model.scoring import score
 
     config = load_config(arguments.params)
     model_path = arguments.model or config.paths.model
-    card_path = model_path.parent / MODEL_CARD_FILE
     # The model's own preprocess settings (its card), not params.yaml's, which may have moved on.
-    preprocess = config_from_settings(read_model_card(card_path)["preprocess"], card_path)
-    model = load_trained_model(model_path)
+    carded = load_carded_model(model_path)
+    model, preprocess = carded.model, carded.preprocess
     if arguments.members is not None:
         # The first k members of an ensemble: what a smaller train.ensemble would have given,
         # since member i depends only on seed + i.
@@ -138,7 +131,7 @@ def _shift_check(arguments: argparse.Namespace) -> None:
             )
         model = average_ensemble(members[: arguments.members])
     report = check_model(
-        lambda images: predict_scores(model, images),
+        lambda images: score(model, images),
         config.paths.split_csv("val"),
         config.paths.images,
         preprocess,

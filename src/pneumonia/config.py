@@ -1,32 +1,42 @@
-"""Typed configuration: params.yaml -> frozen dataclasses -> functions.
+"""params.yaml as a validated, typed object: params.yaml -> pydantic models -> functions.
 
-Every stage calls :func:`load_config` once and passes the pieces it needs down. Values are
-validated here, so a bad param fails before any work with a message naming its key.
+Every stage calls :func:`load_config` once and passes the pieces it needs down. The schema below
+is the one description of every param: its type, its choices, its bounds. Unknown keys and
+sections are refused with a did-you-mean, and checks that span fields (depth against image
+size, grace period against heartbeat) run at load, so a bad param fails before any work with a
+message naming its key. Python names equal the YAML names: `train.model.depth` in params.yaml
+is `config.train.model.depth`.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
+import annotated_types
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
+from pneumonia.contracts.paths import Paths
 from pneumonia.errors import PipelineError
 
-RESIZE_MODES = ("letterbox", "stretch", "crop")
 KAGGLE_SOURCE = "kaggle"
 SPLITS = ("train", "val", "test")
-CLASSES = ("NORMAL", "PNEUMONIA")
-# File names in `paths.models`: the model, train's model card, evaluate's operating threshold.
-MODEL_FILE = "model.keras"
-MODEL_CARD_FILE = "model.json"
-THRESHOLD_FILE = "threshold.json"
-
+MAX_ENSEMBLE = 10
 # A `dvc exp run --temp` or `--queue` runs in <project>/.dvc/tmp/exps/<name>/; the MLflow store
 # and relative dataset paths must still resolve against <project>.
 _DVC_TEMP_WORKSPACE = (".dvc", "tmp", "exps")
@@ -36,69 +46,66 @@ class ConfigError(PipelineError, ValueError):
     """A param in params.yaml is missing or out of range; the message names its key."""
 
 
-@dataclass(frozen=True)
-class Paths:
-    images: Path
-    manifest: Path
-    data_quality: Path
-    split: Path
-    processed: Path
-    reports: Path
-    models: Path
+class Section(BaseModel):
+    """A mapping of params.yaml: every key known and typed, nothing coerced from another type
+    (`true` is not 1, "5" is not 5), no NaN or infinity."""
 
-    def split_csv(self, split: str) -> Path:
-        return self.split / f"{split}.csv"
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False, str_strip_whitespace=True
+    )
 
-    def processed_split(self, split: str) -> Path:
-        return self.processed / split
-
-    @property
-    def processed_meta(self) -> Path:
-        return self.processed / "meta.json"
-
-    def stage_summary(self, stage: str) -> Path:
-        return self.reports / f"{stage}.json"
-
-    @property
-    def samples(self) -> Path:
-        return self.reports / "samples"
-
-    @property
-    def model(self) -> Path:
-        return self.models / MODEL_FILE
-
-    @property
-    def model_card(self) -> Path:
-        return self.models / MODEL_CARD_FILE
-
-    @property
-    def train_reports(self) -> Path:
-        return self.reports / "train"
-
-    @property
-    def threshold(self) -> Path:
-        return self.models / THRESHOLD_FILE
-
-    @property
-    def metrics(self) -> Path:
-        return self.reports / "metrics.json"
-
-    @property
-    def evaluate_reports(self) -> Path:
-        return self.reports / "evaluate"
+    @classmethod
+    def from_section(cls: type[SectionType], data: Any, prefix: str) -> SectionType:
+        """Validate one section; errors name their keys under `prefix`."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(describe_errors(error, cls, prefix)) from None
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
-    experiment: str
+SectionType = TypeVar("SectionType", bound=Section)
+
+# Lists in YAML are tuples here (frozen); their items stay strict.
+Pair = Annotated[tuple[float, float], Field(strict=False)]
+Seed = Annotated[int, Field(ge=0)]
+Workers = Annotated[int, Field(ge=0, description="processes; 0 = all cores")]
+Name = Annotated[str, Field(min_length=1)]
 
 
-@dataclass(frozen=True)
-class DownloadConfig:
+def _ordered_pair(value: tuple[float, float], low: float, high: float) -> tuple[float, float]:
+    if not low <= value[0] <= value[1] <= high:
+        raise ValueError(f"must satisfy {low} <= low <= high <= {high}, got {list(value)}")
+    return value
+
+
+class PathsConfig(Section):
+    images: Name
+    manifest: Name
+    data_quality: Name
+    split: Name
+    processed: Name
+    reports: Name
+    models: Name
+
+
+class MlflowConfig(Section):
+    experiment: Name
+
+
+class DownloadConfig(Section):
     source: str
-    kaggle_dataset: str
-    kaggle_version: int
-    workers: int
+    kaggle_dataset: Annotated[str, Field(pattern=r"^[^/\s]+/[^/\s]+$")]
+    kaggle_version: Annotated[int, Field(ge=1)]
+    workers: Workers
+
+    @field_validator("source")
+    @classmethod
+    def _source_given(cls, value: str) -> str:
+        if not value:
+            raise ValueError(
+                "is empty; use 'kaggle' or a path to a local folder or .zip in the Kaggle layout"
+            )
+        return value
 
     @property
     def is_kaggle(self) -> bool:
@@ -109,60 +116,57 @@ class DownloadConfig:
         return f"{self.kaggle_dataset}/versions/{self.kaggle_version}"
 
 
-@dataclass(frozen=True)
-class SplitConfig:
-    val_fraction: float
-    seed: int
+class SplitConfig(Section):
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    seed: Seed
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    image_size: int
-    resize: str
+class PreprocessConfig(Section):
+    image_size: Annotated[int, Field(ge=16, le=2048)]
+    resize: Literal["letterbox", "stretch", "crop"]
     clahe: bool
-    clahe_clip_limit: float
-    clahe_tile_grid: int
-    workers: int
-    sample_grid: int
+    clahe_clip_limit: Annotated[float, Field(gt=0)]
+    clahe_tile_grid: Annotated[int, Field(ge=1)]
+    workers: Workers
+    sample_grid: Annotated[int, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _tiles_fit(self) -> PreprocessConfig:
+        if self.clahe_tile_grid > self.image_size:
+            raise _FieldError(
+                "clahe_tile_grid",
+                f"must be in [1, image_size] ({self.image_size}), got {self.clahe_tile_grid}",
+            )
+        return self
 
 
-OPTIMIZERS = ("adam", "rmsprop")
-CONVOLUTIONS = ("plain", "separable")
-PRUNERS = ("median", "hyperband", "none")
-CLASS_WEIGHTS = ("balanced", "none")
-LEARNING_RATE_SCHEDULES = ("constant", "cosine")
-MIXED_PRECISION = ("auto", "off")
+class ModelConfig(Section):
+    depth: Annotated[int, Field(ge=1, le=7, description="blocks, each halving the resolution")]
+    base_filters: Annotated[int, Field(ge=1, le=512, description="doubled per block, to 8x")]
+    convolution: Literal["plain", "separable"]
+    dropout: Annotated[float, Field(ge=0, le=0.95)]
 
 
-@dataclass(frozen=True)
-class ArchitectureConfig:
-    depth: int  # convolution blocks, each halving the resolution
-    base_filters: int  # filters of the first block; doubled per block, capped at 8x
-    convolution: str  # plain | separable
-    dropout: float  # before the classifier
+class OptimizerConfig(Section):
+    name: Literal["adam", "rmsprop"]
+    learning_rate: Annotated[float, Field(gt=0, le=1)]
+    weight_decay: Annotated[float, Field(ge=0, le=1)]
+    rho: Annotated[float, Field(ge=0, le=0.9999, description="rmsprop only")]
+    momentum: Annotated[float, Field(ge=0, le=0.9999, description="rmsprop only")]
 
 
-@dataclass(frozen=True)
-class OptimizerConfig:
-    name: str  # adam | rmsprop
-    learning_rate: float
-    weight_decay: float
-    rho: float  # rmsprop only
-    momentum: float  # rmsprop only
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
+class Hyperparameters(Section):
     """What one training run (a trial, or the final fit) is configured with."""
 
-    architecture: ArchitectureConfig
+    model: ModelConfig
     optimizer: OptimizerConfig
-    batch_size: int
+    batch_size: Annotated[int, Field(ge=1)]
 
     def flat(self) -> dict[str, Any]:
+        """`model.depth`, `optimizer.name`, ..., `batch_size`: the names MLflow logs."""
         values = {
-            **{f"model.{k}": v for k, v in asdict(self.architecture).items()},
-            **{f"optimizer.{k}": v for k, v in asdict(self.optimizer).items()},
+            **{f"model.{key}": value for key, value in self.model.model_dump().items()},
+            **{f"optimizer.{key}": value for key, value in self.optimizer.model_dump().items()},
             "batch_size": self.batch_size,
         }
         if self.optimizer.name != "rmsprop":
@@ -170,71 +174,155 @@ class Hyperparameters:
         return values
 
 
-@dataclass(frozen=True)
-class AugmentationConfig:
-    rotation: float
-    shift: float
-    zoom: float
-    contrast: float
-    brightness: float = 0.0  # fraction of the value range added or subtracted (exposure)
-    blur: float = 0.0  # largest Gaussian blur sigma, in pixels (sharpness of the detector)
-    aspect: float = 0.0  # width-only zoom: the copy stretched every original to a square
+class AugmentationConfig(Section):
+    rotation: Annotated[float, Field(ge=0, le=0.5, description="fraction of a full turn")]
+    shift: Annotated[float, Field(ge=0, le=0.5, description="fraction of the side")]
+    zoom: Annotated[float, Field(ge=0, le=0.9)]
+    contrast: Annotated[float, Field(ge=0, le=0.9)]
+    brightness: Annotated[float, Field(ge=0, le=0.5, description="fraction of 255 (exposure)")]
+    blur: Annotated[float, Field(ge=0, le=5, description="largest Gaussian sigma, pixels")]
+    aspect: Annotated[float, Field(ge=0, le=0.5, description="width-only zoom")]
 
 
-@dataclass(frozen=True)
-class SearchSpace:
-    optimizer: tuple[str, ...]
-    learning_rate: tuple[float, float]
-    batch_size: tuple[int, ...]
-    dropout: tuple[float, float]
-    weight_decay: tuple[float, float]
-    rho: tuple[float, float]
-    momentum: tuple[float, float]
-    base_filters: tuple[int, ...]
+Optimizers = Annotated[tuple[Literal["adam", "rmsprop"], ...], Field(strict=False, min_length=1)]
+Choices = Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(strict=False, min_length=1)]
 
 
-@dataclass(frozen=True)
-class TuningConfig:
-    n_trials: int
-    timeout: int  # seconds, 0 = none
-    epochs: int
-    pruner: str
+class SearchSpace(Section):
+    optimizer: Optimizers
+    learning_rate: Pair  # log scale
+    batch_size: Choices
+    dropout: Pair
+    weight_decay: Pair  # log scale
+    rho: Pair  # rmsprop only
+    momentum: Pair  # rmsprop only
+    base_filters: Choices
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _learning_rate(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_pair(value, 1e-7, 1.0)
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_pair(value, 0.0, 0.95)
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _weight_decay(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_pair(value, 1e-12, 1.0)
+
+    @field_validator("rho", "momentum")
+    @classmethod
+    def _rmsprop(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_pair(value, 0.0, 0.9999)
+
+
+class TuningConfig(Section):
+    n_trials: Annotated[int, Field(ge=0, description="0 skips tuning")]
+    timeout: Annotated[int, Field(ge=0, description="seconds for the study; 0 = no limit")]
+    epochs: Annotated[int, Field(ge=1)]
+    pruner: Literal["median", "hyperband", "none"]
     storage: str
     study_name: str
-    heartbeat_interval: int  # seconds between a running trial's heartbeats in the storage
-    grace_period: int  # seconds without a heartbeat before a RUNNING trial is failed as stale
+    heartbeat_interval: Annotated[int, Field(ge=1, description="seconds")]
+    grace_period: Annotated[int, Field(ge=1, description="seconds")]
     search_space: SearchSpace
 
+    @field_validator("storage")
+    @classmethod
+    def _rdb_url(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError(
+                "must be an Optuna RDB URL such as sqlite:///studies/optuna.db or "
+                "postgresql://user@host/db"
+            )
+        return value
 
-MAX_ENSEMBLE = 10
+    @model_validator(mode="after")
+    def _grace_covers_heartbeats(self) -> TuningConfig:
+        # Every worker judges the others' trials by its own grace period: a grace shorter than
+        # two heartbeats would fail live trials whose heartbeat is merely a little late.
+        if self.grace_period < 2 * self.heartbeat_interval:
+            raise _FieldError(
+                "grace_period",
+                f"({self.grace_period}) must be at least twice 'heartbeat_interval' "
+                f"({self.heartbeat_interval})",
+            )
+        return self
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    seed: int
-    epochs: int
-    ensemble: int  # members fitted with seeds seed, seed + 1, ...; their probabilities averaged
-    early_stopping_patience: int
-    class_weight: str
-    label_smoothing: float  # targets become 1 - s/2 and s/2: penalises over-confident calls
-    mixed_precision: str
-    registered_model_name: str
-    fixed: Hyperparameters
+class TrainConfig(Section):
+    seed: Seed
+    epochs: Annotated[int, Field(ge=1, description="final fit with the chosen hyperparameters")]
+    ensemble: Annotated[int, Field(ge=1, le=MAX_ENSEMBLE, description="each member a full fit")]
+    early_stopping_patience: Annotated[int, Field(ge=1)]
+    class_weight: Literal["balanced", "none"]
+    label_smoothing: Annotated[float, Field(ge=0, le=0.5)]
+    learning_rate_schedule: Literal["constant", "cosine"]
+    mixed_precision: Literal["auto", "off"]
+    registered_model_name: Name
+    # The fixed hyperparameters: used as they are when tuning.n_trials is 0, and as the first
+    # trial.
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    batch_size: Annotated[int, Field(ge=1)]
     augmentation: AugmentationConfig
     tuning: TuningConfig
-    # cosine: the learning rate decays to 0 over each fit's epochs (trials and final fit alike)
-    learning_rate_schedule: str = "constant"
+
+    @property
+    def hyperparameters(self) -> Hyperparameters:
+        return Hyperparameters(
+            model=self.model, optimizer=self.optimizer, batch_size=self.batch_size
+        )
 
 
 THRESHOLD_RULES = ("youden", "sensitivity:<x>", "a number in (0, 1)")
 
 
-@dataclass(frozen=True)
-class ThresholdRule:
-    """How evaluate picks the operating threshold on val: youden, sensitivity or fixed."""
+class ThresholdRule(BaseModel):
+    """How evaluate picks the operating threshold on val: youden, sensitivity or fixed.
 
-    kind: str
+    Written in params.yaml as `youden`, `sensitivity:<x>` with 0 < x <= 1, or a fixed number in
+    (0, 1) (a number may arrive as text from `dvc exp run -S`).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["youden", "sensitivity", "fixed"]
     value: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, data: Any) -> Any:
+        if isinstance(data, (dict, ThresholdRule)):
+            return data
+        problem = (
+            "must be youden, sensitivity:<x> with 0 < x <= 1 (e.g. sensitivity:0.95), or a "
+            f"fixed threshold in (0, 1); got {data!r}"
+        )
+        if isinstance(data, bool):
+            raise ValueError(problem)
+        if isinstance(data, str):
+            text = data.strip().lower()
+            if text == "youden":
+                return {"kind": "youden"}
+            if text.startswith("sensitivity:"):
+                try:
+                    target = float(text.split(":", 1)[1])
+                except ValueError:
+                    raise ValueError(problem) from None
+                if not 0.0 < target <= 1.0:
+                    raise ValueError(problem)
+                return {"kind": "sensitivity", "value": target}
+            try:
+                data = float(text)
+            except ValueError:
+                raise ValueError(problem) from None
+        if not isinstance(data, (int, float)) or not 0.0 < float(data) < 1.0:
+            raise ValueError(problem)
+        return {"kind": "fixed", "value": float(data)}
 
     def __str__(self) -> str:
         if self.kind == "youden":
@@ -242,30 +330,202 @@ class ThresholdRule:
         return f"sensitivity:{self.value}" if self.kind == "sensitivity" else str(self.value)
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Section):
     threshold: ThresholdRule
-    bootstrap: int  # patient-level resamples for the confidence intervals
-    confidence: float
-    seed: int
-    calibration_bins: int
-    gradcam_examples: int  # per outcome (true/false positive/negative)
-    alias: str  # registry alias set on the evaluated model versions
-    serving_model_name: str  # registered name of the served (image bytes in) pyfunc model
+    bootstrap: Annotated[int, Field(ge=100, description="patient-level resamples")]
+    confidence: Annotated[float, Field(ge=0.5, le=0.999)]
+    seed: Seed
+    calibration_bins: Annotated[int, Field(ge=2)]
+    gradcam_examples: Annotated[int, Field(ge=0, description="per outcome")]
+    alias: str
+    serving_model_name: str
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _rule(cls, value: Any) -> ThresholdRule:
+        return ThresholdRule.model_validate(value)
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        # MLflow refuses aliases that read as a version (v3) or as `latest`.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", value) or re.fullmatch(
+            r"(?i)v\d+|latest", value
+        ):
+            raise ValueError(f"must be a name such as candidate, got {value!r}")
+        return value
+
+    @field_validator("serving_model_name")
+    @classmethod
+    def _registered_name(cls, value: str) -> str:
+        # The name goes into models:/<name>/<version> and models:/<name>@<alias> URIs.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(
+                "must be a registered model name of letters, digits, '.', '_' and '-' such as "
+                f"pneumonia-classifier, got {value!r}"
+            )
+        return value
 
 
-@dataclass(frozen=True)
-class Config:
-    workspace: Path
-    project_root: Path
-    paths: Paths
-    tracking: TrackingConfig
+class Params(Section):
+    """The whole of params.yaml; an unknown section (a typo such as `evalute:`) is refused."""
+
+    paths: PathsConfig
+    mlflow: MlflowConfig
     download: DownloadConfig
     split: SplitConfig
     preprocess: PreprocessConfig
     train: TrainConfig
     evaluate: EvaluateConfig
-    params: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Params:
+        depth, size = self.train.model.depth, self.preprocess.image_size
+        if size < 2**depth:
+            raise _FieldError(
+                "train.model.depth",
+                f"{depth} halves the image {depth} times; 'preprocess.image_size' {size} is "
+                f"too small (needs >= {2**depth})",
+            )
+        # One registered name per flavor: promotion compares versions of one kind of model.
+        if self.evaluate.serving_model_name == self.train.registered_model_name:
+            raise _FieldError(
+                "evaluate.serving_model_name",
+                f"must differ from 'train.registered_model_name' (both "
+                f"{self.train.registered_model_name!r})",
+            )
+        return self
+
+
+# --- Errors that name their key ---------------------------------------------------------------
+
+
+class _FieldError(ValueError):
+    """A cross-field check's failure, naming the (dotted) key it blames, relative to the model
+    that raised it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _field(root: type[BaseModel], location: tuple) -> tuple[FieldInfo | None, type | None]:
+    """The FieldInfo at a validation error's location, and the model that holds (or would hold,
+    for an unknown key) the last key."""
+    model: type[BaseModel] | None = root
+    holder: type[BaseModel] | None = root
+    info = None
+    for part in location:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None, model
+        holder, info = model, model.model_fields[part]
+        annotation = info.annotation
+        nested = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        model = annotation if nested else None
+    return info, holder
+
+
+def _bounds(info: FieldInfo | None, context: dict[str, Any]) -> str:
+    """`in [1, 7]`, `in (0, 1)`, `>= 0` ...: a field's whole range, from its metadata (else the
+    one bound the error names)."""
+    low = high = None
+    for item in (
+        info.metadata
+        if info is not None
+        else [
+            annotated_types.Ge(context["ge"]) if "ge" in context else None,
+            annotated_types.Gt(context["gt"]) if "gt" in context else None,
+            annotated_types.Le(context["le"]) if "le" in context else None,
+            annotated_types.Lt(context["lt"]) if "lt" in context else None,
+        ]
+    ):
+        if isinstance(item, annotated_types.Ge):
+            low = f"[{item.ge}"
+        elif isinstance(item, annotated_types.Gt):
+            low = f"({item.gt}"
+        elif isinstance(item, annotated_types.Le):
+            high = f"{item.le}]"
+        elif isinstance(item, annotated_types.Lt):
+            high = f"{item.lt})"
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1:]}"
+    return f"{'<=' if high[-1] == ']' else '<'} {high[:-1]}"
+
+
+def _did_you_mean(key: str, model: type[BaseModel] | None) -> str:
+    if model is None:
+        return ""
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} (known: {', '.join(known)})"
+
+
+def _describe(error: dict[str, Any], root: type[BaseModel], prefix: str) -> str:
+    location = tuple(error["loc"])
+    kind, given = error["type"], error.get("input")
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _FieldError):
+        location = (*location, *cause.key.split("."))
+    key = ".".join(str(part) for part in (*([prefix] if prefix else []), *location))
+    info, holder = _field(root, location)
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'{_did_you_mean(str(location[-1]), holder)}"
+    if kind == "missing":
+        return f"'{key}' is missing"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"'{key}' must be {_bounds(info, error['ctx'])}, got {given!r}"
+    if kind == "literal_error":
+        expected = re.findall(r"'([^']*)'", error["ctx"]["expected"])
+        return f"'{key}' must be one of {', '.join(expected)}, got {given!r}"
+    if kind in ("int_type", "int_from_float"):
+        return f"'{key}' must be an integer, got {given!r} ({type(given).__name__})"
+    if kind == "float_type":
+        return f"'{key}' must be a number, got {given!r} ({type(given).__name__})"
+    if kind == "finite_number":
+        return f"'{key}' must be a finite number, got {given!r}"
+    if kind == "bool_type":
+        return f"'{key}' must be true or false, got {given!r}"
+    if kind == "string_type":
+        return f"'{key}' must be text, got {given!r} ({type(given).__name__})"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"'{key}' must be a mapping of keys, got {given!r}"
+    if kind in ("tuple_type", "too_short", "too_long"):
+        return f"'{key}' must be a list ({error['msg'].lower()}), got {given!r}"
+    if kind == "string_too_short":
+        return f"'{key}' must not be empty"
+    if kind == "string_pattern_mismatch":
+        return f"'{key}' must look like owner/name, got {given!r}"
+    if kind == "value_error" and cause is not None:
+        return f"'{key}' {cause}"
+    return f"'{key}': {error['msg']}, got {given!r}"
+
+
+def describe_errors(error: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
+    """One line per problem, each naming its dotted key."""
+    lines = [_describe(item, root, prefix) for item in error.errors()]
+    return "params.yaml: " + "; ".join(dict.fromkeys(lines))
+
+
+# --- Loading ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """params.yaml, validated, with its paths resolved against the folder that holds it."""
+
+    workspace: Path
+    project_root: Path
+    paths: Paths
+    mlflow: MlflowConfig
+    download: DownloadConfig
+    split: SplitConfig
+    preprocess: PreprocessConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    params: dict[str, Any]  # the file as read (overrides applied), for logging
 
     def source_path(self) -> Path:
         """The local dataset folder or zip named by download.source, resolved like a user means it.
@@ -291,448 +551,14 @@ def find_project_root(start: Path) -> Path:
     return start
 
 
-def _section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    section = params.get(name)
-    if not isinstance(section, dict):
-        raise ConfigError(f"params.yaml: section '{name}' is missing or not a mapping")
-    return section
-
-
-def _take(section: dict[str, Any], prefix: str, key: str, kind: type) -> Any:
-    full_key = f"{prefix}.{key}"
-    if key not in section:
-        raise ConfigError(f"params.yaml: '{full_key}' is missing")
-    value = section[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-        raise ConfigError(
-            f"params.yaml: '{full_key}' must be {kind.__name__}, got {value!r} "
-            f"({type(value).__name__})"
-        )
-    return value
-
-
-def _reject_unknown(section: dict[str, Any], prefix: str, known: set[str]) -> None:
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ConfigError(
-            f"params.yaml: unknown key(s) {', '.join(f'{prefix}.{k}' for k in unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
-
-
-def _workers(section: dict[str, Any], prefix: str) -> int:
-    workers = _take(section, prefix, "workers", int)
-    if workers < 0:
-        raise ConfigError(f"params.yaml: '{prefix}.workers' must be >= 0 (0 = all cores)")
-    return workers
-
-
-def parse_paths(params: dict[str, Any], workspace: Path) -> Paths:
-    section = _section(params, "paths")
-    names = ("images", "manifest", "data_quality", "split", "processed", "reports", "models")
-    _reject_unknown(section, "paths", set(names))
-    return Paths(**{name: workspace / _take(section, "paths", name, str) for name in names})
-
-
-def parse_tracking(params: dict[str, Any]) -> TrackingConfig:
-    section = _section(params, "mlflow")
-    _reject_unknown(section, "mlflow", {"experiment"})
-    experiment = _take(section, "mlflow", "experiment", str).strip()
-    if not experiment:
-        raise ConfigError("params.yaml: 'mlflow.experiment' must not be empty")
-    return TrackingConfig(experiment=experiment)
-
-
-def parse_download(params: dict[str, Any]) -> DownloadConfig:
-    section = _section(params, "download")
-    _reject_unknown(section, "download", {"source", "kaggle_dataset", "kaggle_version", "workers"})
-    source = _take(section, "download", "source", str).strip()
-    if not source:
-        raise ConfigError(
-            "params.yaml: 'download.source' is empty; use 'kaggle' or a path to a local folder "
-            "or .zip in the Kaggle layout"
-        )
-    dataset = _take(section, "download", "kaggle_dataset", str)
-    if dataset.count("/") != 1:
-        raise ConfigError(
-            f"params.yaml: 'download.kaggle_dataset' must be 'owner/name', got {dataset!r}"
-        )
-    version = _take(section, "download", "kaggle_version", int)
-    if version < 1:
-        raise ConfigError("params.yaml: 'download.kaggle_version' must be >= 1")
-    return DownloadConfig(source, dataset, version, _workers(section, "download"))
-
-
-def parse_split(params: dict[str, Any]) -> SplitConfig:
-    section = _section(params, "split")
-    _reject_unknown(section, "split", {"val_fraction", "seed"})
-    fraction = _take(section, "split", "val_fraction", float)
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"params.yaml: 'split.val_fraction' must be in (0, 1), got {fraction}")
-    return SplitConfig(val_fraction=fraction, seed=_take(section, "split", "seed", int))
-
-
-def parse_preprocess(params: dict[str, Any]) -> PreprocessConfig:
-    section = _section(params, "preprocess")
-    known = {
-        "image_size",
-        "resize",
-        "clahe",
-        "clahe_clip_limit",
-        "clahe_tile_grid",
-        "workers",
-        "sample_grid",
-    }
-    _reject_unknown(section, "preprocess", known)
-    size = _take(section, "preprocess", "image_size", int)
-    if not 16 <= size <= 2048:
-        raise ConfigError(f"params.yaml: 'preprocess.image_size' must be in [16, 2048], got {size}")
-    resize = _take(section, "preprocess", "resize", str)
-    if resize not in RESIZE_MODES:
-        raise ConfigError(
-            f"params.yaml: 'preprocess.resize' must be one of {', '.join(RESIZE_MODES)}, "
-            f"got {resize!r}"
-        )
-    clip_limit = _take(section, "preprocess", "clahe_clip_limit", float)
-    if clip_limit <= 0:
-        raise ConfigError("params.yaml: 'preprocess.clahe_clip_limit' must be > 0")
-    tile_grid = _take(section, "preprocess", "clahe_tile_grid", int)
-    if not 1 <= tile_grid <= size:
-        raise ConfigError(
-            f"params.yaml: 'preprocess.clahe_tile_grid' must be in [1, image_size], got {tile_grid}"
-        )
-    sample_grid = _take(section, "preprocess", "sample_grid", int)
-    if sample_grid < 0:
-        raise ConfigError("params.yaml: 'preprocess.sample_grid' must be >= 0")
-    return PreprocessConfig(
-        image_size=size,
-        resize=resize,
-        clahe=_take(section, "preprocess", "clahe", bool),
-        clahe_clip_limit=clip_limit,
-        clahe_tile_grid=tile_grid,
-        workers=_workers(section, "preprocess"),
-        sample_grid=sample_grid,
-    )
-
-
-def _number(section: dict[str, Any], prefix: str, key: str, low: float, high: float) -> float:
-    value = _take(section, prefix, key, float)
-    if not low <= value <= high:
-        raise ConfigError(f"params.yaml: '{prefix}.{key}' must be in [{low}, {high}], got {value}")
-    return value
-
-
-def _choice(section: dict[str, Any], prefix: str, key: str, choices: tuple[str, ...]) -> str:
-    value = _take(section, prefix, key, str)
-    if value not in choices:
-        raise ConfigError(
-            f"params.yaml: '{prefix}.{key}' must be one of {', '.join(choices)}, got {value!r}"
-        )
-    return value
-
-
-def _range(section: dict[str, Any], prefix: str, key: str, low: float, high: float):
-    value = section.get(key)
-    full_key = f"{prefix}.{key}"
-    if (
-        not isinstance(value, list)
-        or len(value) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    ):
-        raise ConfigError(f"params.yaml: '{full_key}' must be a [low, high] pair, got {value!r}")
-    first, second = float(value[0]), float(value[1])
-    if not low <= first <= second <= high:
-        raise ConfigError(
-            f"params.yaml: '{full_key}' must satisfy {low} <= low <= high <= {high}, got {value}"
-        )
-    return first, second
-
-
-def _options(section: dict[str, Any], prefix: str, key: str, kind: type, allowed=None) -> tuple:
-    value = section.get(key)
-    full_key = f"{prefix}.{key}"
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
-    ):
-        raise ConfigError(
-            f"params.yaml: '{full_key}' must be a non-empty list of {kind.__name__}, got {value!r}"
-        )
-    for item in value:
-        if allowed is not None and item not in allowed:
-            raise ConfigError(
-                f"params.yaml: '{full_key}' has {item!r}; allowed: {', '.join(map(str, allowed))}"
-            )
-        if kind is int and item < 1:
-            raise ConfigError(f"params.yaml: '{full_key}' values must be >= 1, got {item}")
-    return tuple(value)
-
-
-def _subsection(section: dict[str, Any], prefix: str, key: str, known: set[str]):
-    sub = section.get(key)
-    if not isinstance(sub, dict):
-        raise ConfigError(f"params.yaml: '{prefix}.{key}' is missing or not a mapping")
-    _reject_unknown(sub, f"{prefix}.{key}", known)
-    return sub, f"{prefix}.{key}"
-
-
-def parse_architecture(section: dict[str, Any], prefix: str) -> ArchitectureConfig:
-    depth = _take(section, prefix, "depth", int)
-    if not 1 <= depth <= 7:
-        raise ConfigError(f"params.yaml: '{prefix}.depth' must be in [1, 7], got {depth}")
-    filters = _take(section, prefix, "base_filters", int)
-    if not 1 <= filters <= 512:
-        raise ConfigError(
-            f"params.yaml: '{prefix}.base_filters' must be in [1, 512], got {filters}"
-        )
-    return ArchitectureConfig(
-        depth=depth,
-        base_filters=filters,
-        convolution=_choice(section, prefix, "convolution", CONVOLUTIONS),
-        dropout=_number(section, prefix, "dropout", 0.0, 0.95),
-    )
-
-
-def parse_optimizer(section: dict[str, Any], prefix: str) -> OptimizerConfig:
-    learning_rate = _take(section, prefix, "learning_rate", float)
-    if not 0 < learning_rate <= 1:
-        raise ConfigError(
-            f"params.yaml: '{prefix}.learning_rate' must be in (0, 1], got {learning_rate}"
-        )
-    return OptimizerConfig(
-        name=_choice(section, prefix, "name", OPTIMIZERS),
-        learning_rate=learning_rate,
-        weight_decay=_number(section, prefix, "weight_decay", 0.0, 1.0),
-        rho=_number(section, prefix, "rho", 0.0, 0.9999),
-        momentum=_number(section, prefix, "momentum", 0.0, 0.9999),
-    )
-
-
-def _positive(section: dict[str, Any], prefix: str, key: str, minimum: int = 1) -> int:
-    value = _take(section, prefix, key, int)
-    if value < minimum:
-        raise ConfigError(f"params.yaml: '{prefix}.{key}' must be >= {minimum}, got {value}")
-    return value
-
-
-def _ensemble_size(section: dict[str, Any]) -> int:
-    size = _positive(section, "train", "ensemble")
-    if size > MAX_ENSEMBLE:
-        raise ConfigError(
-            f"params.yaml: 'train.ensemble' must be <= {MAX_ENSEMBLE} (each member is a full "
-            f"fit), got {size}"
-        )
-    return size
-
-
-def parse_train(params: dict[str, Any]) -> TrainConfig:
-    section = _section(params, "train")
-    known = {
-        "seed",
-        "epochs",
-        "ensemble",
-        "early_stopping_patience",
-        "class_weight",
-        "label_smoothing",
-        "learning_rate_schedule",
-        "mixed_precision",
-        "registered_model_name",
-        "model",
-        "optimizer",
-        "batch_size",
-        "augmentation",
-        "tuning",
-    }
-    _reject_unknown(section, "train", known)
-    model, model_prefix = _subsection(
-        section, "train", "model", {"depth", "base_filters", "convolution", "dropout"}
-    )
-    optimizer, optimizer_prefix = _subsection(
-        section, "train", "optimizer", {"name", "learning_rate", "weight_decay", "rho", "momentum"}
-    )
-    augmentation, augmentation_prefix = _subsection(
-        section,
-        "train",
-        "augmentation",
-        {"rotation", "shift", "zoom", "contrast", "brightness", "blur", "aspect"},
-    )
-    tuning, tuning_prefix = _subsection(
-        section,
-        "train",
-        "tuning",
-        {
-            "n_trials",
-            "timeout",
-            "epochs",
-            "pruner",
-            "storage",
-            "study_name",
-            "heartbeat_interval",
-            "grace_period",
-            "search_space",
-        },
-    )
-    space, space_prefix = _subsection(
-        tuning,
-        tuning_prefix,
-        "search_space",
-        {
-            "optimizer",
-            "learning_rate",
-            "batch_size",
-            "dropout",
-            "weight_decay",
-            "rho",
-            "momentum",
-            "base_filters",
-        },
-    )
-    registered = _take(section, "train", "registered_model_name", str).strip()
-    if not registered:
-        raise ConfigError("params.yaml: 'train.registered_model_name' must not be empty")
-    storage = _take(tuning, tuning_prefix, "storage", str).strip()
-    if "://" not in storage:
-        raise ConfigError(
-            f"params.yaml: '{tuning_prefix}.storage' must be an Optuna RDB URL such as "
-            f"sqlite:///studies/optuna.db or postgresql://user@host/db, got {storage!r}"
-        )
-    heartbeat_interval = _positive(tuning, tuning_prefix, "heartbeat_interval")
-    grace_period = _positive(tuning, tuning_prefix, "grace_period")
-    # Every worker judges the others' trials by its own grace period: a grace shorter than two
-    # heartbeats would fail live trials whose heartbeat is merely a little late.
-    if grace_period < 2 * heartbeat_interval:
-        raise ConfigError(
-            f"params.yaml: '{tuning_prefix}.grace_period' ({grace_period}) must be at least twice "
-            f"'{tuning_prefix}.heartbeat_interval' ({heartbeat_interval})"
-        )
-    return TrainConfig(
-        seed=_take(section, "train", "seed", int),
-        epochs=_positive(section, "train", "epochs"),
-        ensemble=_ensemble_size(section),
-        early_stopping_patience=_positive(section, "train", "early_stopping_patience"),
-        class_weight=_choice(section, "train", "class_weight", CLASS_WEIGHTS),
-        label_smoothing=_number(section, "train", "label_smoothing", 0.0, 0.5),
-        learning_rate_schedule=_choice(
-            section, "train", "learning_rate_schedule", LEARNING_RATE_SCHEDULES
-        ),
-        mixed_precision=_choice(section, "train", "mixed_precision", MIXED_PRECISION),
-        registered_model_name=registered,
-        fixed=Hyperparameters(
-            architecture=parse_architecture(model, model_prefix),
-            optimizer=parse_optimizer(optimizer, optimizer_prefix),
-            batch_size=_positive(section, "train", "batch_size"),
-        ),
-        augmentation=AugmentationConfig(
-            rotation=_number(augmentation, augmentation_prefix, "rotation", 0.0, 0.5),
-            shift=_number(augmentation, augmentation_prefix, "shift", 0.0, 0.5),
-            zoom=_number(augmentation, augmentation_prefix, "zoom", 0.0, 0.9),
-            contrast=_number(augmentation, augmentation_prefix, "contrast", 0.0, 0.9),
-            brightness=_number(augmentation, augmentation_prefix, "brightness", 0.0, 0.5),
-            blur=_number(augmentation, augmentation_prefix, "blur", 0.0, 5.0),
-            aspect=_number(augmentation, augmentation_prefix, "aspect", 0.0, 0.5),
-        ),
-        tuning=TuningConfig(
-            n_trials=_positive(tuning, tuning_prefix, "n_trials", minimum=0),
-            timeout=_positive(tuning, tuning_prefix, "timeout", minimum=0),
-            epochs=_positive(tuning, tuning_prefix, "epochs"),
-            pruner=_choice(tuning, tuning_prefix, "pruner", PRUNERS),
-            storage=storage,
-            study_name=_take(tuning, tuning_prefix, "study_name", str).strip(),
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-            search_space=SearchSpace(
-                optimizer=_options(space, space_prefix, "optimizer", str, OPTIMIZERS),
-                learning_rate=_range(space, space_prefix, "learning_rate", 1e-7, 1.0),
-                batch_size=_options(space, space_prefix, "batch_size", int),
-                dropout=_range(space, space_prefix, "dropout", 0.0, 0.95),
-                weight_decay=_range(space, space_prefix, "weight_decay", 1e-12, 1.0),
-                rho=_range(space, space_prefix, "rho", 0.0, 0.9999),
-                momentum=_range(space, space_prefix, "momentum", 0.0, 0.9999),
-                base_filters=_options(space, space_prefix, "base_filters", int),
-            ),
-        ),
-    )
-
-
-def parse_threshold_rule(value: Any, key: str = "evaluate.threshold") -> ThresholdRule:
-    """`youden`, `sensitivity:<x>` with x in (0, 1], or a fixed number in (0, 1)."""
-    problem = (
-        f"params.yaml: '{key}' must be youden, sensitivity:<x> with 0 < x <= 1 (e.g. "
-        f"sensitivity:0.95), or a fixed threshold in (0, 1); got {value!r}"
-    )
-    if isinstance(value, bool):
-        raise ConfigError(problem)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == "youden":
-            return ThresholdRule("youden")
-        if text.startswith("sensitivity:"):
-            try:
-                target = float(text.split(":", 1)[1])
-            except ValueError:
-                raise ConfigError(problem) from None
-            if not 0.0 < target <= 1.0:
-                raise ConfigError(problem)
-            return ThresholdRule("sensitivity", target)
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigError(problem) from None
-    if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise ConfigError(problem)
-    return ThresholdRule("fixed", float(value))
-
-
-def parse_evaluate(params: dict[str, Any]) -> EvaluateConfig:
-    section = _section(params, "evaluate")
-    known = {
-        "threshold",
-        "bootstrap",
-        "confidence",
-        "seed",
-        "calibration_bins",
-        "gradcam_examples",
-        "alias",
-        "serving_model_name",
-    }
-    _reject_unknown(section, "evaluate", known)
-    if "threshold" not in section:
-        raise ConfigError("params.yaml: missing 'evaluate.threshold'")
-    alias = _take(section, "evaluate", "alias", str).strip()
-    # MLflow refuses aliases that read as a version (v3) or as `latest`.
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias) or re.fullmatch(
-        r"(?i)v\d+|latest", alias
-    ):
-        raise ConfigError(
-            f"params.yaml: 'evaluate.alias' must be a name such as candidate, got {alias!r}"
-        )
-    serving_name = _take(section, "evaluate", "serving_model_name", str).strip()
-    # The name goes into models:/<name>/<version> and models:/<name>@<alias> URIs.
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", serving_name):
-        raise ConfigError(
-            "params.yaml: 'evaluate.serving_model_name' must be a registered model name of "
-            f"letters, digits, '.', '_' and '-' such as pneumonia-classifier, got {serving_name!r}"
-        )
-    return EvaluateConfig(
-        threshold=parse_threshold_rule(section["threshold"]),
-        bootstrap=_positive(section, "evaluate", "bootstrap", minimum=100),
-        confidence=_number(section, "evaluate", "confidence", 0.5, 0.999),
-        seed=_take(section, "evaluate", "seed", int),
-        calibration_bins=_positive(section, "evaluate", "calibration_bins", minimum=2),
-        gradcam_examples=_positive(section, "evaluate", "gradcam_examples", minimum=0),
-        alias=alias,
-        serving_model_name=serving_name,
-    )
-
-
 def read_params(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found; run from the project root")
-    with path.open() as handle:
-        params = yaml.safe_load(handle) or {}
+    try:
+        with path.open() as handle:
+            params = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return params
@@ -777,24 +603,20 @@ def load_config(
     """
     params_path = Path(params_path).resolve()
     params = apply_overrides(read_params(params_path), overrides or {})
+    validated = Params.from_section(params, "")
     workspace = params_path.parent
-    train, evaluate = parse_train(params), parse_evaluate(params)
-    # One registered name per flavor: promotion compares versions of one kind of model.
-    if evaluate.serving_model_name == train.registered_model_name:
-        raise ConfigError(
-            "params.yaml: 'evaluate.serving_model_name' must differ from "
-            f"'train.registered_model_name' (both {train.registered_model_name!r})"
-        )
     return Config(
         workspace=workspace,
         project_root=find_project_root(workspace),
-        paths=parse_paths(params, workspace),
-        tracking=parse_tracking(params),
-        download=parse_download(params),
-        split=parse_split(params),
-        preprocess=parse_preprocess(params),
-        train=train,
-        evaluate=evaluate,
+        paths=Paths(
+            **{name: workspace / value for name, value in validated.paths.model_dump().items()}
+        ),
+        mlflow=validated.mlflow,
+        download=validated.download,
+        split=validated.split,
+        preprocess=validated.preprocess,
+        train=validated.train,
+        evaluate=validated.evaluate,
         params=params,
     )
 

@@ -2,8 +2,7 @@
 intervals from a bootstrap that resamples patients.
 
 Pure functions over arrays. Labels are 0/1 (1 = PNEUMONIA), scores are predicted probabilities
-of pneumonia, and an image is called positive when ``score >= threshold`` (scikit-learn's
-convention, so a threshold taken from ``roc_curve`` reproduces its sensitivity exactly).
+of pneumonia, and an image is called positive by `contracts.labels.is_positive`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
 from pneumonia.config import ThresholdRule
+from pneumonia.contracts.labels import is_positive
 
 COUNTS = ("true_positive", "false_positive", "true_negative", "false_negative")
 RATES = ("accuracy", "sensitivity", "specificity", "precision", "f1")
@@ -120,7 +120,7 @@ def binary_metrics(
         labels, scores, weights = labels[keep], scores[keep], weights[keep].astype(float)
     else:
         weights = np.ones(len(labels))
-    called = scores >= threshold
+    called = is_positive(scores, threshold)
     positive = labels == 1
     true_positive = float(weights[called & positive].sum())
     false_positive = float(weights[called & ~positive].sum())
@@ -181,7 +181,7 @@ def resampled_metrics(
     weights = np.asarray(weights, dtype=np.float64)
     positive = (labels == 1).astype(np.float64)
     negative = 1.0 - positive
-    called = (scores >= threshold).astype(np.float64)
+    called = is_positive(scores, threshold).astype(np.float64)
     true_positive = weights @ (called * positive)
     false_positive = weights @ (called * negative)
     true_negative = weights @ ((1 - called) * negative)

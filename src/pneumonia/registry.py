@@ -12,9 +12,6 @@ import mlflow
 import numpy as np
 from mlflow.models import Model, infer_signature
 
-from pneumonia.config import Config, Hyperparameters
-from pneumonia.preprocess import model_input_settings
-
 MODEL_ARTIFACT = "model"
 
 
@@ -74,38 +71,3 @@ def tag_version(name: str, version: str, alias: str | None, tags: dict[str, Any]
         client.set_model_version_tag(name, version, key, str(value))
     if alias:
         client.set_registered_model_alias(name, alias, version)
-
-
-def model_card(
-    config: Config,
-    hyperparameters: Hyperparameters,
-    metrics: dict[str, float],
-    study: dict[str, Any] | None,
-    run_id: str,
-    logged: LoggedModel,
-) -> dict[str, Any]:
-    """What a user of models/model.keras needs: input contract, choices, provenance."""
-    return {
-        "input": {
-            "shape": [config.preprocess.image_size, config.preprocess.image_size, 1],
-            "dtype": "uint8",
-            "note": "raw pixels after preprocess; normalisation is inside the model",
-        },
-        "output": "probability of PNEUMONIA (sigmoid)",
-        "preprocess": model_input_settings(config.preprocess),
-        "hyperparameters": hyperparameters.flat(),
-        "selection": (
-            "Optuna on val ROC AUC; final fit (train.ensemble members, averaged) early-stopped "
-            "on val ROC AUC"
-        ),
-        "ensemble_members": config.train.ensemble,
-        "validation": metrics,
-        "tuning": study,
-        "mlflow": {
-            "run_id": run_id,
-            "registered_model": config.train.registered_model_name,
-            "version": logged.version,
-            "model_id": logged.model_id,
-            "model_uri": logged.model_uri,
-        },
-    }

@@ -53,7 +53,7 @@ def configure(config: Config) -> str:
     """Point MLflow at the project's store (or MLFLOW_TRACKING_URI) and its experiment; returns
     the experiment id."""
     _, artifact_root = use_project_store(config.project_root)
-    name = config.tracking.experiment
+    name = config.mlflow.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         try:

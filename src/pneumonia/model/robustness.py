@@ -21,17 +21,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pneumonia.config import PreprocessConfig, ThresholdRule, parse_threshold_rule
+from pneumonia.config import PreprocessConfig, ThresholdRule
+from pneumonia.contracts.labels import POSITIVE_CLASS
 from pneumonia.errors import PipelineError
-from pneumonia.images import load_grayscale
+from pneumonia.imaging.decode import load_grayscale
+from pneumonia.imaging.transforms import preprocess_image
 from pneumonia.metrics import binary_metrics, choose_threshold
-from pneumonia.preprocess import POSITIVE_CLASS, preprocess_image
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 REPORTED = ("roc_auc", "sensitivity", "specificity", "balanced_accuracy")
 # The check's own threshold rule, not evaluate's: a model's training figures must not change
 # (nor train re-run) when only the evaluate stage's operating-point rule is edited.
-YOUDEN = parse_threshold_rule("youden")
+YOUDEN = ThresholdRule(kind="youden")
 
 
 class ShiftCheckError(PipelineError, ValueError):

@@ -21,14 +21,9 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from pneumonia.config import Config, ConfigError
+from pneumonia.model.training import configure_runtime, load_training_splits
+from pneumonia.model.tuning import create_study, loggable_train_params, make_objective, redact_url
 from pneumonia.tracking import stage_run
-from pneumonia.training import configure_runtime, load_training_splits
-from pneumonia.tuning import (
-    create_study,
-    loggable_train_params,
-    make_objective,
-    redact_url,
-)
 
 STAGE = "tune-worker"
 # Trials that used up budget: a failed trial (a dead worker's, say) does not count.

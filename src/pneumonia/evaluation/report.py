@@ -1,10 +1,8 @@
-"""The evaluate stage's logic: score val and test, choose the threshold on val, measure test at
-that threshold (and at 0.5 for comparison) with patient-bootstrap intervals, and build the tables
-behind the plots."""
+"""The evaluate stage's figures, as pure functions: test measured at the threshold chosen on val
+(and at 0.5 for comparison) with patient-bootstrap intervals, and the tables behind the plots."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +11,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pneumonia.config import CLASSES, EvaluateConfig
+from pneumonia.config import EvaluateConfig
+from pneumonia.contracts.labels import class_names, is_positive
 from pneumonia.errors import PipelineError
-from pneumonia.gradcam import gradcam_heatmaps
 from pneumonia.metrics import COUNTS, binary_metrics, bootstrap_intervals, calibration_bins
-from pneumonia.plots import (
-    calibration_figure,
-    confusion_figure,
-    gradcam_panel,
-    precision_recall_figure,
-    roc_figure,
-)
 
 OUTCOMES = ("true_positive", "false_positive", "true_negative", "false_negative")
 DEFAULT_THRESHOLD = 0.5
@@ -31,21 +22,6 @@ DEFAULT_THRESHOLD = 0.5
 
 class EvaluationError(PipelineError, ValueError):
     """The model or its inputs do not fit together; the message names the files."""
-
-
-def load_trained_model(model_path: Path) -> keras.Model:
-    if not model_path.is_file():
-        raise EvaluationError(f"{model_path}: not found; run the train stage first (dvc repro)")
-    return keras.saving.load_model(model_path, compile=False)
-
-
-def read_model_card(card_path: Path) -> dict[str, Any]:
-    if not card_path.is_file():
-        raise EvaluationError(f"{card_path}: not found; run the train stage first (dvc repro)")
-    card = json.loads(card_path.read_text())
-    if "mlflow" not in card:
-        raise EvaluationError(f"{card_path}: no 'mlflow' section; re-run the train stage")
-    return card
 
 
 def check_model_input(model: keras.Model, images: np.ndarray, model_path: Path, arrays: Path):
@@ -59,11 +35,6 @@ def check_model_input(model: keras.Model, images: np.ndarray, model_path: Path, 
         )
     if images.dtype != np.uint8:
         raise EvaluationError(f"{arrays}: expected uint8 pixels, found {images.dtype}")
-
-
-def predict_scores(model: keras.Model, images: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """Probabilities of pneumonia, 1-D float64 (the metrics run in double precision)."""
-    return model.predict(images, batch_size=batch_size, verbose=0).reshape(-1).astype(np.float64)
 
 
 def measure(
@@ -169,7 +140,7 @@ def curve_tables(labels: np.ndarray, scores: np.ndarray, bins: int) -> dict[str,
 
 
 def outcomes(labels: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
-    called, positive = scores >= threshold, labels == 1
+    called, positive = is_positive(scores, threshold), labels == 1
     return np.select(
         [called & positive, called & ~positive, ~called & ~positive],
         ["true_positive", "false_positive", "true_negative"],
@@ -182,14 +153,13 @@ def predictions_table(
 ) -> pd.DataFrame:
     """One row per test image: what it is, what the model said, and which outcome that is
     (DVC draws the confusion matrix from `actual` and `predicted`)."""
-    names = np.array(CLASSES)
     return pd.DataFrame(
         {
             "path": index["path"],
             "patient_id": index["patient_id"],
-            "actual": names[labels],
+            "actual": class_names(labels),
             "probability": np.round(scores, 6),
-            "predicted": names[(scores >= threshold).astype(int)],
+            "predicted": class_names(is_positive(scores, threshold)),
             "outcome": outcomes(labels, scores, threshold),
         }
     )
@@ -209,54 +179,3 @@ def gradcam_examples(
         order = np.argsort(-scores[members] if descending else scores[members], kind="stable")
         chosen[outcome] = members[order[:per_outcome]]
     return chosen
-
-
-def write_figures(
-    measured: dict[str, Any], tables: dict[str, pd.DataFrame], prevalence: float, folder: Path
-) -> list[Path]:
-    """PNG versions of the test curves and confusion matrix at the chosen threshold."""
-    operating_point = (1 - measured["specificity"]["value"], measured["sensitivity"]["value"])
-    return [
-        roc_figure(
-            tables["roc"], measured["roc_auc"]["value"], operating_point, folder / "roc.png"
-        ),
-        precision_recall_figure(
-            tables["precision_recall"],
-            measured["pr_auc"]["value"],
-            prevalence,
-            folder / "precision_recall.png",
-        ),
-        calibration_figure(
-            tables["calibration"], measured["ece"]["value"], folder / "calibration.png"
-        ),
-        confusion_figure(measured["confusion"], CLASSES, folder / "confusion_matrix.png"),
-    ]
-
-
-def write_gradcam_panels(
-    model: keras.Model,
-    images: np.ndarray,
-    index: pd.DataFrame,
-    scores: np.ndarray,
-    labels: np.ndarray,
-    threshold: float,
-    per_outcome: int,
-    folder: Path,
-) -> dict[str, int]:
-    """One Grad-CAM panel per outcome (true/false positive/negative); returns how many images
-    each shows (an outcome with no images, e.g. no false negatives, gets no panel)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.png"):  # a panel from an earlier run must not linger
-        stale.unlink()
-    shown = {}
-    for outcome, chosen in gradcam_examples(labels, scores, threshold, per_outcome).items():
-        shown[outcome] = len(chosen)
-        if len(chosen) == 0:
-            continue
-        heatmaps, probabilities = gradcam_heatmaps(model, images[chosen], threshold)
-        names = [Path(index["path"].iloc[i]).name for i in chosen]
-        heading = f"{outcome.replace('_', ' ')} (test, threshold {threshold:.3f})"
-        gradcam_panel(
-            images[chosen], heatmaps, probabilities, names, heading, folder / f"{outcome}.png"
-        )
-    return shown

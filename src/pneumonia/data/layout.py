@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from pneumonia.config import CLASSES
+from pneumonia.contracts.labels import CLASSES
 from pneumonia.errors import PipelineError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumonia.config import CLASSES, SplitConfig
+from pneumonia.config import SplitConfig
+from pneumonia.contracts.labels import CLASSES
 from pneumonia.errors import PipelineError
 
 

@@ -23,9 +23,9 @@ from pneumonia.config import (
     TrainConfig,
     resolve_workers,
 )
-from pneumonia.dataset import class_weights, make_dataset
-from pneumonia.model import average_ensemble, build_model
-from pneumonia.preprocess import PreprocessError, load_split
+from pneumonia.contracts.arrays import ProcessedDataError, load_split
+from pneumonia.model.dataset import class_weights, make_dataset
+from pneumonia.model.network import average_ensemble, build_model
 
 MONITOR = "val_auc"
 
@@ -108,7 +108,7 @@ def compiled_model(
     schedule: str = "constant",
     decay_steps: int | None = None,
 ) -> keras.Model:
-    model = build_model(image_size, hyperparameters.architecture)
+    model = build_model(image_size, hyperparameters.model)
     model.compile(
         optimizer=make_optimizer(hyperparameters.optimizer, schedule, decay_steps),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
@@ -262,7 +262,7 @@ def load_training_splits(config: Config) -> tuple[SplitArrays, SplitArrays]:
     for name in ("train", "val"):
         images, labels, _ = load_split(config.paths.processed_split(name), mmap=False)
         if len(images) == 0:
-            raise PreprocessError(
+            raise ProcessedDataError(
                 f"{config.paths.processed_split(name)}: the {name} split is empty"
             )
         if images.shape[1:] != (size, size, 1):
@@ -272,7 +272,7 @@ def load_training_splits(config: Config) -> tuple[SplitArrays, SplitArrays]:
                 "re-run preprocess (dvc repro) or fix the param"
             )
         splits.append(SplitArrays(images, labels))
-    depth = config.train.fixed.architecture.depth
+    depth = config.train.model.depth
     if size < 2**depth:
         raise ConfigError(
             f"params.yaml: 'train.model.depth' {depth} halves the image {depth} times; "

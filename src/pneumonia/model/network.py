@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from pneumonia.config import ArchitectureConfig
+from pneumonia.config import ModelConfig
 
 
 def convolution_block(
@@ -30,7 +30,7 @@ def convolution_block(
     return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
 
 
-def build_model(image_size: int, architecture: ArchitectureConfig) -> keras.Model:
+def build_model(image_size: int, architecture: ModelConfig) -> keras.Model:
     """uint8 (size, size, 1) in, probability of pneumonia out."""
     if image_size < 2**architecture.depth:
         raise ValueError(

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pneumonia.gradcam import overlay
+from pneumonia.inference.gradcam import overlay
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:

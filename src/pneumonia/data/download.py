@@ -18,11 +18,11 @@ from typing import Any
 import pandas as pd
 
 from pneumonia.config import Config, DownloadConfig
+from pneumonia.data.layout import Discovery, LayoutError, check_layout, discover
+from pneumonia.data.parallel import parallel_map
+from pneumonia.data.patients import patient_key
 from pneumonia.errors import PipelineError
-from pneumonia.images import ImageCheck, inspect_image
-from pneumonia.layout import Discovery, LayoutError, check_layout, discover
-from pneumonia.parallel import parallel_map
-from pneumonia.patients import patient_key
+from pneumonia.imaging.decode import ImageCheck, inspect_image
 
 MANIFEST_COLUMNS = (
     "path",

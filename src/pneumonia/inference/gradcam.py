@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from pneumonia.model import ensemble_members
+from pneumonia.contracts.labels import is_positive
+from pneumonia.model.network import ensemble_members
 
 _POOLING = (layers.MaxPooling2D, layers.AveragePooling2D, layers.GlobalAveragePooling2D)
 
@@ -75,7 +76,7 @@ def gradcam_heatmaps(
                 features.append(member_features)
                 logits.append(tf.matmul(tf.cast(pooled, tf.float32), kernel)[:, 0] + bias[0])
             probability = tf.reduce_mean(tf.sigmoid(tf.stack(logits)), axis=0)
-            sign = tf.where(probability >= threshold, 1.0, -1.0)
+            sign = tf.where(is_positive(probability.numpy(), threshold), 1.0, -1.0)
             # Each member's features reach only its own logit, so one gradient gives them all.
             explained = tf.add_n([sign * logit for logit in logits])
         gradients = tape.gradient(explained, features)

@@ -29,7 +29,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -37,15 +36,18 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 from PIL import Image
 
-from pneumonia.prediction import Classifier, Prediction, classify
-from pneumonia.preprocess import config_from_settings
+from pneumonia.contracts.labels import POSITIVE_CLASS
+from pneumonia.imaging.transforms import config_from_settings
+from pneumonia.inference.classifier import Classifier, Prediction
+from pneumonia.inference.loading import load_keras_model
+from pneumonia.inference.prediction import classify
 from pneumonia.registry import LoggedModel
 
 SERVING_ARTIFACT = "serving_model"
 INPUT_COLUMN = "image"
 SERVING_OUTPUT_COLUMNS = ("probability", "label", "threshold", "error")
-# What the served model imports (pneumonia.prediction and its imports), pinned to the versions
-# it was logged with; `--env-manager local` uses the current environment instead.
+# What the served model imports (pneumonia.inference and its imports), pinned to the versions it
+# was logged with; `--env-manager local` uses the current environment instead.
 SERVING_REQUIREMENTS = (
     "mlflow",
     "tensorflow",
@@ -58,10 +60,10 @@ SERVING_REQUIREMENTS = (
 )
 
 MODEL_CODE = """\
-# Written by pneumonia.serving.log_serving_model: the model's entry point (MLflow models from code).
+# Written by pneumonia.inference.serving.log_serving_model: the model's entry point.
 import mlflow
 
-from pneumonia.serving import PneumoniaServingModel
+from pneumonia.inference.serving import PneumoniaServingModel
 
 mlflow.models.set_model(PneumoniaServingModel())
 """
@@ -73,7 +75,7 @@ class PneumoniaServingModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         settings_path = Path(context.artifacts["settings"])
         settings = json.loads(settings_path.read_text())
-        model = keras.saving.load_model(context.artifacts["keras_model"], compile=False)
+        model = load_keras_model(Path(context.artifacts["keras_model"]))
         self.classifier = Classifier(
             model,
             float(settings["threshold"]),
@@ -184,7 +186,7 @@ def log_serving_model(
     settings = {
         "threshold": float(threshold),
         "preprocess": dict(preprocess_settings),
-        "positive_class": "PNEUMONIA",
+        "positive_class": POSITIVE_CLASS,
         "source": dict(source),
     }
     config_from_settings(settings["preprocess"], "preprocess settings")  # fail before logging

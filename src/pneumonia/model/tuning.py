@@ -3,7 +3,7 @@ nested MLflow run. The objective is val ROC AUC; the test split is never read he
 
 from __future__ import annotations
 
-import dataclasses
+import tempfile
 import time
 import uuid
 import warnings
@@ -20,7 +20,8 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
 
 from pneumonia.config import Hyperparameters, SearchSpace, TrainConfig, TuningConfig
 from pneumonia.errors import PipelineError
-from pneumonia.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
+from pneumonia.model.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
+from pneumonia.tracking import StageRun
 
 # The trial's user attribute that names its MLflow run.
 MLFLOW_RUN_ATTRIBUTE = "mlflow_run_id"
@@ -36,22 +37,26 @@ def suggest(trial: optuna.Trial, space: SearchSpace, fixed: Hyperparameters) -> 
     optimizer = trial.suggest_categorical("optimizer", list(space.optimizer))
     rmsprop = optimizer == "rmsprop"
     return Hyperparameters(
-        architecture=dataclasses.replace(
-            fixed.architecture,
-            base_filters=trial.suggest_categorical("base_filters", list(space.base_filters)),
-            dropout=trial.suggest_float("dropout", *space.dropout),
+        model=fixed.model.model_copy(
+            update={
+                "base_filters": trial.suggest_categorical("base_filters", list(space.base_filters)),
+                "dropout": trial.suggest_float("dropout", *space.dropout),
+            }
         ),
-        optimizer=dataclasses.replace(
-            fixed.optimizer,
-            name=optimizer,
-            learning_rate=trial.suggest_float("learning_rate", *space.learning_rate, log=True),
-            weight_decay=trial.suggest_float("weight_decay", *space.weight_decay, log=True),
-            rho=trial.suggest_float("rho", *space.rho) if rmsprop else fixed.optimizer.rho,
-            momentum=(
-                trial.suggest_float("momentum", *space.momentum)
-                if rmsprop
-                else fixed.optimizer.momentum
-            ),
+        optimizer=fixed.optimizer.model_copy(
+            update={
+                "name": optimizer,
+                "learning_rate": trial.suggest_float(
+                    "learning_rate", *space.learning_rate, log=True
+                ),
+                "weight_decay": trial.suggest_float("weight_decay", *space.weight_decay, log=True),
+                "rho": trial.suggest_float("rho", *space.rho) if rmsprop else fixed.optimizer.rho,
+                "momentum": (
+                    trial.suggest_float("momentum", *space.momentum)
+                    if rmsprop
+                    else fixed.optimizer.momentum
+                ),
+            }
         ),
         batch_size=trial.suggest_categorical("batch_size", list(space.batch_size)),
     )
@@ -61,16 +66,17 @@ def hyperparameters_from(params: dict[str, Any], fixed: Hyperparameters) -> Hype
     """Rebuild the Hyperparameters a trial's params describe (the inverse of `suggest`)."""
     rmsprop = params["optimizer"] == "rmsprop"
     return Hyperparameters(
-        architecture=dataclasses.replace(
-            fixed.architecture, base_filters=params["base_filters"], dropout=params["dropout"]
+        model=fixed.model.model_copy(
+            update={"base_filters": params["base_filters"], "dropout": params["dropout"]}
         ),
-        optimizer=dataclasses.replace(
-            fixed.optimizer,
-            name=params["optimizer"],
-            learning_rate=params["learning_rate"],
-            weight_decay=params["weight_decay"],
-            rho=params["rho"] if rmsprop else fixed.optimizer.rho,
-            momentum=params["momentum"] if rmsprop else fixed.optimizer.momentum,
+        optimizer=fixed.optimizer.model_copy(
+            update={
+                "name": params["optimizer"],
+                "learning_rate": params["learning_rate"],
+                "weight_decay": params["weight_decay"],
+                "rho": params["rho"] if rmsprop else fixed.optimizer.rho,
+                "momentum": params["momentum"] if rmsprop else fixed.optimizer.momentum,
+            }
         ),
         batch_size=params["batch_size"],
     )
@@ -80,8 +86,8 @@ def fixed_trial_params(fixed: Hyperparameters, space: SearchSpace) -> dict[str, 
     """The fixed hyperparameters as a first trial to enqueue, when they lie in the space."""
     params: dict[str, Any] = {
         "optimizer": fixed.optimizer.name,
-        "base_filters": fixed.architecture.base_filters,
-        "dropout": fixed.architecture.dropout,
+        "base_filters": fixed.model.base_filters,
+        "dropout": fixed.model.dropout,
         "learning_rate": fixed.optimizer.learning_rate,
         "weight_decay": fixed.optimizer.weight_decay,
         "batch_size": fixed.batch_size,
@@ -221,7 +227,7 @@ def create_study(
         study = optuna.create_study(direction="maximize", **arguments)
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(**arguments)
-    first = fixed_trial_params(config.fixed, tuning.search_space)
+    first = fixed_trial_params(config.hyperparameters, tuning.search_space)
     if first is not None:
         study.enqueue_trial(first)
     return study
@@ -270,7 +276,7 @@ def make_objective(
     stage: str = "train",
 ) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
-        hyperparameters = suggest(trial, config.tuning.search_space, config.fixed)
+        hyperparameters = suggest(trial, config.tuning.search_space, config.hyperparameters)
         # Not a `with` block: a pruned trial must end as KILLED, not FAILED, and leave the parent
         # run active.
         run = mlflow.start_run(
@@ -372,3 +378,44 @@ def study_plots(study: optuna.Study, folder: Path) -> list[Path]:
         plt.close(axes.figure)
         written.append(path)
     return written
+
+
+def study_for_training(
+    config: TrainConfig,
+    train: SplitArrays,
+    val: SplitArrays,
+    parent_run_id: str,
+    project_root: Path,
+) -> optuna.Study | None:
+    """The study whose best trial the train stage refits: one it runs now (tuning.n_trials > 0),
+    one tuning workers ran (n_trials 0 with a study_name), or None (the fixed params)."""
+    if config.tuning.n_trials > 0:
+        return run_study(config, train, val, parent_run_id, project_root)
+    if config.tuning.study_name:
+        return load_tuned_study(config.tuning, project_root)
+    return None
+
+
+def log_study(
+    run: StageRun, study: optuna.Study | None, trials_table: Path
+) -> dict[str, Any] | None:
+    """The study's trials table (a header only without tuning), summary, plots and counts in the
+    train run; returns the summary."""
+    if study is None:
+        trials_table.write_text("number,state,value\n")
+        return None
+    mlflow.set_tag("optuna_study", study.study_name)
+    summary = study_summary(study)
+    run.log_json(summary, "tuning/study_summary.json")
+    study.trials_dataframe().to_csv(trials_table, index=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        for plot in study_plots(study, Path(scratch)):
+            run.log_artifact(plot, "tuning")
+    mlflow.log_metrics(
+        {
+            "tuning_best_val_auc": summary["best_val_auc"],
+            "tuning_trials_complete": summary["complete"],
+            "tuning_trials_pruned": summary["pruned"],
+        }
+    )
+    return summary

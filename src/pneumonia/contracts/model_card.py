@@ -1,0 +1,82 @@
+"""models/model.json, the model card: train writes it beside model.keras; evaluate, predict, the
+served model and shift-check read it for the model's preprocess settings and registry record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pneumonia.contracts.files import write_json
+from pneumonia.errors import PipelineError
+
+# The sections a reader relies on.
+PREPROCESS = "preprocess"
+REGISTRY = "mlflow"
+# Keys of the registry section that name the Keras model version.
+MODEL_KEYS = ("registered_model", "version", "model_id")
+
+
+class ModelCardError(PipelineError, ValueError):
+    """The model card is missing or malformed; the message names the file and the fix."""
+
+
+def build_model_card(
+    *,
+    image_size: int,
+    preprocess: dict[str, Any],
+    hyperparameters: dict[str, Any],
+    ensemble_members: int,
+    validation: dict[str, float],
+    tuning: dict[str, Any] | None,
+    registry: dict[str, str],
+) -> dict[str, Any]:
+    """What a user of models/model.keras needs: input contract, choices, provenance."""
+    return {
+        "input": {
+            "shape": [image_size, image_size, 1],
+            "dtype": "uint8",
+            "note": "raw pixels after preprocess; normalisation is inside the model",
+        },
+        "output": "probability of PNEUMONIA (sigmoid)",
+        PREPROCESS: preprocess,
+        "hyperparameters": hyperparameters,
+        "selection": (
+            "Optuna on val ROC AUC; final fit (train.ensemble members, averaged) early-stopped "
+            "on val ROC AUC"
+        ),
+        "ensemble_members": ensemble_members,
+        "validation": validation,
+        "tuning": tuning,
+        REGISTRY: registry,
+    }
+
+
+def write_model_card(path: Path, card: dict[str, Any]) -> None:
+    write_json(path, card)
+
+
+def read_model_card(path: Path, *, require_registry: bool = True) -> dict[str, Any]:
+    """The card as a dict, checked for the sections readers use."""
+    if not path.is_file():
+        raise ModelCardError(
+            f"{path}: not found; it holds the preprocess settings of the model beside it: run "
+            "the train stage (dvc repro)"
+        )
+    try:
+        card = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelCardError(f"{path}: not valid JSON ({error}); re-run the train stage") from None
+    if not isinstance(card, dict):
+        raise ModelCardError(f"{path}: expected a JSON object; re-run the train stage")
+    required = (PREPROCESS, REGISTRY) if require_registry else (PREPROCESS,)
+    missing = [section for section in required if section not in card]
+    if missing:
+        raise ModelCardError(f"{path}: no {', '.join(missing)} section; re-run the train stage")
+    return card
+
+
+def registered_model(card: dict[str, Any]) -> dict[str, Any]:
+    """The registry's name, version and id of the carded Keras model (values may be None)."""
+    record = card.get(REGISTRY) or {}
+    return {key: record.get(key) for key in MODEL_KEYS}

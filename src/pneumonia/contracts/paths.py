@@ -1,0 +1,106 @@
+"""Every artifact path of the pipeline, built from params.yaml's `paths` section.
+
+Stages, the CLI and the tests take paths from here; dvc.yaml spells the same paths for DVC, and a
+test checks the two agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pneumonia.contracts.arrays import META_FILE
+
+# File names in `paths.models`: the model, train's model card, evaluate's operating point.
+MODEL_FILE = "model.keras"
+MODEL_CARD_FILE = "model.json"
+THRESHOLD_FILE = "threshold.json"
+# Tables the evaluate stage writes (DVC plots' data), in `paths.reports`/evaluate.
+EVALUATE_TABLES = ("roc", "precision_recall", "calibration", "predictions")
+
+
+@dataclass(frozen=True)
+class Paths:
+    images: Path
+    manifest: Path
+    data_quality: Path
+    split: Path
+    processed: Path
+    reports: Path
+    models: Path
+
+    def split_csv(self, split: str) -> Path:
+        return self.split / f"{split}.csv"
+
+    def processed_split(self, split: str) -> Path:
+        return self.processed / split
+
+    @property
+    def processed_meta(self) -> Path:
+        return self.processed / META_FILE
+
+    def stage_summary(self, stage: str) -> Path:
+        """reports/<stage>.json: the stage's DVC metrics."""
+        return self.reports / f"{stage}.json"
+
+    @property
+    def samples(self) -> Path:
+        return self.reports / "samples"
+
+    def sample_grid(self, split: str) -> Path:
+        return self.samples / f"{split}.png"
+
+    @property
+    def model(self) -> Path:
+        return self.models / MODEL_FILE
+
+    @property
+    def model_card(self) -> Path:
+        return self.models / MODEL_CARD_FILE
+
+    @property
+    def threshold(self) -> Path:
+        return self.models / THRESHOLD_FILE
+
+    @property
+    def train_reports(self) -> Path:
+        return self.reports / "train"
+
+    @property
+    def trials_table(self) -> Path:
+        return self.train_reports / "trials.csv"
+
+    @property
+    def history_table(self) -> Path:
+        return self.train_reports / "history.csv"
+
+    @property
+    def val_shift_table(self) -> Path:
+        return self.train_reports / "val_shift.csv"
+
+    @property
+    def members_table(self) -> Path:
+        return self.train_reports / "members.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / "metrics.json"
+
+    @property
+    def evaluate_reports(self) -> Path:
+        return self.reports / "evaluate"
+
+    def evaluate_table(self, name: str) -> Path:
+        if name not in EVALUATE_TABLES:
+            raise ValueError(
+                f"unknown evaluate table {name!r}; known: {', '.join(EVALUATE_TABLES)}"
+            )
+        return self.evaluate_reports / f"{name}.csv"
+
+    @property
+    def evaluate_plots(self) -> Path:
+        return self.evaluate_reports / "plots"
+
+    @property
+    def gradcam_panels(self) -> Path:
+        return self.evaluate_reports / "gradcam"

@@ -1,0 +1,73 @@
+"""The evaluate stage's files besides the metrics: PNG figures of the test curves and Grad-CAM
+panels of the most confident image of each outcome."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from pneumonia.contracts.labels import CLASSES
+from pneumonia.evaluation.plots import (
+    calibration_figure,
+    confusion_figure,
+    gradcam_panel,
+    precision_recall_figure,
+    roc_figure,
+)
+from pneumonia.evaluation.report import gradcam_examples
+from pneumonia.inference.gradcam import gradcam_heatmaps
+
+
+def write_figures(
+    measured: dict[str, Any], tables: dict[str, pd.DataFrame], prevalence: float, folder: Path
+) -> list[Path]:
+    """PNG versions of the test curves and confusion matrix at the chosen threshold."""
+    operating_point = (1 - measured["specificity"]["value"], measured["sensitivity"]["value"])
+    return [
+        roc_figure(
+            tables["roc"], measured["roc_auc"]["value"], operating_point, folder / "roc.png"
+        ),
+        precision_recall_figure(
+            tables["precision_recall"],
+            measured["pr_auc"]["value"],
+            prevalence,
+            folder / "precision_recall.png",
+        ),
+        calibration_figure(
+            tables["calibration"], measured["ece"]["value"], folder / "calibration.png"
+        ),
+        confusion_figure(measured["confusion"], CLASSES, folder / "confusion_matrix.png"),
+    ]
+
+
+def write_gradcam_panels(
+    model: keras.Model,
+    images: np.ndarray,
+    index: pd.DataFrame,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    per_outcome: int,
+    folder: Path,
+) -> dict[str, int]:
+    """One Grad-CAM panel per outcome (true/false positive/negative); returns how many images
+    each shows (an outcome with no images, e.g. no false negatives, gets no panel)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.png"):  # a panel from an earlier run must not linger
+        stale.unlink()
+    shown = {}
+    for outcome, chosen in gradcam_examples(labels, scores, threshold, per_outcome).items():
+        shown[outcome] = len(chosen)
+        if len(chosen) == 0:
+            continue
+        heatmaps, probabilities = gradcam_heatmaps(model, images[chosen], threshold)
+        names = [Path(index["path"].iloc[i]).name for i in chosen]
+        heading = f"{outcome.replace('_', ' ')} (test, threshold {threshold:.3f})"
+        gradcam_panel(
+            images[chosen], heatmaps, probabilities, names, heading, folder / f"{outcome}.png"
+        )
+    return shown

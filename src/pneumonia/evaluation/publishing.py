@@ -1,0 +1,123 @@
+"""What evaluate records outside its files: the val and test datasets and metrics in MLflow
+against the trained model, the registry tags promotion compares, the served model (image bytes
+in, probability and label at the chosen threshold out), and the operating point that ties the
+threshold to the model it was chosen for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pneumonia.config import EvaluateConfig
+from pneumonia.contracts import registry_tags
+from pneumonia.contracts.model_card import registered_model
+from pneumonia.contracts.operating_point import OperatingPoint
+from pneumonia.contracts.paths import Paths
+from pneumonia.evaluation.report import flat_metrics
+from pneumonia.inference.serving import encode_png, log_serving_model
+from pneumonia.registry import tag_version
+from pneumonia.tracking import StageRun
+
+
+def publish_evaluation(
+    run: StageRun,
+    settings: EvaluateConfig,
+    paths: Paths,
+    card: dict[str, Any],
+    report: dict[str, Any],
+    indexes: dict[str, pd.DataFrame],
+    example_image: np.ndarray,
+) -> OperatingPoint:
+    """Log, tag and register what evaluate measured; returns the operating point to write."""
+    trained = card["mlflow"]
+    model = registered_model(card)
+    threshold = report["threshold"]["value"]
+    val_at_threshold = report["val"]["at_threshold"]
+    test_at_threshold = report["test"]["at_threshold"]
+    datasets = {
+        name: run.log_dataset(index, paths.processed_split(name), name, context)
+        for name, index, context in (
+            ("val", indexes["val"], "validation"),
+            ("test", indexes["test"], "test"),
+        )
+    }
+    model_id = trained.get("model_id") or None
+    mlflow.log_metrics(
+        flat_metrics(val_at_threshold, "val"), model_id=model_id, dataset=datasets["val"]
+    )
+    mlflow.log_metrics(
+        {
+            **flat_metrics(test_at_threshold, "test"),
+            **flat_metrics(report["test"]["at_0_5"], "test_at_0.5"),
+        },
+        model_id=model_id,
+        dataset=datasets["test"],
+    )
+    point = OperatingPoint(
+        threshold=threshold,
+        rule=str(settings.threshold),
+        val_sensitivity=val_at_threshold["sensitivity"]["value"],
+        val_specificity=val_at_threshold["specificity"]["value"],
+        model=model,
+        evaluate_run_id=run.run_id,
+    )
+    # What `pneumonia promote` compares (val only) and `pneumonia predict` reads (threshold).
+    version_tags = {
+        registry_tags.THRESHOLD: threshold,
+        registry_tags.THRESHOLD_RULE: point.rule,
+        registry_tags.VAL_ROC_AUC: val_at_threshold["roc_auc"]["value"],
+        registry_tags.VAL_SENSITIVITY: point.val_sensitivity,
+        registry_tags.VAL_SPECIFICITY: point.val_specificity,
+        registry_tags.VAL_DATASET_DIGEST: datasets["val"].digest,
+        registry_tags.EVALUATE_RUN_ID: run.run_id,
+    }
+    tag_version(trained["registered_model"], trained["version"], settings.alias, version_tags)
+    served = log_serving_model(
+        paths.model,
+        threshold,
+        card["preprocess"],
+        settings.serving_model_name,
+        source=model,
+        example_image=encode_png(example_image),
+    )
+    tag_version(
+        settings.serving_model_name,
+        served.version,
+        settings.alias,
+        {
+            **version_tags,
+            registry_tags.SOURCE_MODEL: trained["registered_model"],
+            registry_tags.SOURCE_MODEL_VERSION: trained["version"],
+            registry_tags.SOURCE_MODEL_ID: trained.get("model_id") or "",
+        },
+    )
+    return OperatingPoint(
+        **{
+            **point.__dict__,
+            "serving_model": {
+                "registered_model": settings.serving_model_name,
+                "version": served.version,
+                "model_id": served.model_id,
+            },
+        }
+    )
+
+
+def run_tags(card: dict[str, Any]) -> dict[str, str]:
+    """Tags of the evaluate run that name the trained model it measured."""
+    trained = card["mlflow"]
+    return {
+        "train_run_id": trained["run_id"],
+        "model_id": trained.get("model_id", ""),
+        "registered_model": trained["registered_model"],
+        "registered_model_version": trained["version"],
+    }
+
+
+def artifact_paths(paths: Paths) -> list[tuple[Path, str | None]]:
+    """What the evaluate run keeps as artifacts, and under which folder."""
+    return [(paths.metrics, None), (paths.threshold, None), (paths.evaluate_reports, "evaluation")]

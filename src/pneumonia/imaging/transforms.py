@@ -1,0 +1,110 @@
+"""One image to the model's input: grayscale, resize (letterbox | stretch | crop), optional CLAHE.
+
+Shared by the preprocess stage, the acquisition-shift check and inference, so training and
+serving preprocess an image with the same code.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from pneumonia.config import ConfigError, PreprocessConfig
+from pneumonia.errors import PipelineError
+from pneumonia.imaging.decode import load_grayscale
+
+# The settings a trained model needs to preprocess new images the same way.
+MODEL_INPUT_KEYS = ("image_size", "resize", "clahe", "clahe_clip_limit", "clahe_tile_grid")
+
+
+class PreprocessSettingsError(PipelineError, ValueError):
+    """A model's recorded preprocess settings are missing or invalid; the message names where."""
+
+
+def _resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    # Area averaging is the right filter for the downscales that dominate here, and fast.
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def resize_gray(image: Image.Image, size: int, mode: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """Resized content, and where it sits in the size x size frame (top, left) for letterbox."""
+    pixels = np.asarray(image)
+    height, width = pixels.shape
+    if mode == "stretch":
+        return _resize(pixels, size, size), (0, 0)
+    if mode == "letterbox":
+        scale = size / max(width, height)
+        new_width = min(size, max(1, round(width * scale)))
+        new_height = min(size, max(1, round(height * scale)))
+        return _resize(pixels, new_width, new_height), (
+            (size - new_height) // 2,
+            (size - new_width) // 2,
+        )
+    if mode == "crop":
+        side = min(width, height)
+        top, left = (height - side) // 2, (width - side) // 2
+        return _resize(pixels[top : top + side, left : left + side], size, size), (0, 0)
+    raise ValueError(f"preprocess.resize must be letterbox, stretch or crop, got {mode!r}")
+
+
+def apply_clahe(pixels: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
+    clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid))
+    return clahe.apply(np.ascontiguousarray(pixels))
+
+
+def preprocess_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """One grayscale image -> (S, S) uint8. CLAHE sees the content only, not the letterbox bars."""
+    content, (top, left) = resize_gray(image, config.image_size, config.resize)
+    if config.clahe:
+        content = apply_clahe(content, config.clahe_clip_limit, config.clahe_tile_grid)
+    if content.shape == (config.image_size, config.image_size):
+        return np.ascontiguousarray(content, dtype=np.uint8)
+    frame = np.zeros((config.image_size, config.image_size), dtype=np.uint8)
+    frame[top : top + content.shape[0], left : left + content.shape[1]] = content
+    return frame
+
+
+def preprocess_file(path: str | Path, config: PreprocessConfig) -> np.ndarray:
+    """Decode (at reduced JPEG scale where it still covers the output) and preprocess one file."""
+    image = load_grayscale(path, target=config.image_size, resize=config.resize)
+    return preprocess_image(image, config)
+
+
+def preprocess_bytes(
+    data: bytes, config: PreprocessConfig, name: str = "image bytes"
+) -> np.ndarray:
+    """preprocess_file for an encoded image held in memory (what the served model receives):
+    the same decode, draft scale and resize, so a file and its bytes give identical pixels."""
+    image = load_grayscale(
+        io.BytesIO(data), target=config.image_size, resize=config.resize, name=name
+    )
+    return preprocess_image(image, config)
+
+
+def model_input_settings(config: PreprocessConfig) -> dict[str, Any]:
+    """What a model card records of the preprocess settings: those that change the pixels."""
+    settings = config.model_dump()
+    return {key: settings[key] for key in MODEL_INPUT_KEYS}
+
+
+def config_from_settings(settings: Any, source: str | Path) -> PreprocessConfig:
+    """The inverse of model_input_settings: a model's recorded preprocess settings (model card,
+    served model) back to a PreprocessConfig, validated like params.yaml's section."""
+    if not isinstance(settings, dict):
+        raise PreprocessSettingsError(
+            f"{source}: preprocess settings must be a mapping, got {settings!r}"
+        )
+    missing = [key for key in MODEL_INPUT_KEYS if key not in settings]
+    if missing:
+        raise PreprocessSettingsError(f"{source}: preprocess settings lack {', '.join(missing)}")
+    # workers and sample_grid only matter to the stage; one image at a time needs neither.
+    section = {**settings, "workers": 1, "sample_grid": 0}
+    try:
+        return PreprocessConfig.from_section(section, "preprocess")
+    except ConfigError as error:
+        raise PreprocessSettingsError(f"{source}: bad preprocess settings: {error}") from error

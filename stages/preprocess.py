@@ -4,6 +4,7 @@ arrays, plus a sample grid per split."""
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
 from pneumonia.config import SPLITS, load_config
+from pneumonia.contracts.arrays import load_split
 from pneumonia.contracts.files import read_csv, write_json
 from pneumonia.data.preprocess import run_preprocess, sample_grid
 from pneumonia.errors import run_stage

@@ -197,13 +197,15 @@ def tiny_model(tmp_path_factory) -> dict:
 
     import keras
 
-    from pneumonia.config import ArchitectureConfig
-    from pneumonia.model import build_model
-    from pneumonia.preprocess import config_from_settings, preprocess_file
+    from pneumonia.config import ModelConfig
+    from pneumonia.imaging.transforms import config_from_settings, preprocess_file
+    from pneumonia.model.network import build_model
 
     folder = tmp_path_factory.mktemp("tiny-model")
     keras.utils.set_random_seed(0)
-    model = build_model(TINY_SIDE, ArchitectureConfig(2, 8, "plain", 0.0))
+    model = build_model(
+        TINY_SIDE, ModelConfig(depth=2, base_filters=8, convolution="plain", dropout=0.0)
+    )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
     labels = np.arange(128) % 2
     images = np.stack([blob_pixels(seed, bool(label)) for seed, label in enumerate(labels)])

@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
-from pneumonia.preprocess import write_split
+from pneumonia.contracts.arrays import write_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Debian installs the server programs here, off PATH (only psql and friends are on PATH).

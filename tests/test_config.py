@@ -17,7 +17,7 @@ def write_params(folder: Path, changes: dict) -> Path:
         *parents, key = dotted.split(".")
         section = params
         for parent in parents:
-            section = section[parent]
+            section = section.setdefault(parent, {})
         if value is None:
             del section[key]
         else:
@@ -39,15 +39,23 @@ def test_project_params_load():
     ("changes", "message"),
     [
         ({"split.val_fraction": 1.5}, "'split.val_fraction' must be in \\(0, 1\\)"),
-        ({"split.val_fraction": "a lot"}, "'split.val_fraction' must be float"),
+        ({"split.val_fraction": "a lot"}, "'split.val_fraction' must be a number, got 'a lot'"),
         ({"split.seed": None}, "'split.seed' is missing"),
-        ({"split.val_fracton": 0.2}, "unknown key\\(s\\) split.val_fracton"),
+        (
+            {"split.val_fracton": 0.2},
+            "unknown key 'split.val_fracton'; did you mean 'val_fraction'",
+        ),
         ({"preprocess.resize": "squash"}, "'preprocess.resize' must be one of"),
         ({"preprocess.image_size": 8}, "'preprocess.image_size' must be in"),
-        ({"preprocess.image_size": True}, "'preprocess.image_size' must be int"),
+        ({"preprocess.image_size": True}, "'preprocess.image_size' must be an integer"),
+        ({"preprocess.image_size": "128"}, "'preprocess.image_size' must be an integer"),
+        (
+            {"preprocess.clahe_tile_grid": 200},
+            "'preprocess.clahe_tile_grid' must be in \\[1, image",
+        ),
         ({"preprocess.workers": -1}, "'preprocess.workers' must be >= 0"),
         ({"download.source": " "}, "'download.source' is empty"),
-        ({"download.kaggle_dataset": "chest-xray"}, "'download.kaggle_dataset' must be"),
+        ({"download.kaggle_dataset": "chest-xray"}, "'download.kaggle_dataset' must look like"),
         ({"mlflow.experiment": ""}, "'mlflow.experiment' must not be empty"),
         ({"train.optimizer.name": "sgd"}, "'train.optimizer.name' must be one of adam, rmsprop"),
         ({"train.optimizer.learning_rate": 0}, "'train.optimizer.learning_rate' must be in"),
@@ -58,7 +66,7 @@ def test_project_params_load():
         ({"train.tuning.storage": "studies.db"}, "'train.tuning.storage' must be an Optuna RDB"),
         (
             {"train.tuning.search_space.optimizer": ["adam", "sgd"]},
-            "'train.tuning.search_space.optimizer' has 'sgd'",
+            "'train.tuning.search_space.optimizer.1' must be one of adam, rmsprop, got 'sgd'",
         ),
         (
             {"train.tuning.search_space.learning_rate": [0.01, 0.001]},
@@ -68,25 +76,43 @@ def test_project_params_load():
         ({"train.model.depth": 9}, "'train.model.depth' must be in"),
         ({"train.batch_size": 0}, "'train.batch_size' must be >= 1"),
         ({"train.label_smoothing": 0.7}, "'train.label_smoothing' must be in"),
-        ({"train.ensemble": 0}, "'train.ensemble' must be >= 1"),
-        ({"train.ensemble": 11}, "'train.ensemble' must be <= 10"),
+        ({"train.ensemble": 0}, "'train.ensemble' must be in \\[1, 10\\]"),
+        ({"train.ensemble": 11}, "'train.ensemble' must be in \\[1, 10\\]"),
+        ({"train.seed": -1}, "'train.seed' must be >= 0"),
+        (
+            {"train.optimizer.learning_rate": float("nan")},
+            "'train.optimizer.learning_rate' must be a finite",
+        ),
+        ({"train.model": 3}, "'train.model' must be a mapping"),
+        (
+            {"train.model.depth": 6, "preprocess.image_size": 32},
+            "'train.model.depth' 6 halves the image 6 times; 'preprocess.image_size' 32 is too",
+        ),
+        (
+            {"train.tuning.grace_period": 100},
+            "'train.tuning.grace_period' \\(100\\) must be at least twice 'heartbeat_interval'",
+        ),
+        ({"evalute": {"threshold": 0.3}}, "unknown key 'evalute'; did you mean 'evaluate'"),
         ({"train.augmentation.brightness": 0.8}, "'train.augmentation.brightness' must be in"),
         ({"train.augmentation.blur": -1}, "'train.augmentation.blur' must be in"),
         ({"train.augmentation.aspect": 0.6}, "'train.augmentation.aspect' must be in"),
         ({"train.learning_rate_schedule": "step"}, "'train.learning_rate_schedule' must be one of"),
         ({"train.epochs": None}, "'train.epochs' is missing"),
-        ({"train.tuning.n_trails": 3}, "unknown key\\(s\\) train.tuning.n_trails"),
+        (
+            {"train.tuning.n_trails": 3},
+            "unknown key 'train.tuning.n_trails'; did you mean 'n_trials'",
+        ),
         ({"evaluate.threshold": "sensitivity:1.5"}, "'evaluate.threshold' must be youden"),
         ({"evaluate.threshold": "sensitivity:most"}, "'evaluate.threshold' must be youden"),
         ({"evaluate.threshold": 1.0}, "'evaluate.threshold' must be youden"),
         ({"evaluate.threshold": "otsu"}, "'evaluate.threshold' must be youden"),
         ({"evaluate.threshold": True}, "'evaluate.threshold' must be youden"),
-        ({"evaluate.threshold": None}, "missing 'evaluate.threshold'"),
+        ({"evaluate.threshold": None}, "'evaluate.threshold' is missing"),
         ({"evaluate.bootstrap": 10}, "'evaluate.bootstrap' must be >= 100"),
         ({"evaluate.confidence": 1.5}, "'evaluate.confidence' must be in"),
         ({"evaluate.alias": "v2"}, "'evaluate.alias' must be a name"),
         ({"evaluate.alias": "my alias"}, "'evaluate.alias' must be a name"),
-        ({"evaluate.thresold": 0.5}, "unknown key\\(s\\) evaluate.thresold"),
+        ({"evaluate.thresold": 0.5}, "unknown key 'evaluate.thresold'; did you mean 'threshold'"),
         ({"evaluate.serving_model_name": None}, "'evaluate.serving_model_name' is missing"),
         ({"evaluate.serving_model_name": " "}, "'evaluate.serving_model_name' must be a"),
         ({"evaluate.serving_model_name": "a/b"}, "'evaluate.serving_model_name' must be a"),

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from pneumonia.config import load_config
-from pneumonia.download import DownloadError, run_download
-from pneumonia.layout import LayoutError
+from pneumonia.data.download import DownloadError, run_download
+from pneumonia.data.layout import LayoutError
 
 from conftest import PATIENT_FILES, PROJECT_ROOT, truncated_jpeg_bytes
 

@@ -8,22 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumonia.config import ArchitectureConfig, load_config
-from pneumonia.evaluation import (
+from pneumonia.config import ModelConfig, load_config
+from pneumonia.contracts.model_card import ModelCardError, read_model_card
+from pneumonia.evaluation.outputs import write_figures, write_gradcam_panels
+from pneumonia.evaluation.report import (
     EvaluationError,
     check_model_input,
     curve_tables,
     evaluation_report,
     flat_metrics,
     gradcam_examples,
-    load_trained_model,
     predictions_table,
-    read_model_card,
-    write_figures,
-    write_gradcam_panels,
 )
-from pneumonia.gradcam import feature_layer, gradcam_heatmaps, overlay
-from pneumonia.model import build_model
+from pneumonia.inference.classifier import PredictionError
+from pneumonia.inference.gradcam import feature_layer, gradcam_heatmaps, overlay
+from pneumonia.inference.loading import load_carded_model
+from pneumonia.model.network import build_model
 
 from test_config import write_params
 
@@ -48,7 +48,9 @@ def blob_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def blob_model():
     """A real small CNN of the project's architecture, trained to find the squares."""
     keras.utils.set_random_seed(0)
-    model = build_model(SIDE, ArchitectureConfig(2, 8, "plain", 0.0))
+    model = build_model(
+        SIDE, ModelConfig(depth=2, base_filters=8, convolution="plain", dropout=0.0)
+    )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
     images, labels, _ = blob_images(256, seed=0)
     model.fit(images, labels, epochs=8, batch_size=32, verbose=0)
@@ -83,7 +85,7 @@ def copy_of(model: keras.Model) -> keras.Model:
 
 
 def test_gradcam_of_an_ensemble_averages_its_members_maps(blob_model):
-    from pneumonia.model import average_ensemble
+    from pneumonia.model.network import average_ensemble
 
     images, _, _ = blob_images(24, seed=2)
     single, _ = gradcam_heatmaps(blob_model, images)
@@ -132,13 +134,16 @@ def test_model_that_does_not_fit_the_arrays_fails_naming_both(tmp_path, blob_mod
         check_model_input(blob_model, np.zeros((2, 32, 32, 1), np.float32), model_path, arrays)
 
 
-def test_missing_upstream_outputs_name_the_train_stage(tmp_path):
-    with pytest.raises(EvaluationError, match=r"model\.keras: not found; run the train stage"):
-        load_trained_model(tmp_path / "model.keras")
-    with pytest.raises(EvaluationError, match=r"model\.json: not found; run the train stage"):
+def test_missing_upstream_outputs_name_the_stage_to_run(tmp_path):
+    with pytest.raises(PredictionError, match=r"model\.keras: not found; run the pipeline"):
+        load_carded_model(tmp_path / "model.keras")
+    with pytest.raises(ModelCardError, match=r"model\.json: not found; .*run the train stage"):
         read_model_card(tmp_path / "model.json")
     (tmp_path / "model.json").write_text(json.dumps({"input": {}}))
-    with pytest.raises(EvaluationError, match="no 'mlflow' section"):
+    with pytest.raises(ModelCardError, match="no preprocess, mlflow section"):
+        read_model_card(tmp_path / "model.json")
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(ModelCardError, match="not valid JSON"):
         read_model_card(tmp_path / "model.json")
 
 

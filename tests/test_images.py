@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumonia.images import (
+from pneumonia.imaging.decode import (
     ImageDecodeError,
     draft_size,
     inspect_image,

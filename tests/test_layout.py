@@ -1,6 +1,6 @@
 import pytest
 
-from pneumonia.layout import LayoutError, check_layout, discover
+from pneumonia.data.layout import LayoutError, check_layout, discover
 
 ARCHIVE = [
     "chest_xray/train/NORMAL/IM-0115-0001.jpeg",

@@ -62,11 +62,11 @@ def test_undefined_rates_are_nan_not_zero():
     [
         # ROC points from the top: 0.8 -> (fpr 0, tpr .5), 0.4 -> (.5, .5), 0.35 -> (.5, 1).
         # Youden J is 0.5 at both 0.8 and 0.35; ties go to the higher threshold.
-        (ThresholdRule("youden"), 0.8),
-        (ThresholdRule("sensitivity", 1.0), 0.35),
-        (ThresholdRule("sensitivity", 0.5), 0.8),
-        (ThresholdRule("sensitivity", 0.6), 0.35),
-        (ThresholdRule("fixed", 0.3), 0.3),
+        (ThresholdRule(kind="youden"), 0.8),
+        (ThresholdRule(kind="sensitivity", value=1.0), 0.35),
+        (ThresholdRule(kind="sensitivity", value=0.5), 0.8),
+        (ThresholdRule(kind="sensitivity", value=0.6), 0.35),
+        (ThresholdRule(kind="fixed", value=0.3), 0.3),
     ],
 )
 def test_threshold_rules_by_hand(rule, expected):
@@ -77,7 +77,7 @@ def test_sensitivity_rule_reaches_its_target_with_the_best_specificity():
     rng = np.random.default_rng(3)
     labels = (rng.random(300) < 0.7).astype(int)
     scores = np.clip(0.35 * labels + 0.65 * rng.random(300), 0, 1)
-    threshold = choose_threshold(labels, scores, ThresholdRule("sensitivity", 0.95))
+    threshold = choose_threshold(labels, scores, ThresholdRule(kind="sensitivity", value=0.95))
     reached = binary_metrics(labels, scores, threshold)
     assert reached["sensitivity"] >= 0.95
     higher = np.min(scores[scores > threshold])
@@ -86,7 +86,9 @@ def test_sensitivity_rule_reaches_its_target_with_the_best_specificity():
 
 def test_threshold_selection_needs_both_classes():
     with pytest.raises(ValueError, match="only PNEUMONIA"):
-        choose_threshold(np.ones(3, dtype=int), np.array([0.1, 0.2, 0.3]), ThresholdRule("youden"))
+        choose_threshold(
+            np.ones(3, dtype=int), np.array([0.1, 0.2, 0.3]), ThresholdRule(kind="youden")
+        )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +102,7 @@ def test_threshold_selection_needs_both_classes():
 )
 def test_bad_inputs_are_rejected(labels, scores, message):
     with pytest.raises(ValueError, match=message):
-        choose_threshold(labels, scores, ThresholdRule("youden"))
+        choose_threshold(labels, scores, ThresholdRule(kind="youden"))
 
 
 def test_bootstrap_draws_whole_patients():

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from pneumonia.config import ArchitectureConfig
-from pneumonia.model import average_ensemble, build_model, ensemble_members
+from pneumonia.config import ModelConfig
+from pneumonia.model.network import average_ensemble, build_model, ensemble_members
 
 
 def architecture(**changes):
     values = {"depth": 3, "base_filters": 8, "convolution": "plain", "dropout": 0.2}
     values.update(changes)
-    return ArchitectureConfig(**values)
+    return ModelConfig(**values)
 
 
 def test_model_takes_raw_uint8_and_returns_probabilities():

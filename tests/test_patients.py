@@ -1,6 +1,6 @@
 import pytest
 
-from pneumonia.patients import parse_patient_id, patient_key
+from pneumonia.data.patients import parse_patient_id, patient_key
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pneumonia.model import ensemble_members
-from pneumonia.prediction import load_classifier, predict_paths
-from pneumonia.robustness import SHIFTS
+from pneumonia.inference.loading import load_classifier
+from pneumonia.inference.prediction import predict_paths
+from pneumonia.model.network import ensemble_members
+from pneumonia.model.robustness import SHIFTS
 
 from conftest import (
     PATIENT_FILES,

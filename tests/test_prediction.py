@@ -12,16 +12,13 @@ import pytest
 from PIL import Image
 
 from pneumonia.cli import main
+from pneumonia.contracts.labels import label_for
+from pneumonia.contracts.operating_point import OperatingPointError
 from pneumonia.errors import PipelineError
-from pneumonia.prediction import (
-    PredictionError,
-    expand_inputs,
-    label_for,
-    load_classifier,
-    load_model_file,
-    predict_paths,
-)
-from pneumonia.preprocess import preprocess_file
+from pneumonia.imaging.transforms import preprocess_file
+from pneumonia.inference.classifier import PredictionError
+from pneumonia.inference.loading import load_classifier, load_model_file
+from pneumonia.inference.prediction import expand_inputs, predict_paths
 
 from conftest import TINY_SIDE, truncated_jpeg_bytes, write_image
 
@@ -168,11 +165,15 @@ def test_threshold_must_belong_to_the_model(tiny_model, tmp_path):
     shutil.copytree(tiny_model["folder"], folder, ignore=shutil.ignore_patterns("images"))
     stale = {"threshold": 0.3, "model": {"version": "7", "model_id": "m-older"}}
     (folder / "threshold.json").write_text(json.dumps(stale))
-    with pytest.raises(PredictionError, match=r"threshold\.json was chosen for model version 7"):
+    with pytest.raises(
+        OperatingPointError, match=r"threshold\.json was chosen for model version 7"
+    ):
         load_classifier(folder / "model.keras")
     assert load_classifier(folder / "model.keras", threshold=0.25).threshold == 0.25
     (folder / "threshold.json").unlink()
-    with pytest.raises(PredictionError, match=r"threshold\.json: not found; the evaluate stage"):
+    with pytest.raises(
+        OperatingPointError, match=r"threshold\.json: not found; the evaluate stage"
+    ):
         load_classifier(folder / "model.keras")
     (folder / "model.json").write_text(json.dumps({"preprocess": {"image_size": 32}}))
     with pytest.raises(PipelineError, match="preprocess settings lack resize"):

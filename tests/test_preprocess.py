@@ -1,4 +1,3 @@
-import dataclasses
 import filecmp
 
 import numpy as np
@@ -7,17 +6,16 @@ import pytest
 from PIL import Image
 
 from pneumonia.config import PreprocessConfig
-from pneumonia.images import ImageDecodeError
-from pneumonia.preprocess import (
-    PreprocessError,
+from pneumonia.contracts.arrays import ProcessedDataError, load_split
+from pneumonia.data.preprocess import PreprocessError, run_preprocess, sample_grid
+from pneumonia.imaging.decode import ImageDecodeError
+from pneumonia.imaging.transforms import (
+    PreprocessSettingsError,
     config_from_settings,
-    load_split,
     model_input_settings,
     preprocess_bytes,
     preprocess_file,
     preprocess_image,
-    run_preprocess,
-    sample_grid,
 )
 
 from conftest import truncated_jpeg_bytes, write_image
@@ -45,7 +43,7 @@ def test_letterbox_keeps_aspect_and_pads_with_black():
 
 
 def test_stretch_fills_the_frame():
-    pixels = preprocess_image(white(64, 32), dataclasses.replace(CONFIG, resize="stretch"))
+    pixels = preprocess_image(white(64, 32), CONFIG.model_copy(update={"resize": "stretch"}))
     assert (pixels == 255).all()
 
 
@@ -53,7 +51,7 @@ def test_crop_takes_the_centre_square():
     image = Image.fromarray(
         np.hstack([np.zeros((32, 16)), np.full((32, 32), 255), np.zeros((32, 16))]).astype(np.uint8)
     )
-    pixels = preprocess_image(image, dataclasses.replace(CONFIG, resize="crop"))
+    pixels = preprocess_image(image, CONFIG.model_copy(update={"resize": "crop"}))
     assert (pixels == 255).all()
 
 
@@ -61,7 +59,7 @@ def test_clahe_raises_local_contrast_inside_the_content_only():
     rng = np.random.default_rng(0)
     flat = Image.fromarray(rng.integers(100, 120, size=(32, 64), dtype=np.uint8))
     plain = preprocess_image(flat, CONFIG)
-    equalised = preprocess_image(flat, dataclasses.replace(CONFIG, clahe=True))
+    equalised = preprocess_image(flat, CONFIG.model_copy(update={"clahe": True}))
     content = slice(8, 24)
     assert equalised[content].std() > plain[content].std() * 1.5
     assert (equalised[:8] == 0).all()
@@ -97,7 +95,7 @@ def test_outputs_are_byte_identical_across_runs_and_worker_counts(split_frames, 
     frames, images_dir = split_frames
     first, second = tmp_path / "first", tmp_path / "second"
     run_preprocess(frames, images_dir, first, CONFIG)
-    run_preprocess(frames, images_dir, second, dataclasses.replace(CONFIG, workers=2))
+    run_preprocess(frames, images_dir, second, CONFIG.model_copy(update={"workers": 2}))
     for relative in (
         "train/images.npy",
         "train/labels.npy",
@@ -124,7 +122,7 @@ def test_empty_split_and_missing_output_are_clear_errors(split_frames, tmp_path)
     frames, images_dir = split_frames
     with pytest.raises(PreprocessError, match="split 'val' has no images"):
         run_preprocess({"val": frames["val"].iloc[:0]}, images_dir, tmp_path / "out", CONFIG)
-    with pytest.raises(PreprocessError, match=r"missing images\.npy.*run the preprocess stage"):
+    with pytest.raises(ProcessedDataError, match=r"missing images\.npy.*run the preprocess stage"):
         load_split(tmp_path / "nowhere")
 
 
@@ -145,13 +143,17 @@ def test_bytes_preprocess_exactly_like_the_file(split_frames, tmp_path):
 
 def test_model_settings_round_trip_and_are_validated():
     settings = model_input_settings(CONFIG)
-    assert config_from_settings(settings, "model.json") == dataclasses.replace(
-        CONFIG, workers=1, sample_grid=0
+    assert config_from_settings(settings, "model.json") == CONFIG.model_copy(
+        update={"workers": 1, "sample_grid": 0}
     )
-    with pytest.raises(PreprocessError, match=r"model\.json: preprocess settings lack clahe"):
+    with pytest.raises(
+        PreprocessSettingsError, match=r"model\.json: preprocess settings lack clahe"
+    ):
         without_clahe = {key: value for key, value in settings.items() if key != "clahe"}
         config_from_settings(without_clahe, "model.json")
-    with pytest.raises(PreprocessError, match=r"model\.json: bad preprocess settings: .*resize"):
+    with pytest.raises(
+        PreprocessSettingsError, match=r"model\.json: bad preprocess settings: .*resize"
+    ):
         config_from_settings({**settings, "resize": "squash"}, "model.json")
-    with pytest.raises(PreprocessError, match="unknown key"):
+    with pytest.raises(PreprocessSettingsError, match="unknown key"):
         config_from_settings({**settings, "gamma": 2.2}, "model.json")

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumonia.config import parse_threshold_rule
-from pneumonia.preprocess import config_from_settings
-from pneumonia.robustness import (
+from pneumonia.config import ThresholdRule
+from pneumonia.imaging.transforms import config_from_settings
+from pneumonia.model.robustness import (
     SHIFTS,
     ShiftCheckError,
     check_model,
@@ -84,7 +84,7 @@ def test_report_keeps_the_clean_threshold_and_catches_overcalling():
     conditions = shifted_images(sources, PLAIN, seed=0)
     assert list(conditions) == ["none", *SHIFTS]
     assert conditions["none"].shape == (40, 32, 32, 1)
-    report = shift_report(brightness_scores, conditions, labels, parse_threshold_rule("youden"))
+    report = shift_report(brightness_scores, conditions, labels, ThresholdRule(kind="youden"))
     table = report.table.set_index("condition")
     # Youden on separated classes: the highest threshold that keeps every positive.
     assert report.threshold == pytest.approx(brightness_scores(conditions["none"][20:]).min())
@@ -124,12 +124,12 @@ def write_val_split(folder, tiny_model) -> tuple:
 def test_check_model_runs_on_files_and_names_a_missing_split(tmp_path, tiny_model):
     import keras
 
-    from pneumonia.evaluation import predict_scores
+    from pneumonia.model.scoring import score
 
     split_csv, images_dir = write_val_split(tmp_path, tiny_model)
     model = keras.saving.load_model(tiny_model["model_path"], compile=False)
     report = check_model(
-        lambda images: predict_scores(model, images),
+        lambda images: score(model, images),
         split_csv,
         images_dir,
         tiny_model["settings"],

@@ -21,15 +21,11 @@ import pandas as pd
 import pytest
 
 from pneumonia.cli import main
-from pneumonia.prediction import (
-    Prediction,
-    PredictionError,
-    load_classifier,
-    load_model_file,
-    predict_paths,
-)
+from pneumonia.inference.classifier import Prediction, PredictionError
+from pneumonia.inference.loading import load_classifier, load_model_file
+from pneumonia.inference.prediction import predict_paths
+from pneumonia.inference.serving import INPUT_COLUMN, log_serving_model, serving_frame
 from pneumonia.registry import LoggedModel, tag_version
-from pneumonia.serving import INPUT_COLUMN, log_serving_model, serving_frame
 
 from conftest import TINY_PREPROCESS
 
@@ -161,8 +157,8 @@ def test_served_model_runs_its_own_copy_of_the_code(tiny_model, registry, tmp_pa
     script = (
         "import sys, mlflow, pandas as pd\n"
         f"model = mlflow.pyfunc.load_model({SERVED_URI!r})\n"
-        "import pneumonia.serving\n"
-        "print(pneumonia.serving.__file__)\n"
+        "import pneumonia.inference.serving\n"
+        "print(pneumonia.inference.serving.__file__)\n"
         f"image = open({str(tiny_model['images'][1])!r}, 'rb').read()\n"
         "print(model.predict(pd.DataFrame({'image': [image]}))['probability'][0])\n"
     )

@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 from pneumonia.config import SplitConfig
-from pneumonia.patients import patient_key
-from pneumonia.split import (
+from pneumonia.data.patients import patient_key
+from pneumonia.data.split import (
     LeakageError,
     SplitError,
     check_no_leakage,
@@ -59,9 +59,9 @@ def test_split_is_patient_level_stratified_and_keeps_official_test():
 
 def test_same_seed_same_split_other_seed_other_split():
     manifest = synthetic_manifest()
-    first = split_manifest(manifest, SplitConfig(0.2, seed=1)).splits["val"]
-    again = split_manifest(manifest, SplitConfig(0.2, seed=1)).splits["val"]
-    other = split_manifest(manifest, SplitConfig(0.2, seed=2)).splits["val"]
+    first = split_manifest(manifest, SplitConfig(val_fraction=0.2, seed=1)).splits["val"]
+    again = split_manifest(manifest, SplitConfig(val_fraction=0.2, seed=1)).splits["val"]
+    other = split_manifest(manifest, SplitConfig(val_fraction=0.2, seed=2)).splits["val"]
     assert first.equals(again)
     assert set(first["path"]) != set(other["path"])
 
@@ -97,7 +97,7 @@ def test_duplicates_never_cross_the_split():
         "p7-0001"
     )
     for seed in range(10):
-        splits = split_manifest(manifest, SplitConfig(0.3, seed=seed)).splits
+        splits = split_manifest(manifest, SplitConfig(val_fraction=0.3, seed=seed)).splits
         owners = {
             name
             for name in ("train", "val")
@@ -110,7 +110,7 @@ def test_duplicates_never_cross_the_split():
 def test_train_image_identical_to_a_test_image_is_dropped_and_reported():
     manifest = synthetic_manifest()
     manifest.loc[manifest["path"] == "train/NORMAL/IM-0003-0001.jpeg", "sha256"] = "tn0002"
-    result = split_manifest(manifest, SplitConfig(0.2, seed=0))
+    result = split_manifest(manifest, SplitConfig(val_fraction=0.2, seed=0))
     assert result.report["dropped_identical_to_test"] == ["train/NORMAL/IM-0003-0001.jpeg"]
     assert len(result.splits["test"]) == 20
 
@@ -127,10 +127,10 @@ def test_leakage_check_fails_loudly():
 def test_too_few_patients_is_a_clear_error():
     manifest = synthetic_manifest(normal_patients=1)
     with pytest.raises(SplitError, match="class NORMAL has 1 patient group"):
-        split_manifest(manifest, SplitConfig(0.2, seed=0))
+        split_manifest(manifest, SplitConfig(val_fraction=0.2, seed=0))
 
 
 def test_fraction_too_small_for_any_patient_is_a_clear_error():
     manifest = synthetic_manifest(normal_patients=3, images_per_patient=5)
     with pytest.raises(SplitError, match=r"split\.val_fraction"):
-        split_manifest(manifest, SplitConfig(0.01, seed=0))
+        split_manifest(manifest, SplitConfig(val_fraction=0.01, seed=0))

@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumonia.config import ConfigError, load_config
-from pneumonia.dataset import class_weights, make_dataset
-from pneumonia.preprocess import PreprocessError, write_split
-from pneumonia.training import load_training_splits
+from pneumonia.config import AugmentationConfig, ConfigError, load_config
+from pneumonia.contracts.arrays import ProcessedDataError, write_split
+from pneumonia.model.dataset import class_weights, make_dataset
+from pneumonia.model.training import load_training_splits
 
 from conftest import PROJECT_ROOT
 from test_config import write_params
@@ -37,23 +37,20 @@ def test_image_size_that_does_not_match_the_arrays_fails_naming_the_param(tmp_pa
 def test_empty_split_fails_clearly(tmp_path):
     config = load_config(write_params(tmp_path, {"preprocess.image_size": 32}))
     write_processed(config, {"train": 4, "val": 0}, side=32)
-    with pytest.raises(PreprocessError, match="the val split is empty"):
+    with pytest.raises(ProcessedDataError, match="the val split is empty"):
         load_training_splits(config)
 
 
 def test_missing_processed_data_names_the_stage(tmp_path):
     config = load_config(write_params(tmp_path, {}))
-    with pytest.raises(PreprocessError, match="run the preprocess stage"):
+    with pytest.raises(ProcessedDataError, match="run the preprocess stage"):
         load_training_splits(config)
 
 
-def test_depth_too_deep_for_the_image_fails_before_training(tmp_path):
-    config = load_config(
-        write_params(tmp_path, {"preprocess.image_size": 32, "train.model.depth": 6})
-    )
-    write_processed(config, {"train": 4, "val": 2}, side=32)
-    with pytest.raises(ConfigError, match=r"'train\.model\.depth' 6"):
-        load_training_splits(config)
+def test_depth_too_deep_for_the_image_fails_at_load(tmp_path):
+    params = write_params(tmp_path, {"preprocess.image_size": 32, "train.model.depth": 6})
+    with pytest.raises(ConfigError, match=r"'train\.model\.depth' 6 .*needs >= 64"):
+        load_config(params)
 
 
 def test_balanced_class_weights_undo_the_imbalance():
@@ -65,12 +62,17 @@ def test_balanced_class_weights_undo_the_imbalance():
         class_weights(np.ones(5, dtype=int), "balanced")
 
 
+def augmentation(**strengths: float) -> AugmentationConfig:
+    """Every jitter off but the ones named."""
+    off = dict.fromkeys(AugmentationConfig.model_fields, 0.0)
+    return AugmentationConfig(**{**off, **strengths})
+
+
 def test_dataset_yields_uint8_batches_and_augments_only_training_data():
-    from pneumonia.config import AugmentationConfig
 
     images = np.tile(np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1) * 10, (10, 1, 1, 1))
     labels = np.arange(10) % 2
-    jitter = AugmentationConfig(rotation=0.1, shift=0.2, zoom=0.2, contrast=0.3)
+    jitter = augmentation(rotation=0.1, shift=0.2, zoom=0.2, contrast=0.3)
     plain = make_dataset(images, labels, 4, training=False, seed=0, augmentation=jitter)
     batch, target = next(iter(plain))
     assert batch.dtype == "uint8" and target.dtype == "float32"
@@ -86,15 +88,14 @@ def test_dataset_yields_uint8_batches_and_augments_only_training_data():
 
 
 def test_exposure_and_blur_jitter_change_brightness_and_sharpness():
-    from pneumonia.config import AugmentationConfig
 
     # A sharp vertical edge at mid-grey: brightness moves the mean, blur softens the edge.
     image = np.full((1, 16, 16, 1), 100, dtype=np.uint8)
     image[:, :, 8:] = 160
     images, labels = np.repeat(image, 64, axis=0), np.zeros(64, dtype=int)
-    off = AugmentationConfig(rotation=0.0, shift=0.0, zoom=0.0, contrast=0.0)
-    exposure = AugmentationConfig(0.0, 0.0, 0.0, 0.0, brightness=0.2)
-    blur = AugmentationConfig(0.0, 0.0, 0.0, 0.0, blur=2.0)
+    off = augmentation()
+    exposure = augmentation(brightness=0.2)
+    blur = augmentation(blur=2.0)
 
     def batch(config: AugmentationConfig) -> np.ndarray:
         dataset = make_dataset(images, labels, 64, training=True, seed=3, augmentation=config)
@@ -111,13 +112,12 @@ def test_exposure_and_blur_jitter_change_brightness_and_sharpness():
 
 
 def test_aspect_jitter_changes_width_but_not_height():
-    from pneumonia.config import AugmentationConfig
 
     # A bright centred box 16 px wide and 16 px tall on black: only its width may change.
     image = np.zeros((1, 32, 32, 1), dtype=np.uint8)
     image[:, 8:24, 8:24] = 200
     images, labels = np.repeat(image, 64, axis=0), np.zeros(64, dtype=int)
-    aspect = AugmentationConfig(0.0, 0.0, 0.0, 0.0, aspect=0.3)
+    aspect = augmentation(aspect=0.3)
     batch = next(iter(make_dataset(images, labels, 64, training=True, seed=5, augmentation=aspect)))
     bright = batch[0].numpy()[..., 0] > 100
     widths = bright[:, 16, :].sum(axis=1)
@@ -129,32 +129,31 @@ def test_aspect_jitter_changes_width_but_not_height():
 
 
 def test_label_smoothing_reaches_the_loss():
-    from pneumonia.training import compiled_model
+    from pneumonia.model.training import compiled_model
 
     config = load_config(PROJECT_ROOT / "params.yaml")
-    model = compiled_model(32, config.train.fixed, label_smoothing=0.2)
+    model = compiled_model(32, config.train.hyperparameters, label_smoothing=0.2)
     assert model.loss.get_config()["label_smoothing"] == 0.2
     targets, outputs = np.array([[1.0], [0.0]]), np.array([[0.9], [0.1]])
     smoothed = float(model.loss(targets, outputs))
-    plain = float(compiled_model(32, config.train.fixed).loss(targets, outputs))
+    plain = float(compiled_model(32, config.train.hyperparameters).loss(targets, outputs))
     # Smoothing moves the targets to 0.9 / 0.1, exactly the outputs: the loss is their entropy.
     assert smoothed == pytest.approx(-(0.9 * np.log(0.9) + 0.1 * np.log(0.1)), rel=1e-3)
     assert plain == pytest.approx(-np.log(0.9), rel=1e-3)
 
 
 def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_fit(tmp_path):
-    import dataclasses
-
     import keras
 
-    from pneumonia.training import SplitArrays, fit
+    from pneumonia.model.training import SplitArrays, fit
 
     config = load_config(PROJECT_ROOT / "params.yaml").train
-    cosine = dataclasses.replace(config, learning_rate_schedule="cosine")
-    hyperparameters = dataclasses.replace(
-        config.fixed,
-        batch_size=8,
-        architecture=dataclasses.replace(config.fixed.architecture, depth=2, base_filters=4),
+    cosine = config.model_copy(update={"learning_rate_schedule": "cosine"})
+    hyperparameters = config.hyperparameters.model_copy(
+        update={
+            "batch_size": 8,
+            "model": config.model.model_copy(update={"depth": 2, "base_filters": 4}),
+        }
     )
     generator = np.random.default_rng(0)
     images = generator.integers(0, 255, (20, 16, 16, 1), dtype=np.uint8)

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from pneumonia.cli import main
 from pneumonia.config import ConfigError, load_config, parse_override
-from pneumonia.tuning import (
+from pneumonia.model.tuning import (
     MLFLOW_RUN_ATTRIBUTE,
     TuningError,
     fail_stale_trials,
@@ -33,7 +33,7 @@ from pneumonia.tuning import (
     make_storage,
     redact_url,
 )
-from pneumonia.workers import run_worker
+from pneumonia.model.workers import run_worker
 
 import scaleout
 from conftest import PROJECT_ROOT
@@ -60,7 +60,7 @@ def test_overrides_are_read_as_yaml_and_validated(tmp_path):
     params = write_tiny_project(tmp_path, {})
     config = load_config(params, {"train.tuning.grace_period": 300, "train.tuning.n_trials": 1})
     assert (config.train.tuning.grace_period, config.train.tuning.n_trials) == (300, 1)
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) train\.tuning\.n_trails"):
+    with pytest.raises(ConfigError, match=r"unknown key .train\.tuning\.n_trails.; did you mean"):
         load_config(params, {"train.tuning.n_trails": 1})
     with pytest.raises(ConfigError, match=r"'train\.tuning\.grace_period' \(10\) must be at least"):
         load_config(params, {"train.tuning.heartbeat_interval": 6, "train.tuning.grace_period": 10})
@@ -99,7 +99,7 @@ def test_refit_needs_the_named_study_with_a_complete_trial(tmp_path):
     study.tell(study.ask(), state=TrialState.FAIL)
     with pytest.raises(TuningError, match="study tuned: no trial completed"):
         load_tuned_study(tuning, config.project_root)
-    best = {**fixed_trial_params(config.train.fixed, tuning.search_space), "dropout": 0.4}
+    best = {**fixed_trial_params(config.train.hyperparameters, tuning.search_space), "dropout": 0.4}
     distributions = {
         name: FloatDistribution(0.0, 1.0)
         if isinstance(value, float)
@@ -109,8 +109,8 @@ def test_refit_needs_the_named_study_with_a_complete_trial(tmp_path):
     study.add_trial(optuna.create_trial(params=best, distributions=distributions, value=0.9))
     loaded = load_tuned_study(tuning, config.project_root)
     assert loaded.best_trial.params == best
-    chosen = hyperparameters_from(loaded.best_trial.params, config.train.fixed)
-    assert chosen.architecture.dropout == 0.4
+    chosen = hyperparameters_from(loaded.best_trial.params, config.train.hyperparameters)
+    assert chosen.model.dropout == 0.4
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def test_two_worker_processes_share_one_study(shared_study):
     assert len({tuple(sorted(trial.params.items())) for trial in study.trials}) == 4
     # Only the worker that created the study queued the fixed hyperparameters.
     config = load_config(shared_study["root"] / "project" / "params.yaml").train
-    fixed = fixed_trial_params(config.fixed, config.tuning.search_space)
+    fixed = fixed_trial_params(config.hyperparameters, config.tuning.search_space)
     assert [trial.params for trial in study.trials].count(fixed) == 1
     for output in shared_study["outputs"]:
         assert f"study {STUDY}: this worker ran 2 trial(s) (2 complete)" in output
@@ -277,7 +277,7 @@ def test_train_stage_refits_the_best_trial_of_the_shared_study(shared_study, tra
     assert len(study.trials) == 2 * TRIALS_PER_WORKER  # the refit ran no trial
     card = json.loads((project / "models" / "model.json").read_text())
     config = load_config(project / "params.yaml")
-    chosen = hyperparameters_from(study.best_trial.params, config.train.fixed)
+    chosen = hyperparameters_from(study.best_trial.params, config.train.hyperparameters)
     assert card["hyperparameters"] == chosen.flat()
     assert card["tuning"]["study_name"] == STUDY
     assert card["tuning"]["best_trial"] == study.best_trial.number

@@ -1,5 +1,3 @@
-import dataclasses
-
 import mlflow
 import numpy as np
 import optuna
@@ -7,8 +5,8 @@ import pytest
 from optuna.trial import FixedTrial, TrialState
 
 from pneumonia.config import load_config
-from pneumonia.training import MONITOR, SplitArrays, best_epoch, fit
-from pneumonia.tuning import (
+from pneumonia.model.training import MONITOR, SplitArrays, best_epoch, fit
+from pneumonia.model.tuning import (
     fixed_trial_params,
     hyperparameters_from,
     make_objective,
@@ -35,7 +33,7 @@ def test_rmsprop_only_params_are_sampled_only_for_rmsprop():
     seen = {"adam": set(), "rmsprop": set()}
     for _ in range(30):
         trial = study.ask()
-        hyperparameters = suggest(trial, SPACE, CONFIG.fixed)
+        hyperparameters = suggest(trial, SPACE, CONFIG.hyperparameters)
         seen[hyperparameters.optimizer.name] |= set(trial.params)
         study.tell(trial, 0.5)
     assert {"rho", "momentum"} <= seen["rmsprop"]
@@ -44,23 +42,26 @@ def test_rmsprop_only_params_are_sampled_only_for_rmsprop():
 
 def test_suggest_and_hyperparameters_from_are_inverse():
     params = {**BASE, "optimizer": "rmsprop", "rho": 0.85, "momentum": 0.5}
-    hyperparameters = suggest(FixedTrial(params), SPACE, CONFIG.fixed)
+    hyperparameters = suggest(FixedTrial(params), SPACE, CONFIG.hyperparameters)
     assert hyperparameters.optimizer.rho == 0.85 and hyperparameters.optimizer.momentum == 0.5
-    assert hyperparameters.architecture.base_filters == 8
-    assert hyperparameters_from(params, CONFIG.fixed) == hyperparameters
-    assert "optimizer.rho" not in suggest(FixedTrial(BASE), SPACE, CONFIG.fixed).flat()
+    assert hyperparameters.model.base_filters == 8
+    assert hyperparameters_from(params, CONFIG.hyperparameters) == hyperparameters
+    assert "optimizer.rho" not in suggest(FixedTrial(BASE), SPACE, CONFIG.hyperparameters).flat()
 
 
 def test_fixed_params_are_enqueued_only_when_inside_the_space():
-    assert fixed_trial_params(CONFIG.fixed, SPACE)["optimizer"] == CONFIG.fixed.optimizer.name
-    outside = dataclasses.replace(CONFIG.fixed, batch_size=7)
-    assert fixed_trial_params(outside, SPACE) is None
-    rmsprop = dataclasses.replace(
-        CONFIG.fixed, optimizer=dataclasses.replace(CONFIG.fixed.optimizer, name="rmsprop")
+    assert (
+        fixed_trial_params(CONFIG.hyperparameters, SPACE)["optimizer"]
+        == CONFIG.hyperparameters.optimizer.name
     )
-    assert fixed_trial_params(rmsprop, SPACE)["rho"] == CONFIG.fixed.optimizer.rho
-    high_rho = dataclasses.replace(
-        rmsprop, optimizer=dataclasses.replace(rmsprop.optimizer, rho=0.999)
+    outside = CONFIG.hyperparameters.model_copy(update={"batch_size": 7})
+    assert fixed_trial_params(outside, SPACE) is None
+    rmsprop = CONFIG.hyperparameters.model_copy(
+        update={"optimizer": CONFIG.optimizer.model_copy(update={"name": "rmsprop"})}
+    )
+    assert fixed_trial_params(rmsprop, SPACE)["rho"] == CONFIG.hyperparameters.optimizer.rho
+    high_rho = rmsprop.model_copy(
+        update={"optimizer": rmsprop.optimizer.model_copy(update={"rho": 0.999})}
     )
     assert fixed_trial_params(high_rho, SPACE) is None
 
@@ -81,14 +82,12 @@ def tiny_arrays(count: int, seed: int) -> SplitArrays:
     return SplitArrays(images, labels.astype(np.uint8))
 
 
-TINY = dataclasses.replace(
-    CONFIG,
-    fixed=dataclasses.replace(
-        CONFIG.fixed,
-        architecture=dataclasses.replace(CONFIG.fixed.architecture, depth=2, base_filters=4),
-        batch_size=8,
-    ),
-    tuning=dataclasses.replace(CONFIG.tuning, epochs=3),
+TINY = CONFIG.model_copy(
+    update={
+        "model": CONFIG.model.model_copy(update={"depth": 2, "base_filters": 4}),
+        "batch_size": 8,
+        "tuning": CONFIG.tuning.model_copy(update={"epochs": 3}),
+    }
 )
 
 
@@ -125,7 +124,7 @@ def test_same_seed_gives_the_same_val_auc_on_cpu():
     train, val = tiny_arrays(48, 0), tiny_arrays(24, 1)
     values = []
     for _ in range(2):
-        _, history = fit(TINY.fixed, train, val, TINY, epochs=8, callbacks=[])
+        _, history = fit(TINY.hyperparameters, train, val, TINY, epochs=8, callbacks=[])
         values.append(best_epoch(history)[1])
     assert round(values[0], 4) == round(values[1], 4)
     assert values[0] > 0.5  # it learns the toy signal at all

@@ -50,6 +50,8 @@ def load_keras_model(path: Path) -> keras.Model:
 
 def load_carded_model(model_path: Path) -> CardedModel:
     """A .keras file with the train stage's model card (model.json) beside it."""
+    if not model_path.is_file():
+        load_keras_model(model_path)  # the clear "not found" error, before the card's
     card_path = model_path.with_name(MODEL_CARD_FILE)
     card = read_model_card(card_path)
     preprocess = config_from_settings(card["preprocess"], card_path)

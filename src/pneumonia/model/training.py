@@ -272,10 +272,4 @@ def load_training_splits(config: Config) -> tuple[SplitArrays, SplitArrays]:
                 "re-run preprocess (dvc repro) or fix the param"
             )
         splits.append(SplitArrays(images, labels))
-    depth = config.train.model.depth
-    if size < 2**depth:
-        raise ConfigError(
-            f"params.yaml: 'train.model.depth' {depth} halves the image {depth} times; "
-            f"'preprocess.image_size' {size} is too small (needs >= {2**depth})"
-        )
     return splits[0], splits[1]

@@ -13,7 +13,7 @@ data/raw/images/test, else ../shared/data/chest_xray/test, else synthetic 1024x1
 What is timed, per image unless said otherwise:
 
 - baseline: `model.predict` on arrays already preprocessed (decode and resize not included);
-- library: `pneumonia.prediction.predict_paths` on the files (decode, preprocess, predict);
+- library: `pneumonia.inference.prediction.predict_paths` on the files (decode, preprocess, score);
 - CLI: `pneumonia predict` as a subprocess, so Python, TensorFlow and model start-up included;
 - served: `mlflow models serve --env-manager local` of the served pyfunc, registered into a
   temporary MLflow store; one HTTP request per image (latency) or per batch (throughput), with
@@ -53,10 +53,11 @@ import numpy as np
 from PIL import Image
 
 from pneumonia.config import find_project_root, load_config
-from pneumonia.model import build_model
-from pneumonia.prediction import expand_inputs, load_model_file, predict_paths
-from pneumonia.preprocess import model_input_settings, preprocess_file
-from pneumonia.serving import log_serving_model
+from pneumonia.imaging.transforms import model_input_settings, preprocess_file
+from pneumonia.inference.loading import load_model_file
+from pneumonia.inference.prediction import expand_inputs, predict_paths
+from pneumonia.inference.serving import log_serving_model
+from pneumonia.model.network import build_model
 
 PROJECT_ROOT = find_project_root(Path(__file__).resolve().parent)
 SERVED_NAME, SERVED_ALIAS = "pneumonia-classifier-benchmark", "benchmark"
@@ -113,7 +114,7 @@ def prepare_model(model: Path | None, scratch: Path) -> tuple[Path, str]:
     folder = scratch / "models"
     folder.mkdir(parents=True)
     size = config.preprocess.image_size
-    build_model(size, config.train.fixed.architecture).save(folder / "model.keras")
+    build_model(size, config.train.model).save(folder / "model.keras")
     card = {"preprocess": model_input_settings(config.preprocess), "mlflow": {}}
     (folder / "model.json").write_text(json.dumps(card))
     (folder / "threshold.json").write_text(json.dumps({"threshold": 0.5, "model": {}}))

@@ -3,7 +3,7 @@
     python benchmarks/preprocess.py [--source ../shared/data/chest_xray] [--image-size 128]
 
 Baseline (the usual way): one process, every image fully decoded with Pillow, converted to
-grayscale, then resized. Ours: `pneumonia.preprocess.preprocess_split` as the stage runs it
+grayscale, then resized. Ours: `pneumonia.data.preprocess.preprocess_split` as the stage runs it
 (a process per core, JPEG draft decoding straight to grayscale at the smallest scale that covers
 the output). Both run here, one after the other, on the same files and params; the ratio is the
 figure to read. It also prints how far the two outputs differ, to show the shortcut is exact enough.
@@ -12,7 +12,6 @@ figure to read. It also prints how far the two outputs differ, to show the short
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 import time
@@ -23,8 +22,8 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from pneumonia.config import PreprocessConfig, resolve_workers
-from pneumonia.layout import discover
-from pneumonia.preprocess import preprocess_split
+from pneumonia.data.layout import discover
+from pneumonia.data.preprocess import preprocess_split
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray"
 
@@ -85,7 +84,7 @@ def main() -> None:
     # Warm the page cache so neither side pays for the first read from disk.
     for path in paths:
         path.read_bytes()
-    single_process = dataclasses.replace(config, workers=1)
+    single_process = config.model_copy(update={"workers": 1})
     with tempfile.TemporaryDirectory() as scratch:
         output = Path(scratch) / "images.npy"
         baseline_seconds = best_of(arguments.repeats, lambda: baseline(paths, config))

@@ -4,7 +4,7 @@
 
 Needs `dvc repro` to have run preprocess (data/processed and data/raw/images). Baseline: the seed
 projects' `keras.utils.image_dataset_from_directory`, which decodes and resizes every JPEG from
-disk every epoch. Ours: `pneumonia.dataset.make_dataset` over the preprocessed uint8 arrays
+disk every epoch. Ours: `pneumonia.model.dataset.make_dataset` over the preprocessed uint8 arrays
 (shuffle, batch, seeded augmentation, prefetch). Both feed the same CNN (params.yaml's fixed
 hyperparameters) at the same image size on the same images; each side trains one warm-up epoch,
 then one timed epoch. It prints images/s for the input pipeline alone and for training, and the
@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from pneumonia.config import load_config
-from pneumonia.dataset import make_dataset
-from pneumonia.preprocess import load_split
-from pneumonia.training import compiled_model, seed_everything
+from pneumonia.contracts.arrays import load_split
+from pneumonia.model.dataset import make_dataset
+from pneumonia.model.training import compiled_model, seed_everything
 
 
 def seed_projects_dataset(folder: Path, size: int, batch_size: int, seed: int) -> tf.data.Dataset:
@@ -58,7 +58,7 @@ def pipeline_rate(dataset: tf.data.Dataset, images: int) -> float:
 
 def training_rate(dataset: tf.data.Dataset, images: int, config) -> float:
     seed_everything(config.train.seed)
-    model = compiled_model(config.preprocess.image_size, config.train.fixed)
+    model = compiled_model(config.preprocess.image_size, config.train.hyperparameters)
     model.fit(dataset, epochs=1, verbose=0)
     started = time.perf_counter()
     model.fit(dataset, epochs=1, verbose=0)
@@ -107,7 +107,7 @@ def main() -> None:
         ]
     print(
         f"{count} train images at {config.preprocess.image_size}px, batch "
-        f"{arguments.batch_size}, model {config.train.fixed.architecture}"
+        f"{arguments.batch_size}, model {config.train.model}"
     )
     print(f"{'input pipeline':>58} {'training':>12}")
     base_pipeline, base_training = results[0][1], results[0][2]

@@ -57,14 +57,18 @@ def _quiet_libraries() -> None:
 
 def _predict(arguments: argparse.Namespace) -> None:
     _quiet_libraries()
-    from pneumonia.config import find_project_root
+    from pneumonia.config import find_project_root, load_config
     from pneumonia.inference.loading import is_mlflow_uri, load_classifier
     from pneumonia.inference.prediction import OUTPUT_COLUMNS, predict_paths
     from pneumonia.tracking import use_project_store
 
-    if arguments.model and is_mlflow_uri(arguments.model):
+    model = arguments.model
+    if model is None:
+        # The pipeline's own model: paths.models of the project's params.yaml.
+        model = load_config(arguments.params).paths.model
+    elif is_mlflow_uri(model):
         use_project_store(find_project_root(Path.cwd()))
-    classifier = load_classifier(arguments.model, arguments.threshold)
+    classifier = load_classifier(model, arguments.threshold)
     columns = [*OUTPUT_COLUMNS, *(["gradcam"] if arguments.gradcam else [])]
     writer = None
     if arguments.format == "csv":
@@ -233,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         help="a .keras file with model.json and threshold.json beside it, or an MLflow model "
         "URI (models:/pneumonia-classifier@champion, models:/pneumonia-cnn/3, runs:/<id>/...); "
-        "default models/model.keras with models/threshold.json",
+        "default: model.keras with its threshold.json in paths.models of --params",
     )
     predict.add_argument(
         "--threshold",
@@ -246,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="write a Grad-CAM overlay PNG per image into DIR",
+    )
+    predict.add_argument(
+        "--params",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the project's params.yaml, for the default model (default: ./params.yaml)",
     )
     predict.add_argument("--batch-size", type=_positive_int, default=32)
     predict.set_defaults(handler=_predict)

@@ -23,10 +23,11 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from pneumonia.contracts import registry_tags
 from pneumonia.errors import PipelineError
 
-COMPARED_TAGS = ("val_roc_auc", "val_sensitivity", "val_specificity")
-DATASET_TAG = "val_dataset_digest"
+COMPARED_TAGS = registry_tags.COMPARED
+DATASET_TAG = registry_tags.VAL_DATASET_DIGEST
 
 
 class PromotionError(PipelineError, ValueError):

@@ -39,6 +39,11 @@ class Paths:
     def processed_meta(self) -> Path:
         return self.processed / META_FILE
 
+    @property
+    def params_check(self) -> Path:
+        """The validate stage's output: the same for every valid params.yaml."""
+        return self.reports / "params_check.json"
+
     def stage_summary(self, stage: str) -> Path:
         """reports/<stage>.json: the stage's DVC metrics."""
         return self.reports / f"{stage}.json"

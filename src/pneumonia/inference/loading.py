@@ -18,11 +18,10 @@ from pneumonia.config import PreprocessConfig
 from pneumonia.contracts import registry_tags
 from pneumonia.contracts.model_card import ModelCardError, read_model_card
 from pneumonia.contracts.operating_point import check_same_model, read_operating_point
-from pneumonia.contracts.paths import MODEL_CARD_FILE, MODEL_FILE, THRESHOLD_FILE
+from pneumonia.contracts.paths import MODEL_CARD_FILE, THRESHOLD_FILE
 from pneumonia.imaging.transforms import config_from_settings
 from pneumonia.inference.classifier import Classifier, PredictionError
 
-DEFAULT_MODEL = Path("models") / MODEL_FILE
 # MLflow URIs name a scheme (models:/, runs:/, file://, s3://, ...); a bare path does not.
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))/?$")
@@ -161,13 +160,11 @@ def is_mlflow_uri(model: str | Path) -> bool:
     return bool(_URI.match(str(model)))
 
 
-def load_classifier(model: str | Path | None = None, threshold: float | None = None) -> Classifier:
-    """`None`: models/model.keras with models/threshold.json; a path: a .keras file; anything
-    with a scheme (models:/..., runs:/...): an MLflow model URI."""
+def load_classifier(model: str | Path, threshold: float | None = None) -> Classifier:
+    """A path: a .keras file with its model.json and threshold.json beside it; anything with a
+    scheme (models:/..., runs:/...): an MLflow model URI."""
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise PredictionError(f"--threshold must be in [0, 1], got {threshold}")
-    if model is None:
-        return load_model_file(DEFAULT_MODEL, threshold)
     if is_mlflow_uri(model):
         return load_mlflow_model(str(model), threshold)
     return load_model_file(Path(model), threshold)

@@ -4,7 +4,6 @@ write the DVC metrics and plots, log them to MLflow against the trained model, l
 the served model, and mark both registered versions with the `evaluate.alias` alias."""
 
 import os
-import time
 
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
@@ -22,12 +21,10 @@ from pneumonia.evaluation.publishing import artifact_paths, publish_evaluation, 
 from pneumonia.evaluation.report import (
     check_model_input,
     curve_tables,
-    evaluation_report,
     predictions_table,
+    score_and_measure,
 )
 from pneumonia.inference.loading import load_carded_model
-from pneumonia.metrics import choose_threshold
-from pneumonia.model.scoring import score
 from pneumonia.tracking import stage_run
 
 
@@ -48,17 +45,9 @@ def main() -> None:
             [paths.model, paths.processed_split("val"), paths.processed_split("test")],
         )
         mlflow.set_tags(run_tags(card))
-        started = time.perf_counter()
-        scored = {
-            name: (labels, score(model, images), index["patient_id"].to_numpy())
-            for name, (images, labels, index) in splits.items()
-        }
-        threshold = choose_threshold(scored["val"][0], scored["val"][1], settings.threshold)
-        report = evaluation_report(settings, threshold, scored["val"], scored["test"])
-        report["seconds"] = round(time.perf_counter() - started, 1)
-
+        report, test_scores = score_and_measure(model, splits, settings)
+        threshold = report["threshold"]["value"]
         test_images, test_labels, test_index = splits["test"]
-        test_scores = scored["test"][1]
         tables = curve_tables(test_labels, test_scores, settings.calibration_bins)
         tables["predictions"] = predictions_table(test_index, test_labels, test_scores, threshold)
         paths.evaluate_reports.mkdir(parents=True, exist_ok=True)

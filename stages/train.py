@@ -10,7 +10,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 
 import mlflow
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from pneumonia.config import load_config
 from pneumonia.contracts.files import write_json
@@ -20,10 +19,10 @@ from pneumonia.imaging.transforms import model_input_settings
 from pneumonia.model.robustness import check_model
 from pneumonia.model.scoring import score
 from pneumonia.model.training import (
-    MONITOR,
-    best_epoch,
     configure_runtime,
+    final_fit_figures,
     fit_ensemble,
+    history_table,
     load_training_splits,
     members_table,
 )
@@ -57,23 +56,11 @@ def main() -> None:
         mlflow.log_params({f"chosen.{k}": v for k, v in hyperparameters.flat().items()})
 
         final = fit_ensemble(hyperparameters, train, val, settings, run.run_id)
-        model, history = final.model, final.histories[0]
-        epoch, val_auc = best_epoch(history)
-        epochs_run = sum(len(member.history[MONITOR]) for member in final.histories)
+        model = final.model
         pd.DataFrame(members_table(final.histories, settings.seed)).to_csv(
             paths.members_table, index=False
         )
-        metrics = {
-            # best_val_auc / best_epoch: member 0's best epoch (Keras' AUC, as early stopping
-            # saw it); val_auc: the saved model (the members' average when ensemble > 1).
-            "best_val_auc": val_auc,
-            "best_epoch": epoch,
-            "val_auc": float(roc_auc_score(val.labels, score(model, val.images))),
-            "ensemble_members": len(final.histories),
-            "epochs_run": epochs_run,
-            "final_fit_seconds": round(final.seconds, 1),
-            "train_images_per_second": round(len(train.images) * epochs_run / final.seconds, 1),
-        }
+        metrics = final_fit_figures(final, train, val)
         # Val images under acquisition shifts (model/robustness.py): a val signal that the
         # clean, nearly saturated val AUC does not give. Val only; test stays evaluate's.
         shift = check_model(
@@ -89,10 +76,10 @@ def main() -> None:
         paths.models.mkdir(parents=True, exist_ok=True)
         model.save(paths.model)
         run.log_hashes("output", [paths.model])
-        frame = pd.DataFrame(history.history)
-        frame.insert(0, "epoch", range(len(frame)))
-        frame.to_csv(paths.history_table, index=False)
-        logged = log_and_register(model, val.images[:1], settings.registered_model_name, step=epoch)
+        history_table(final.histories[0]).to_csv(paths.history_table, index=False)
+        logged = log_and_register(
+            model, val.images[:1], settings.registered_model_name, step=metrics["best_epoch"]
+        )
         mlflow.log_metrics(metrics, model_id=logged.model_id)
         card = build_model_card(
             image_size=config.preprocess.image_size,

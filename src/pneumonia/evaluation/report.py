@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,14 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from pneumonia.config import EvaluateConfig
 from pneumonia.contracts.labels import class_names, is_positive
 from pneumonia.errors import PipelineError
-from pneumonia.metrics import COUNTS, binary_metrics, bootstrap_intervals, calibration_bins
+from pneumonia.metrics import (
+    COUNTS,
+    binary_metrics,
+    bootstrap_intervals,
+    calibration_bins,
+    choose_threshold,
+)
+from pneumonia.model.scoring import score
 
 OUTCOMES = ("true_positive", "false_positive", "true_negative", "false_negative")
 DEFAULT_THRESHOLD = 0.5
@@ -179,3 +187,21 @@ def gradcam_examples(
         order = np.argsort(-scores[members] if descending else scores[members], kind="stable")
         chosen[outcome] = members[order[:per_outcome]]
     return chosen
+
+
+def score_and_measure(
+    model: keras.Model,
+    splits: dict[str, tuple[np.ndarray, np.ndarray, pd.DataFrame]],
+    settings: EvaluateConfig,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Score val and test (`splits` maps each to images, labels and index), choose the threshold
+    on val, and measure both: metrics.json's report, and the test scores."""
+    started = time.perf_counter()
+    scored = {
+        name: (labels, score(model, images), index["patient_id"].to_numpy())
+        for name, (images, labels, index) in splits.items()
+    }
+    threshold = choose_threshold(scored["val"][0], scored["val"][1], settings.threshold)
+    report = evaluation_report(settings, threshold, scored["val"], scored["test"])
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report, scored["test"][1]

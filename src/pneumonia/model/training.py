@@ -12,7 +12,9 @@ from typing import Any
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 import tensorflow as tf
+from sklearn.metrics import roc_auc_score
 
 from pneumonia.config import (
     AugmentationConfig,
@@ -26,6 +28,7 @@ from pneumonia.config import (
 from pneumonia.contracts.arrays import ProcessedDataError, load_split
 from pneumonia.model.dataset import class_weights, make_dataset
 from pneumonia.model.network import average_ensemble, build_model
+from pneumonia.model.scoring import score
 
 MONITOR = "val_auc"
 
@@ -229,6 +232,32 @@ def fit_ensemble(
         members.append(model)
         histories.append(history)
     return FinalFit(average_ensemble(members), histories, time.perf_counter() - started)
+
+
+def final_fit_figures(final: FinalFit, train: SplitArrays, val: SplitArrays) -> dict[str, Any]:
+    """train.json's figures of the final fit.
+
+    best_val_auc / best_epoch: member 0's best epoch (Keras' AUC, as early stopping saw it);
+    val_auc: the saved model's exact val ROC AUC (the members' average when ensemble > 1).
+    """
+    epoch, val_auc = best_epoch(final.histories[0])
+    epochs_run = sum(len(member.history[MONITOR]) for member in final.histories)
+    return {
+        "best_val_auc": val_auc,
+        "best_epoch": epoch,
+        "val_auc": float(roc_auc_score(val.labels, score(final.model, val.images))),
+        "ensemble_members": len(final.histories),
+        "epochs_run": epochs_run,
+        "final_fit_seconds": round(final.seconds, 1),
+        "train_images_per_second": round(len(train.images) * epochs_run / final.seconds, 1),
+    }
+
+
+def history_table(history: keras.callbacks.History) -> pd.DataFrame:
+    """Per-epoch train and val loss, accuracy and AUC (the DVC plots' learning curves)."""
+    frame = pd.DataFrame(history.history)
+    frame.insert(0, "epoch", range(len(frame)))
+    return frame
 
 
 def members_table(histories: list[keras.callbacks.History], seed: int) -> list[dict[str, Any]]:

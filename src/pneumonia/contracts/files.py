@@ -22,3 +22,19 @@ def read_csv(path: Path, stage: str) -> pd.DataFrame:
     if not path.is_file():
         raise PipelineError(f"{path}: not found; run the {stage} stage first (dvc repro)")
     return pd.read_csv(path)
+
+
+def read_json_object(
+    path: Path, error: type[PipelineError], missing: str, fix: str
+) -> dict[str, Any]:
+    """A JSON object written by a stage; `missing` says what to do when the file is absent, `fix`
+    when it is not a JSON object. Raises `error`, naming the file."""
+    if not path.is_file():
+        raise error(f"{path}: not found; {missing}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: not valid JSON ({problem}); {fix}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object; {fix}")
+    return data

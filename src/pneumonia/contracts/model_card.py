@@ -3,11 +3,10 @@ served model and shift-check read it for the model's preprocess settings and reg
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from pneumonia.contracts.files import write_json
+from pneumonia.contracts.files import read_json_object, write_json
 from pneumonia.errors import PipelineError
 
 # The sections a reader relies on.
@@ -58,17 +57,13 @@ def write_model_card(path: Path, card: dict[str, Any]) -> None:
 
 def read_model_card(path: Path, *, require_registry: bool = True) -> dict[str, Any]:
     """The card as a dict, checked for the sections readers use."""
-    if not path.is_file():
-        raise ModelCardError(
-            f"{path}: not found; it holds the preprocess settings of the model beside it: run "
-            "the train stage (dvc repro)"
-        )
-    try:
-        card = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelCardError(f"{path}: not valid JSON ({error}); re-run the train stage") from None
-    if not isinstance(card, dict):
-        raise ModelCardError(f"{path}: expected a JSON object; re-run the train stage")
+    card = read_json_object(
+        path,
+        ModelCardError,
+        missing="it holds the preprocess settings of the model beside it: run the train stage "
+        "(dvc repro)",
+        fix="re-run the train stage",
+    )
     required = (PREPROCESS, REGISTRY) if require_registry else (PREPROCESS,)
     missing = [section for section in required if section not in card]
     if missing:

@@ -3,13 +3,12 @@ read by predict (a model file) and recorded in the served model."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pneumonia.contracts.files import write_json
+from pneumonia.contracts.files import read_json_object, write_json
 from pneumonia.contracts.model_card import MODEL_KEYS, registered_model
 from pneumonia.errors import PipelineError
 
@@ -49,17 +48,12 @@ def write_operating_point(path: Path, point: OperatingPoint) -> None:
 
 
 def read_operating_point(path: Path) -> OperatingPoint:
-    if not path.is_file():
-        raise OperatingPointError(
-            f"{path}: not found; the evaluate stage chooses the threshold: run dvc repro, or "
-            "pass --threshold"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise OperatingPointError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise OperatingPointError(f"{path}: expected a JSON object")
+    data = read_json_object(
+        path,
+        OperatingPointError,
+        missing="the evaluate stage chooses the threshold: run dvc repro, or pass --threshold",
+        fix="re-run the evaluate stage",
+    )
     threshold = data.get("threshold")
     if (
         isinstance(threshold, bool)

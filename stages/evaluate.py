@@ -14,6 +14,7 @@ import mlflow
 from pneumonia.config import load_config
 from pneumonia.contracts.arrays import load_split
 from pneumonia.contracts.files import write_json
+from pneumonia.contracts.model_card import card_registry
 from pneumonia.contracts.operating_point import write_operating_point
 from pneumonia.errors import run_stage
 from pneumonia.evaluation.outputs import write_figures, write_gradcam_panels
@@ -31,14 +32,14 @@ from pneumonia.tracking import stage_run
 def main() -> None:
     config = load_config()
     paths, settings = config.paths, config.evaluate
-    carded = load_carded_model(paths.model)
+    carded = load_carded_model(paths.model, missing="run the train stage first (dvc repro)")
     card, model = carded.card, carded.model
     splits = {}
     for name in ("val", "test"):
         images, labels, index = load_split(paths.processed_split(name), mmap=False)
         check_model_input(model, images, paths.model, paths.processed_split(name))
         splits[name] = (images, labels, index)
-    params = {"evaluate": config.params["evaluate"], "model_version": card["mlflow"]["version"]}
+    params = {"evaluate": config.params["evaluate"], "model_version": card_registry(card).version}
     with stage_run("evaluate", config, params) as run:
         run.log_hashes(
             "input",

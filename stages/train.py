@@ -13,7 +13,7 @@ import pandas as pd
 
 from pneumonia.config import load_config
 from pneumonia.contracts.files import write_json
-from pneumonia.contracts.model_card import build_model_card, write_model_card
+from pneumonia.contracts.model_card import RegistryRecord, build_model_card, write_model_card
 from pneumonia.errors import run_stage
 from pneumonia.imaging.transforms import model_input_settings
 from pneumonia.model.robustness import check_model
@@ -88,13 +88,13 @@ def main() -> None:
             ensemble_members=settings.ensemble,
             validation=metrics,
             tuning=summary,
-            registry={
-                "run_id": run.run_id,
-                "registered_model": settings.registered_model_name,
-                "version": logged.version,
-                "model_id": logged.model_id,
-                "model_uri": logged.model_uri,
-            },
+            registry=RegistryRecord(
+                run_id=run.run_id,
+                registered_model=settings.registered_model_name,
+                version=logged.version,
+                model_id=logged.model_id,
+                model_uri=logged.model_uri,
+            ),
         )
         write_model_card(paths.model_card, card)
         write_json(paths.stage_summary("train"), metrics)

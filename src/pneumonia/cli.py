@@ -1,4 +1,4 @@
-"""The `pneumonia` command, and the error handling every stage entry point shares."""
+"""The `pneumonia` command: check-params, predict, promote, shift-check and tune-worker."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def _quiet_libraries() -> None:
 
 def _predict(arguments: argparse.Namespace) -> None:
     _quiet_libraries()
-    from pneumonia.config import find_project_root, load_config
+    from pneumonia.config import find_project_root, project_paths
+    from pneumonia.inference.classifier import PredictionError
     from pneumonia.inference.loading import is_mlflow_uri, load_classifier
     from pneumonia.inference.prediction import OUTPUT_COLUMNS, predict_paths
     from pneumonia.tracking import use_project_store
@@ -65,7 +66,13 @@ def _predict(arguments: argparse.Namespace) -> None:
     model = arguments.model
     if model is None:
         # The pipeline's own model: paths.models of the project's params.yaml.
-        model = load_config(arguments.params).paths.model
+        if not arguments.params.is_file():
+            raise PredictionError(
+                f"no --model given and no {arguments.params} here to find the pipeline's model: "
+                "run from the project root (after dvc repro), or pass --model with a .keras file "
+                "or an MLflow model URI"
+            )
+        model = project_paths(arguments.params).model
     elif is_mlflow_uri(model):
         use_project_store(find_project_root(Path.cwd()))
     classifier = load_classifier(model, arguments.threshold)

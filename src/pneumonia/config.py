@@ -135,7 +135,8 @@ class PreprocessConfig(Section):
         if self.clahe_tile_grid > self.image_size:
             raise _FieldError(
                 "clahe_tile_grid",
-                f"must be in [1, image_size] ({self.image_size}), got {self.clahe_tile_grid}",
+                f"must be in [1, 'preprocess.image_size'] ([1, {self.image_size}]), got "
+                f"{self.clahe_tile_grid}",
             )
         return self
 
@@ -247,7 +248,7 @@ class TuningConfig(Section):
         if self.grace_period < 2 * self.heartbeat_interval:
             raise _FieldError(
                 "grace_period",
-                f"({self.grace_period}) must be at least twice 'heartbeat_interval' "
+                f"({self.grace_period}) must be at least twice 'train.tuning.heartbeat_interval' "
                 f"({self.heartbeat_interval})",
             )
         return self
@@ -278,36 +279,44 @@ class TrainConfig(Section):
         )
 
 
-THRESHOLD_RULES = ("youden", "sensitivity:<x>", "a number in (0, 1)")
+_THRESHOLD_PROBLEM = (
+    "must be youden, sensitivity:<x> with 0 < x <= 1 (e.g. sensitivity:0.95), or a fixed "
+    "threshold in (0, 1); got {value!r}"
+)
 
 
 class ThresholdRule(BaseModel):
-    """How evaluate picks the operating threshold on val: youden, sensitivity or fixed.
+    """How evaluate picks the operating threshold on val: youden, sensitivity or fixed."""
 
-    Written in params.yaml as `youden`, `sensitivity:<x>` with 0 < x <= 1, or a fixed number in
-    (0, 1) (a number may arrive as text from `dvc exp run -S`).
-    """
-
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     kind: Literal["youden", "sensitivity", "fixed"]
     value: float | None = None
 
-    @model_validator(mode="before")
+    @model_validator(mode="after")
+    def _value_fits_kind(self) -> ThresholdRule:
+        fits = {
+            "youden": self.value is None,
+            "sensitivity": self.value is not None and 0.0 < self.value <= 1.0,
+            "fixed": self.value is not None and 0.0 < self.value < 1.0,
+        }[self.kind]
+        if not fits:
+            raise ValueError(_THRESHOLD_PROBLEM.format(value=f"{self.kind}:{self.value}"))
+        return self
+
     @classmethod
-    def _parse(cls, data: Any) -> Any:
-        if isinstance(data, (dict, ThresholdRule)):
-            return data
-        problem = (
-            "must be youden, sensitivity:<x> with 0 < x <= 1 (e.g. sensitivity:0.95), or a "
-            f"fixed threshold in (0, 1); got {data!r}"
-        )
-        if isinstance(data, bool):
+    def parse(cls, value: Any) -> ThresholdRule:
+        """From params.yaml: `youden`, `sensitivity:<x>`, or a number in (0, 1) (a number may
+        arrive as text from `dvc exp run -S`)."""
+        if isinstance(value, ThresholdRule):
+            return value
+        problem = _THRESHOLD_PROBLEM.format(value=value)
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueError(problem)
-        if isinstance(data, str):
-            text = data.strip().lower()
+        if isinstance(value, str):
+            text = value.strip().lower()
             if text == "youden":
-                return {"kind": "youden"}
+                return cls(kind="youden")
             if text.startswith("sensitivity:"):
                 try:
                     target = float(text.split(":", 1)[1])
@@ -315,14 +324,14 @@ class ThresholdRule(BaseModel):
                     raise ValueError(problem) from None
                 if not 0.0 < target <= 1.0:
                     raise ValueError(problem)
-                return {"kind": "sensitivity", "value": target}
+                return cls(kind="sensitivity", value=target)
             try:
-                data = float(text)
+                value = float(text)
             except ValueError:
                 raise ValueError(problem) from None
-        if not isinstance(data, (int, float)) or not 0.0 < float(data) < 1.0:
+        if not 0.0 < float(value) < 1.0:
             raise ValueError(problem)
-        return {"kind": "fixed", "value": float(data)}
+        return cls(kind="fixed", value=float(value))
 
     def __str__(self) -> str:
         if self.kind == "youden":
@@ -343,7 +352,7 @@ class EvaluateConfig(Section):
     @field_validator("threshold", mode="before")
     @classmethod
     def _rule(cls, value: Any) -> ThresholdRule:
-        return ThresholdRule.model_validate(value)
+        return ThresholdRule.parse(value)
 
     @field_validator("alias")
     @classmethod
@@ -479,7 +488,11 @@ def _describe(error: dict[str, Any], root: type[BaseModel], prefix: str) -> str:
         return f"'{key}' must be {_bounds(info, error['ctx'])}, got {given!r}"
     if kind == "literal_error":
         expected = re.findall(r"'([^']*)'", error["ctx"]["expected"])
-        return f"'{key}' must be one of {', '.join(expected)}, got {given!r}"
+        # YAML 1.1 reads on/off/yes/no unquoted as booleans.
+        quote = (
+            "; quote it in YAML, as YAML reads it as a boolean" if isinstance(given, bool) else ""
+        )
+        return f"'{key}' must be one of {', '.join(expected)}, got {given!r}{quote}"
     if kind in ("int_type", "int_from_float"):
         return f"'{key}' must be an integer, got {given!r} ({type(given).__name__})"
     if kind == "float_type":
@@ -505,7 +518,19 @@ def _describe(error: dict[str, Any], root: type[BaseModel], prefix: str) -> str:
 
 def describe_errors(error: ValidationError, root: type[BaseModel], prefix: str = "") -> str:
     """One line per problem, each naming its dotted key."""
-    lines = [_describe(item, root, prefix) for item in error.errors()]
+    errors = error.errors()
+    # A list whose item failed also fails as a whole (too short after validation): report the
+    # item only.
+    locations = [tuple(item["loc"]) for item in errors]
+    errors = [
+        item
+        for item in errors
+        if not any(
+            len(other) > len(item["loc"]) and other[: len(item["loc"])] == tuple(item["loc"])
+            for other in locations
+        )
+    ]
+    lines = [_describe(item, root, prefix) for item in errors]
     return "params.yaml: " + "; ".join(dict.fromkeys(lines))
 
 
@@ -608,9 +633,7 @@ def load_config(
     return Config(
         workspace=workspace,
         project_root=find_project_root(workspace),
-        paths=Paths(
-            **{name: workspace / value for name, value in validated.paths.model_dump().items()}
-        ),
+        paths=_resolved(validated.paths, workspace),
         mlflow=validated.mlflow,
         download=validated.download,
         split=validated.split,
@@ -619,6 +642,18 @@ def load_config(
         evaluate=validated.evaluate,
         params=params,
     )
+
+
+def project_paths(params_path: Path | str = "params.yaml") -> Paths:
+    """The artifact paths of a project from its params.yaml's `paths` section alone, for tools
+    that only need to find the pipeline's outputs (a typo elsewhere must not stop them)."""
+    params_path = Path(params_path).resolve()
+    section = PathsConfig.from_section(read_params(params_path).get("paths"), "paths")
+    return _resolved(section, params_path.parent)
+
+
+def _resolved(section: PathsConfig, workspace: Path) -> Paths:
+    return Paths(**{name: workspace / value for name, value in section.model_dump().items()})
 
 
 def resolve_workers(workers: int) -> int:

@@ -1,4 +1,4 @@
-"""Logging the trained model to MLflow (with signature) and the registry, and its model card."""
+"""Logging the trained Keras model to MLflow (with signature) and the registry; tagging versions."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def log_and_register(
     logged at ``step`` (the epoch whose weights the model holds) to the logged model."""
     if mlflow.active_run() is None:
         raise RuntimeError("log_and_register needs an active MLflow run")
+    # The raw (N, 1) float32 output, as the signature must describe it: not `score`'s 1-D float64.
     signature = infer_signature(example, model.predict(example, verbose=0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # pip-requirement inference chatter

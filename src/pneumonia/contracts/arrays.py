@@ -18,7 +18,6 @@ from pneumonia.errors import PipelineError
 IMAGES_FILE = "images.npy"
 LABELS_FILE = "labels.npy"
 INDEX_FILE = "index.csv"
-META_FILE = "meta.json"
 INDEX_COLUMNS = ("path", "label", "patient_id", "sha256")
 
 

@@ -1,8 +1,10 @@
-"""models/model.json, the model card: train writes it beside model.keras; evaluate, predict, the
-served model and shift-check read it for the model's preprocess settings and registry record."""
+"""models/model.json, the model card: train writes it beside model.keras; evaluate, predict and
+shift-check read it for the model's preprocess settings and registry record (the served model
+records the same settings in its own artifacts)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,22 @@ class ModelCardError(PipelineError, ValueError):
     """The model card is missing or malformed; the message names the file and the fix."""
 
 
+@dataclass(frozen=True)
+class RegistryRecord:
+    """The card's registry section: the train run and the registered Keras model version."""
+
+    run_id: str
+    registered_model: str
+    version: str
+    model_id: str
+    model_uri: str
+
+    @property
+    def model(self) -> dict[str, str]:
+        """MODEL_KEYS: what an operating point and the served model record of the model."""
+        return {key: getattr(self, key) for key in MODEL_KEYS}
+
+
 def build_model_card(
     *,
     image_size: int,
@@ -28,7 +46,7 @@ def build_model_card(
     ensemble_members: int,
     validation: dict[str, float],
     tuning: dict[str, Any] | None,
-    registry: dict[str, str],
+    registry: RegistryRecord,
 ) -> dict[str, Any]:
     """What a user of models/model.keras needs: input contract, choices, provenance."""
     return {
@@ -47,7 +65,7 @@ def build_model_card(
         "ensemble_members": ensemble_members,
         "validation": validation,
         "tuning": tuning,
-        REGISTRY: registry,
+        REGISTRY: asdict(registry),
     }
 
 
@@ -68,7 +86,26 @@ def read_model_card(path: Path, *, require_registry: bool = True) -> dict[str, A
     missing = [section for section in required if section not in card]
     if missing:
         raise ModelCardError(f"{path}: no {', '.join(missing)} section; re-run the train stage")
+    if require_registry:
+        card_registry(card, path)
     return card
+
+
+def card_registry(card: dict[str, Any], path: Path | str = "model.json") -> RegistryRecord:
+    """The card's registry section, every key present."""
+    section = card.get(REGISTRY)
+    names = [field.name for field in fields(RegistryRecord)]
+    missing = [name for name in names if not isinstance(section, dict) or name not in section]
+    if missing:
+        raise ModelCardError(
+            f"{path}: the {REGISTRY} section lacks {', '.join(missing)}; re-run the train stage"
+        )
+    return RegistryRecord(**{name: str(section[name] or "") for name in names})
+
+
+def card_preprocess(card: dict[str, Any]) -> Any:
+    """The preprocess settings the model was trained with (imaging.transforms validates them)."""
+    return card.get(PREPROCESS)
 
 
 def registered_model(card: dict[str, Any]) -> dict[str, Any]:

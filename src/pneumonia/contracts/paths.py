@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pneumonia.contracts.arrays import META_FILE
-
+# The preprocess settings and counts, beside the processed split folders (contracts.arrays).
+META_FILE = "meta.json"
 # File names in `paths.models`: the model, train's model card, evaluate's operating point.
 MODEL_FILE = "model.keras"
 MODEL_CARD_FILE = "model.json"

@@ -11,9 +11,10 @@ import pandas as pd
 from PIL import Image
 
 from pneumonia.config import PreprocessConfig
-from pneumonia.contracts.arrays import IMAGES_FILE, META_FILE, write_split
+from pneumonia.contracts.arrays import IMAGES_FILE, write_split
 from pneumonia.contracts.files import write_json
 from pneumonia.contracts.labels import CLASSES, POSITIVE_CLASS, binary_labels
+from pneumonia.contracts.paths import META_FILE
 from pneumonia.data.parallel import parallel_map
 from pneumonia.errors import PipelineError
 from pneumonia.imaging.transforms import model_input_settings, preprocess_file

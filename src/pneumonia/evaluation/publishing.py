@@ -5,6 +5,7 @@ threshold to the model it was chosen for."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pandas as pd
 
 from pneumonia.config import EvaluateConfig
 from pneumonia.contracts import registry_tags
-from pneumonia.contracts.model_card import registered_model
+from pneumonia.contracts.model_card import card_preprocess, card_registry
 from pneumonia.contracts.operating_point import OperatingPoint
 from pneumonia.contracts.paths import Paths
 from pneumonia.evaluation.report import flat_metrics
@@ -33,8 +34,7 @@ def publish_evaluation(
     example_image: np.ndarray,
 ) -> OperatingPoint:
     """Log, tag and register what evaluate measured; returns the operating point to write."""
-    trained = card["mlflow"]
-    model = registered_model(card)
+    trained = card_registry(card)
     threshold = report["threshold"]["value"]
     val_at_threshold = report["val"]["at_threshold"]
     test_at_threshold = report["test"]["at_threshold"]
@@ -45,7 +45,7 @@ def publish_evaluation(
             ("test", indexes["test"], "test"),
         )
     }
-    model_id = trained.get("model_id") or None
+    model_id = trained.model_id or None
     mlflow.log_metrics(
         flat_metrics(val_at_threshold, "val"), model_id=model_id, dataset=datasets["val"]
     )
@@ -62,7 +62,7 @@ def publish_evaluation(
         rule=str(settings.threshold),
         val_sensitivity=val_at_threshold["sensitivity"]["value"],
         val_specificity=val_at_threshold["specificity"]["value"],
-        model=model,
+        model=trained.model,
         evaluate_run_id=run.run_id,
     )
     # What `pneumonia promote` compares (val only) and `pneumonia predict` reads (threshold).
@@ -75,13 +75,13 @@ def publish_evaluation(
         registry_tags.VAL_DATASET_DIGEST: datasets["val"].digest,
         registry_tags.EVALUATE_RUN_ID: run.run_id,
     }
-    tag_version(trained["registered_model"], trained["version"], settings.alias, version_tags)
+    tag_version(trained.registered_model, trained.version, settings.alias, version_tags)
     served = log_serving_model(
         paths.model,
         threshold,
-        card["preprocess"],
+        card_preprocess(card),
         settings.serving_model_name,
-        source=model,
+        source=trained.model,
         example_image=encode_png(example_image),
     )
     tag_version(
@@ -90,31 +90,29 @@ def publish_evaluation(
         settings.alias,
         {
             **version_tags,
-            registry_tags.SOURCE_MODEL: trained["registered_model"],
-            registry_tags.SOURCE_MODEL_VERSION: trained["version"],
-            registry_tags.SOURCE_MODEL_ID: trained.get("model_id") or "",
+            registry_tags.SOURCE_MODEL: trained.registered_model,
+            registry_tags.SOURCE_MODEL_VERSION: trained.version,
+            registry_tags.SOURCE_MODEL_ID: trained.model_id,
         },
     )
-    return OperatingPoint(
-        **{
-            **point.__dict__,
-            "serving_model": {
-                "registered_model": settings.serving_model_name,
-                "version": served.version,
-                "model_id": served.model_id,
-            },
-        }
+    return replace(
+        point,
+        serving_model={
+            "registered_model": settings.serving_model_name,
+            "version": served.version,
+            "model_id": served.model_id,
+        },
     )
 
 
 def run_tags(card: dict[str, Any]) -> dict[str, str]:
     """Tags of the evaluate run that name the trained model it measured."""
-    trained = card["mlflow"]
+    trained = card_registry(card)
     return {
-        "train_run_id": trained["run_id"],
-        "model_id": trained.get("model_id", ""),
-        "registered_model": trained["registered_model"],
-        "registered_model_version": trained["version"],
+        "train_run_id": trained.run_id,
+        "model_id": trained.model_id,
+        "registered_model": trained.registered_model,
+        "registered_model_version": trained.version,
     }
 
 

@@ -1,5 +1,6 @@
-"""The evaluate stage's figures, as pure functions: test measured at the threshold chosen on val
-(and at 0.5 for comparison) with patient-bootstrap intervals, and the tables behind the plots."""
+"""The evaluate stage's figures: val and test scored, the threshold chosen on val, test measured at
+it (and at 0.5 for comparison) with patient-bootstrap intervals, and the tables behind the plots.
+Everything but `score_and_measure` is a pure function of labels and scores."""
 
 from __future__ import annotations
 

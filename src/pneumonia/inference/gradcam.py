@@ -46,8 +46,8 @@ def gradcam_heatmaps(
     Each map explains the model's call at the threshold: the PNEUMONIA logit for images called
     positive, its negative for images called NORMAL. The gradient is taken on the logit (the
     classifier's input times its weights), not on the sigmoid, which saturates at 0 or 1 for
-    confident calls and would give an empty map. For an ensemble (model.average_ensemble) each
-    member's map explains the ensemble's call, and the maps are averaged.
+    confident calls and would give an empty map. For an ensemble (model.network.average_ensemble)
+    each member's map explains the ensemble's call, and the maps are averaged.
     """
     if images.ndim != 4 or images.shape[1:] != tuple(model.input_shape[1:]):
         raise ValueError(

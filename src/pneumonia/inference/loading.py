@@ -16,7 +16,7 @@ import keras
 
 from pneumonia.config import PreprocessConfig
 from pneumonia.contracts import registry_tags
-from pneumonia.contracts.model_card import ModelCardError, read_model_card
+from pneumonia.contracts.model_card import ModelCardError, card_preprocess, read_model_card
 from pneumonia.contracts.operating_point import check_same_model, read_operating_point
 from pneumonia.contracts.paths import MODEL_CARD_FILE, THRESHOLD_FILE
 from pneumonia.imaging.transforms import config_from_settings
@@ -37,24 +37,26 @@ class CardedModel:
     path: Path
 
 
-def load_keras_model(path: Path) -> keras.Model:
-    """A saved .keras file, for inference (not compiled)."""
+NOT_TRAINED = (
+    "run the pipeline first (dvc repro) or pass --model with a .keras file or an MLflow model URI"
+)
+
+
+def load_keras_model(path: Path, missing: str = NOT_TRAINED) -> keras.Model:
+    """A saved .keras file, for inference (not compiled); `missing` says what to do without it."""
     if not path.is_file():
-        raise PredictionError(
-            f"{path}: not found; run the pipeline first (dvc repro) or pass --model with a "
-            ".keras file or an MLflow model URI"
-        )
+        raise PredictionError(f"{path}: not found; {missing}")
     return keras.saving.load_model(path, compile=False)
 
 
-def load_carded_model(model_path: Path) -> CardedModel:
+def load_carded_model(model_path: Path, missing: str = NOT_TRAINED) -> CardedModel:
     """A .keras file with the train stage's model card (model.json) beside it."""
     if not model_path.is_file():
-        load_keras_model(model_path)  # the clear "not found" error, before the card's
+        load_keras_model(model_path, missing)  # the clear "not found" error, before the card's
     card_path = model_path.with_name(MODEL_CARD_FILE)
     card = read_model_card(card_path)
-    preprocess = config_from_settings(card["preprocess"], card_path)
-    return CardedModel(load_keras_model(model_path), card, preprocess, model_path)
+    preprocess = config_from_settings(card_preprocess(card), card_path)
+    return CardedModel(load_keras_model(model_path, missing), card, preprocess, model_path)
 
 
 def load_model_file(model_path: Path, threshold: float | None = None) -> Classifier:
@@ -69,7 +71,7 @@ def load_model_file(model_path: Path, threshold: float | None = None) -> Classif
         point = read_operating_point(threshold_path)
         check_same_model(card, point, card_path, threshold_path)
         threshold = point.threshold
-    preprocess = config_from_settings(card.get("preprocess"), card_path)
+    preprocess = config_from_settings(card_preprocess(card), card_path)
     return Classifier(load_keras_model(model_path), threshold, preprocess, str(model_path))
 
 
@@ -121,7 +123,7 @@ def _load_keras_flavor(uri: str, info, threshold: float | None) -> Classifier:
             card = read_model_card(Path(card_file), require_registry=False)
         except ModelCardError as error:
             raise PredictionError(f"{uri}: run {info.run_id}: {error}") from error
-    preprocess = config_from_settings(card.get("preprocess"), f"{uri} ({MODEL_CARD_FILE})")
+    preprocess = config_from_settings(card_preprocess(card), f"{uri} ({MODEL_CARD_FILE})")
     model = mlflow.keras.load_model(uri)
     return Classifier(model, threshold, preprocess, uri)
 
@@ -142,7 +144,14 @@ def load_mlflow_model(uri: str, threshold: float | None = None) -> Classifier:
         ) from error
     if "keras" in info.flavors:
         return _load_keras_flavor(uri, info, threshold)
-    loaded = mlflow.pyfunc.load_model(uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(uri)
+    except (MlflowException, ImportError, OSError) as error:
+        raise PredictionError(
+            f"{uri}: MLflow cannot load this model ({error}); a served model logged by another "
+            "version of this project may need that version's code (mlflow models serve with "
+            "--env-manager virtualenv)"
+        ) from error
     wrapped = loaded.unwrap_python_model() if "python_function" in info.flavors else None
     # The served pyfunc (inference.serving) holds a Classifier; matched by what it holds, so
     # this module need not import the serving one.

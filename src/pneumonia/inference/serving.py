@@ -50,6 +50,7 @@ SERVING_OUTPUT_COLUMNS = ("probability", "label", "threshold", "error")
 # was logged with; `--env-manager local` uses the current environment instead.
 SERVING_REQUIREMENTS = (
     "mlflow",
+    "pydantic",
     "tensorflow",
     "keras",
     "numpy",
@@ -190,7 +191,8 @@ def log_serving_model(
         "source": dict(source),
     }
     config_from_settings(settings["preprocess"], "preprocess settings")  # fail before logging
-    package = Path(__file__).resolve().parent
+    # The whole `pneumonia` package (this file is pneumonia/inference/serving.py).
+    package = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         settings_path = folder / "settings.json"

@@ -30,20 +30,20 @@ def convolution_block(
     return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
 
 
-def build_model(image_size: int, architecture: ModelConfig) -> keras.Model:
+def build_model(image_size: int, model: ModelConfig) -> keras.Model:
     """uint8 (size, size, 1) in, probability of pneumonia out."""
-    if image_size < 2**architecture.depth:
+    if image_size < 2**model.depth:
         raise ValueError(
             f"preprocess.image_size={image_size} is too small for train.model.depth="
-            f"{architecture.depth} (needs >= {2**architecture.depth})"
+            f"{model.depth} (needs >= {2**model.depth})"
         )
     inputs = keras.Input(shape=(image_size, image_size, 1), dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
-    for block in range(architecture.depth):
-        filters = architecture.base_filters * 2 ** min(block, 3)
-        x = convolution_block(x, filters, architecture.convolution, name=f"block{block + 1}")
+    for block in range(model.depth):
+        filters = model.base_filters * 2 ** min(block, 3)
+        x = convolution_block(x, filters, model.convolution, name=f"block{block + 1}")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dropout(architecture.dropout, name="dropout")(x)
+    x = layers.Dropout(model.dropout, name="dropout")(x)
     # float32 output even under mixed precision, so the sigmoid and the loss stay stable.
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(x)
     return keras.Model(inputs, outputs, name="pneumonia_cnn")

@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
 from pneumonia.config import ThresholdRule
-from pneumonia.contracts.labels import is_positive
+from pneumonia.contracts.labels import class_names, is_positive
 
 COUNTS = ("true_positive", "false_positive", "true_negative", "false_negative")
 RATES = ("accuracy", "sensitivity", "specificity", "precision", "f1")
@@ -51,7 +51,7 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: ThresholdRule
     if labels.min() == labels.max():
         raise ValueError(
             "threshold selection needs both classes in the validation split; it has only "
-            f"{'PNEUMONIA' if labels[0] else 'NORMAL'} images"
+            f"{class_names(labels[:1])[0]} images"
         )
     false_positive_rate, sensitivity, thresholds = roc_curve(
         labels, scores, drop_intermediate=False

@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from pneumonia.config import PreprocessConfig, ThresholdRule
-from pneumonia.contracts.labels import POSITIVE_CLASS
+from pneumonia.contracts.labels import binary_labels
 from pneumonia.errors import PipelineError
 from pneumonia.imaging.decode import load_grayscale
 from pneumonia.imaging.transforms import preprocess_image
@@ -136,7 +136,7 @@ def load_sources(frame: pd.DataFrame, images_dir: Path) -> tuple[list[np.ndarray
     if frame.empty:
         raise ShiftCheckError("the acquisition-shift check needs val images; the split is empty")
     sources = [np.asarray(load_grayscale(images_dir / path)) for path in frame["path"]]
-    labels = (frame["label"].to_numpy() == POSITIVE_CLASS).astype(np.uint8)
+    labels = binary_labels(frame["label"])
     return sources, labels
 
 

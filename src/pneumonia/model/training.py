@@ -25,7 +25,7 @@ from pneumonia.config import (
     TrainConfig,
     resolve_workers,
 )
-from pneumonia.contracts.arrays import ProcessedDataError, load_split
+from pneumonia.contracts.arrays import IMAGES_FILE, ProcessedDataError, load_split
 from pneumonia.model.dataset import class_weights, make_dataset
 from pneumonia.model.network import average_ensemble, build_model
 from pneumonia.model.scoring import score
@@ -295,10 +295,10 @@ def load_training_splits(config: Config) -> tuple[SplitArrays, SplitArrays]:
                 f"{config.paths.processed_split(name)}: the {name} split is empty"
             )
         if images.shape[1:] != (size, size, 1):
+            arrays = config.paths.processed_split(name) / IMAGES_FILE
             raise ConfigError(
-                f"params.yaml: 'preprocess.image_size' is {size} but "
-                f"{config.paths.processed_split(name)}/images.npy holds {images.shape[1:]} images; "
-                "re-run preprocess (dvc repro) or fix the param"
+                f"params.yaml: 'preprocess.image_size' is {size} but {arrays} holds "
+                f"{images.shape[1:]} images; re-run preprocess (dvc repro) or fix the param"
             )
         splits.append(SplitArrays(images, labels))
     return splits[0], splits[1]

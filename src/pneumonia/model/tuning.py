@@ -9,7 +9,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import optuna
@@ -18,7 +18,14 @@ from optuna_integration import KerasPruningCallback
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
 
-from pneumonia.config import Hyperparameters, SearchSpace, TrainConfig, TuningConfig
+from pneumonia.config import (
+    Hyperparameters,
+    ModelConfig,
+    OptimizerConfig,
+    SearchSpace,
+    TrainConfig,
+    TuningConfig,
+)
 from pneumonia.errors import PipelineError
 from pneumonia.model.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
 from pneumonia.tracking import StageRun
@@ -32,19 +39,29 @@ class TuningError(PipelineError, RuntimeError):
     """The study produced no usable trial."""
 
 
+SectionType = TypeVar("SectionType", ModelConfig, OptimizerConfig)
+
+
+def _with(section: SectionType, changes: dict[str, Any]) -> SectionType:
+    """The section with a trial's values, validated like params.yaml (model_copy would not)."""
+    return type(section).model_validate({**section.model_dump(), **changes})
+
+
 def suggest(trial: optuna.Trial, space: SearchSpace, fixed: Hyperparameters) -> Hyperparameters:
     """Sample one configuration; rho and momentum exist only when the optimizer is RMSprop."""
     optimizer = trial.suggest_categorical("optimizer", list(space.optimizer))
     rmsprop = optimizer == "rmsprop"
     return Hyperparameters(
-        model=fixed.model.model_copy(
-            update={
+        model=_with(
+            fixed.model,
+            {
                 "base_filters": trial.suggest_categorical("base_filters", list(space.base_filters)),
                 "dropout": trial.suggest_float("dropout", *space.dropout),
-            }
+            },
         ),
-        optimizer=fixed.optimizer.model_copy(
-            update={
+        optimizer=_with(
+            fixed.optimizer,
+            {
                 "name": optimizer,
                 "learning_rate": trial.suggest_float(
                     "learning_rate", *space.learning_rate, log=True
@@ -56,7 +73,7 @@ def suggest(trial: optuna.Trial, space: SearchSpace, fixed: Hyperparameters) -> 
                     if rmsprop
                     else fixed.optimizer.momentum
                 ),
-            }
+            },
         ),
         batch_size=trial.suggest_categorical("batch_size", list(space.batch_size)),
     )
@@ -66,17 +83,18 @@ def hyperparameters_from(params: dict[str, Any], fixed: Hyperparameters) -> Hype
     """Rebuild the Hyperparameters a trial's params describe (the inverse of `suggest`)."""
     rmsprop = params["optimizer"] == "rmsprop"
     return Hyperparameters(
-        model=fixed.model.model_copy(
-            update={"base_filters": params["base_filters"], "dropout": params["dropout"]}
+        model=_with(
+            fixed.model, {"base_filters": params["base_filters"], "dropout": params["dropout"]}
         ),
-        optimizer=fixed.optimizer.model_copy(
-            update={
+        optimizer=_with(
+            fixed.optimizer,
+            {
                 "name": params["optimizer"],
                 "learning_rate": params["learning_rate"],
                 "weight_decay": params["weight_decay"],
                 "rho": params["rho"] if rmsprop else fixed.optimizer.rho,
                 "momentum": params["momentum"] if rmsprop else fixed.optimizer.momentum,
-            }
+            },
         ),
         batch_size=params["batch_size"],
     )

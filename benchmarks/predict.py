@@ -52,7 +52,10 @@ import mlflow
 import numpy as np
 from PIL import Image
 
-from pneumonia.config import find_project_root, load_config
+from pneumonia.config import find_project_root, load_config, project_paths
+from pneumonia.contracts.model_card import write_model_card
+from pneumonia.contracts.operating_point import OperatingPoint, write_operating_point
+from pneumonia.contracts.paths import MODEL_CARD_FILE, THRESHOLD_FILE
 from pneumonia.imaging.transforms import model_input_settings, preprocess_file
 from pneumonia.inference.loading import load_model_file
 from pneumonia.inference.prediction import expand_inputs, predict_paths
@@ -83,7 +86,7 @@ def time_calls(call: Callable[[int], object], repeats: int, warmup: int = 2) -> 
 def choose_images(folder: Path | None, count: int, scratch: Path) -> tuple[list[Path], str]:
     candidates = [folder] if folder else []
     candidates += [
-        PROJECT_ROOT / "data/raw/images/test",
+        project_paths(PROJECT_ROOT / "params.yaml").images / "test",
         PROJECT_ROOT.parent / "shared/data/chest_xray/test",
     ]
     for candidate in candidates:
@@ -106,7 +109,7 @@ def choose_images(folder: Path | None, count: int, scratch: Path) -> tuple[list[
 
 def prepare_model(model: Path | None, scratch: Path) -> tuple[Path, str]:
     """A .keras file with model.json and threshold.json beside it."""
-    default = PROJECT_ROOT / "models" / "model.keras"
+    default = project_paths(PROJECT_ROOT / "params.yaml").model
     chosen = model or (default if default.is_file() else None)
     if chosen is not None:
         return chosen, f"trained model {chosen}"
@@ -115,9 +118,9 @@ def prepare_model(model: Path | None, scratch: Path) -> tuple[Path, str]:
     folder.mkdir(parents=True)
     size = config.preprocess.image_size
     build_model(size, config.train.model).save(folder / "model.keras")
-    card = {"preprocess": model_input_settings(config.preprocess), "mlflow": {}}
-    (folder / "model.json").write_text(json.dumps(card))
-    (folder / "threshold.json").write_text(json.dumps({"threshold": 0.5, "model": {}}))
+    card = {"preprocess": model_input_settings(config.preprocess)}  # no registry record
+    write_model_card(folder / MODEL_CARD_FILE, card)
+    write_operating_point(folder / THRESHOLD_FILE, OperatingPoint(threshold=0.5))
     return folder / "model.keras", f"untrained model of params.yaml's architecture at {size}px"
 
 

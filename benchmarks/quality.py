@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from pneumonia.config import project_paths
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUDGET_SECONDS = 30 * 60
 # (metric, goal) from the model-quality issue, on the official test split at the val threshold.
@@ -74,8 +76,9 @@ def main() -> None:
     if result.returncode != 0:
         sys.exit(f"error: dvc repro failed after {seconds:.0f} s; see {workdir / 'repro.log'}")
 
-    report = json.loads((clone / "reports" / "metrics.json").read_text())
-    train = json.loads((clone / "reports" / "train.json").read_text())
+    paths = project_paths(clone / "params.yaml")
+    report = json.loads(paths.metrics.read_text())
+    train = json.loads(paths.stage_summary("train").read_text())
     test = report["test"]["at_threshold"]
     threshold = report["threshold"]
     print(

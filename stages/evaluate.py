@@ -17,7 +17,7 @@ from pneumonia.contracts.files import write_json
 from pneumonia.contracts.model_card import card_registry
 from pneumonia.contracts.operating_point import write_operating_point
 from pneumonia.errors import run_stage
-from pneumonia.evaluation.outputs import write_figures, write_gradcam_panels
+from pneumonia.evaluation.outputs import write_figures, write_gradcam_panels, write_tables
 from pneumonia.evaluation.publishing import artifact_paths, publish_evaluation, run_tags
 from pneumonia.evaluation.report import (
     check_model_input,
@@ -51,9 +51,7 @@ def main() -> None:
         test_images, test_labels, test_index = splits["test"]
         tables = curve_tables(test_labels, test_scores, settings.calibration_bins)
         tables["predictions"] = predictions_table(test_index, test_labels, test_scores, threshold)
-        paths.evaluate_reports.mkdir(parents=True, exist_ok=True)
-        for name, table in tables.items():
-            table.to_csv(paths.evaluate_table(name), index=False)
+        write_tables(tables, paths)
         at_threshold = report["test"]["at_threshold"]
         write_figures(at_threshold, tables, float(test_labels.mean()), paths.evaluate_plots)
         report["gradcam_examples"] = write_gradcam_panels(

@@ -4,9 +4,8 @@ arrays, plus a sample grid per split."""
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
 from pneumonia.config import SPLITS, load_config
-from pneumonia.contracts.arrays import load_split
 from pneumonia.contracts.files import read_csv, write_json
-from pneumonia.data.preprocess import run_preprocess, sample_grid
+from pneumonia.data.preprocess import run_preprocess, write_sample_grids
 from pneumonia.errors import run_stage
 from pneumonia.tracking import stage_run
 
@@ -19,12 +18,7 @@ def main() -> None:
         run.log_hashes("input", split_files)
         frames = {name: read_csv(paths.split_csv(name), "split") for name in SPLITS}
         summary = run_preprocess(frames, paths.images, paths.processed, config.preprocess)
-        paths.samples.mkdir(parents=True, exist_ok=True)
-        for name in SPLITS:
-            images, labels, _ = load_split(paths.processed_split(name))
-            grid = sample_grid(images, labels, config.preprocess.sample_grid)
-            if grid is not None:
-                grid.save(paths.sample_grid(name))
+        write_sample_grids(paths, SPLITS, config.preprocess.sample_grid)
         write_json(paths.stage_summary("preprocess"), summary)
         run.log_metrics(summary)
         run.log_hashes("output", [paths.processed])

@@ -98,13 +98,7 @@ def main() -> None:
         )
         write_model_card(paths.model_card, card)
         write_json(paths.stage_summary("train"), metrics)
-        for path in (
-            paths.model_card,
-            paths.history_table,
-            paths.trials_table,
-            paths.val_shift_table,
-            paths.members_table,
-        ):
+        for path in paths.train_artifacts:
             run.log_artifact(path)
     print(
         f"train: val AUC {metrics['val_auc']:.4f} ({len(final.histories)} member(s)); registered "

@@ -88,6 +88,17 @@ class Paths:
         return self.train_reports / "members.csv"
 
     @property
+    def train_artifacts(self) -> list[Path]:
+        """What the train run keeps as artifacts besides the model."""
+        return [
+            self.model_card,
+            self.history_table,
+            self.trials_table,
+            self.val_shift_table,
+            self.members_table,
+        ]
+
+    @property
     def metrics(self) -> Path:
         return self.reports / "metrics.json"
 

@@ -11,10 +11,10 @@ import pandas as pd
 from PIL import Image
 
 from pneumonia.config import PreprocessConfig
-from pneumonia.contracts.arrays import IMAGES_FILE, write_split
+from pneumonia.contracts.arrays import IMAGES_FILE, load_split, write_split
 from pneumonia.contracts.files import write_json
 from pneumonia.contracts.labels import CLASSES, POSITIVE_CLASS, binary_labels
-from pneumonia.contracts.paths import META_FILE
+from pneumonia.contracts.paths import META_FILE, Paths
 from pneumonia.data.parallel import parallel_map
 from pneumonia.errors import PipelineError
 from pneumonia.imaging.transforms import model_input_settings, preprocess_file
@@ -91,6 +91,16 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, count: int) -> Image.Ima
             index, :, :, 0
         ]
     return Image.fromarray(canvas)
+
+
+def write_sample_grids(paths: Paths, splits: tuple[str, ...], count: int) -> None:
+    """reports/samples/<split>.png from the processed arrays, for eyeballing."""
+    paths.samples.mkdir(parents=True, exist_ok=True)
+    for name in splits:
+        images, labels, _ = load_split(paths.processed_split(name))
+        grid = sample_grid(images, labels, count)
+        if grid is not None:
+            grid.save(paths.sample_grid(name))
 
 
 def run_preprocess(

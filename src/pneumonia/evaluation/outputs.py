@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pneumonia.contracts.labels import CLASSES
+from pneumonia.contracts.paths import Paths
 from pneumonia.evaluation.plots import (
     calibration_figure,
     confusion_figure,
@@ -20,6 +21,13 @@ from pneumonia.evaluation.plots import (
 )
 from pneumonia.evaluation.report import gradcam_examples
 from pneumonia.inference.gradcam import gradcam_heatmaps
+
+
+def write_tables(tables: dict[str, pd.DataFrame], paths: Paths) -> None:
+    """The DVC plots' data: one CSV per table, under reports/evaluate."""
+    paths.evaluate_reports.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        table.to_csv(paths.evaluate_table(name), index=False)
 
 
 def write_figures(

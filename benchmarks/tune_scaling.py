@@ -3,7 +3,7 @@
     python benchmarks/tune_scaling.py [--trials 6] [--image-size 32] [--images 192] [--epochs 2]
                                       [--storage postgresql://...] [--tracking-uri http://...]
 
-Starts a throwaway PostgreSQL on loopback (tests/scaleout.py; as the `postgres` user when run as
+Starts a throwaway PostgreSQL on loopback (tests/helpers.py; as the `postgres` user when run as
 root) unless --storage names a database, and an `mlflow server` on it unless --tracking-uri names
 one, exactly as the README's "Scaling out" sets them up. The data is synthetic (tiny toy X-rays
 written as the preprocess stage writes them), so it needs neither the dataset nor `dvc repro`.
@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from scaleout import MlflowServer, PostgresCluster, write_tiny_project
+from helpers import PROJECT_ROOT, MlflowServer, PostgresCluster, write_tiny_project
 
 PNEUMONIA = Path(sys.executable).parent / "pneumonia"
 
@@ -106,7 +106,13 @@ def main() -> None:
                 # Two blocks of 3x3 convolutions need at least 4 px; deeper for larger images.
                 "train.model.depth": 3 if arguments.image_size >= 32 else 2,
             }
-            params = write_tiny_project(folder / "project", changes, images=arguments.images)
+            params = write_tiny_project(
+                folder / "project",
+                changes,
+                images=arguments.images,
+                # The project as configured, not the tests' frozen copy of its params.
+                base_params=PROJECT_ROOT / "params.yaml",
+            )
             print(
                 f"tune_scaling: {arguments.trials} trials per configuration, "
                 f"{arguments.image_size} px, {arguments.images} train images, "

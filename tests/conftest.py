@@ -1,114 +1,42 @@
-"""Fixtures that build small real inputs: image files, Kaggle-layout folders and archives."""
+"""Fixtures only: MLflow isolation for every test, small real inputs (Kaggle-layout folders and
+archives, a tiny trained model) and a throwaway PostgreSQL. Plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
-import io
-import os
-import shutil
-import subprocess
-import sys
+import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATASET = PROJECT_ROOT.parent / "shared" / "data" / "chest_xray"
-
-# A few patients per split and class, named like the real dataset (one has two images).
-PATIENT_FILES = {
-    ("train", "NORMAL"): [
-        "IM-0115-0001.jpeg",
-        "IM-0117-0001.jpeg",
-        "IM-0119-0001.jpeg",
-        "IM-0122-0001.jpeg",
-        "NORMAL2-IM-0115-0001.jpeg",
-        "NORMAL2-IM-0117-0001.jpeg",
-        "NORMAL2-IM-0120-0001.jpeg",
-        "IM-0125-0001.jpeg",
-    ],
-    ("train", "PNEUMONIA"): [
-        "person1_bacteria_1.jpeg",
-        "person1_bacteria_2.jpeg",
-        "person2_virus_3.jpeg",
-        "person3_bacteria_4.jpeg",
-        "person4_virus_5.jpeg",
-        "person5_bacteria_6.jpeg",
-        "person6_bacteria_7.jpeg",
-        "person7_virus_8.jpeg",
-        "person8_bacteria_9.jpeg",
-    ],
-    ("test", "NORMAL"): ["IM-0001-0001.jpeg", "IM-0003-0001.jpeg", "NORMAL2-IM-0007-0001.jpeg"],
-    ("test", "PNEUMONIA"): [
-        "person1_virus_6.jpeg",
-        "person3_bacteria_10.jpeg",
-        "person9_virus_1.jpeg",
-    ],
-    ("val", "NORMAL"): ["NORMAL2-IM-1427-0001.jpeg"],
-    ("val", "PNEUMONIA"): ["person1946_bacteria_4874.jpeg"],
-}
+from helpers import (
+    TINY_PREPROCESS,
+    TINY_SIDE,
+    PostgresCluster,
+    PostgresUnavailable,
+    add_archive_quirks,
+    blob_pixels,
+    build_kaggle_tree,
+    mlflow_store,
+)
 
 
-def chest_like_pixels(seed: int, width: int, height: int) -> np.ndarray:
-    """A grey gradient with noise: decodes like an X-ray, differs per seed."""
-    rng = np.random.default_rng(seed)
-    ramp = np.linspace(40, 200, width, dtype=np.float32)[None, :]
-    noise = rng.normal(0, 25, size=(height, width)).astype(np.float32)
-    return np.clip(ramp + noise, 0, 255).astype(np.uint8)
+@pytest.fixture(autouse=True)
+def isolated_mlflow(tmp_path: Path) -> Iterator[str]:
+    """Each test logs to its own store: MLFLOW_TRACKING_URI is a SQLite database in its
+    tmp_path, no URI is set in-process and no run is active. Afterwards any run it left open is
+    ended and MLflow's process-wide settings and environment are put back as they were, so
+    nothing a test logs or sets reaches another (helpers.mlflow_store). Yields the URI.
 
-
-def write_image(path: Path, seed: int, mode: str = "L", size: tuple[int, int] = (96, 80)) -> Path:
-    """Write a small real image in the given Pillow mode; format from the extension."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    gray = chest_like_pixels(seed, *size)
-    image = Image.fromarray(gray)
-    if mode == "I;16":
-        image = Image.fromarray(gray.astype(np.uint16) * 257)
-    elif mode != "L":
-        image = image.convert(mode)
-    suffix = path.suffix.lower()
-    image.save(
-        path,
-        format="PNG" if suffix == ".png" else "JPEG",
-        **({} if suffix == ".png" else {"quality": 90}),
-    )
-    return path
-
-
-def truncated_jpeg_bytes(seed: int = 0) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(chest_like_pixels(seed, 120, 100)).save(buffer, format="JPEG")
-    data = buffer.getvalue()
-    return data[: len(data) // 2]
-
-
-def build_kaggle_tree(root: Path, source_images: dict | None = None) -> Path:
-    """A Kaggle-layout tree under root: <split>/<CLASS>/<file>, synthetic or copied images."""
-    seed = 0
-    for (split, label), names in PATIENT_FILES.items():
-        for position, name in enumerate(names):
-            seed += 1
-            target = root / split / label / name
-            if source_images:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source_images[(split, label)][position], target)
-            else:
-                write_image(target, seed)
-    return root
-
-
-def add_archive_quirks(top: Path, tree: Path) -> None:
-    """What the real Kaggle archive adds: a nested duplicate tree, __MACOSX, .DS_Store."""
-    shutil.copytree(tree, tree / "chest_xray")
-    for path in sorted(tree.rglob("*.jpeg"))[:6]:
-        relative = path.relative_to(top)
-        apple = top / "__MACOSX" / relative.parent / f"._{path.name}"
-        apple.parent.mkdir(parents=True, exist_ok=True)
-        apple.write_bytes(b"\x00\x05\x16\x07AppleDouble")
-    (tree / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    (tree / "train" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    MLflow creates the database on first use only, so a test that never logs pays nothing, and
+    mlflow is not imported here, so a test that never touches it does not load it. A test that
+    wants another store (a server, a repository's own) sets it itself.
+    """
+    with mlflow_store(f"sqlite:///{tmp_path / 'mlflow.db'}") as uri:
+        yield uri
 
 
 @pytest.fixture
@@ -122,6 +50,7 @@ def kaggle_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def kaggle_zip(kaggle_folder: Path, tmp_path: Path) -> Path:
+    """kaggle_folder zipped, as Kaggle serves it."""
     archive = tmp_path / "chest-xray-pneumonia.zip"
     with zipfile.ZipFile(archive, "w") as writer:
         for path in sorted(kaggle_folder.rglob("*")):
@@ -129,30 +58,14 @@ def kaggle_zip(kaggle_folder: Path, tmp_path: Path) -> Path:
     return archive
 
 
-def sample_shared_images() -> dict | None:
-    """Distinct real images for each name of PATIENT_FILES from ../shared; None when absent."""
-    if not SHARED_DATASET.is_dir():
-        return None
-    sample = {}
-    for (split, label), names in PATIENT_FILES.items():
-        files = sorted(
-            (SHARED_DATASET / ("test" if split == "test" else "train") / label).glob("*.jpeg")
-        )
-        # val takes its images from the end of train/ so no file is used twice.
-        sample[(split, label)] = files[-len(names) :] if split == "val" else files[: len(names)]
-    return sample
-
-
 @pytest.fixture(scope="session")
-def postgres():
-    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (tests/scaleout.py).
+def postgres() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (helpers.py).
 
     Skips, saying why, only where PostgreSQL cannot run here: its server programs are missing,
     or this is root and there is no `postgres` user to run them. A server that is there but
     fails to start fails the test.
     """
-    from scaleout import PostgresCluster, PostgresUnavailable
-
     try:
         cluster = PostgresCluster()
     except PostgresUnavailable as error:
@@ -164,37 +77,11 @@ def postgres():
         cluster.stop()
 
 
-# --- A tiny trained model, saved as the train and evaluate stages leave it in models/ ----------
-
-TINY_SIDE = 32
-TINY_PREPROCESS = {
-    "image_size": TINY_SIDE,
-    "resize": "letterbox",
-    "clahe": False,
-    "clahe_clip_limit": 2.0,
-    "clahe_tile_grid": 8,
-}
-
-
-def blob_pixels(seed: int, positive: bool, size: tuple[int, int] = (TINY_SIDE, TINY_SIDE)):
-    """Dark noise; a "pneumonia" image carries a bright square somewhere (width, height)."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    pixels = rng.integers(0, 90, size=(height, width)).astype(np.uint8)
-    if positive:
-        side = max(4, min(width, height) // 4)
-        row, column = rng.integers(1, height - side - 1), rng.integers(1, width - side - 1)
-        pixels[row : row + side, column : column + side] = 230
-    return pixels
-
-
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> dict:
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small CNN of the project's architecture, trained for seconds to find bright squares,
     saved with its model card and an operating threshold (the median score of the sample images,
     so both labels occur), plus sample image files (PNG and JPEG, various sizes)."""
-    import json
-
     import keras
 
     from pneumonia.config import ModelConfig
@@ -227,9 +114,12 @@ def tiny_model(tmp_path_factory) -> dict:
     pixels = np.stack([preprocess_file(path, settings) for path in paths])[..., None]
     scores = np.sort(model.predict(pixels, verbose=0).reshape(-1))
     threshold = float(scores[len(scores) // 2])
-    card = {"preprocess": TINY_PREPROCESS, "mlflow": {"version": "1", "model_id": "m-tiny"}}
+    # The sections readers rely on (pneumonia.contracts.model_card), as train writes them.
+    registered = {"registered_model": "pneumonia-cnn", "version": "1", "model_id": "m-tiny"}
+    registry = {**registered, "run_id": "r-tiny", "model_uri": "models:/m-tiny"}
+    card = {"preprocess": TINY_PREPROCESS, "mlflow": registry}
     (folder / "model.json").write_text(json.dumps(card))
-    operating_point = {"threshold": threshold, "model": {"version": "1", "model_id": "m-tiny"}}
+    operating_point = {"threshold": threshold, "model": registered}
     (folder / "threshold.json").write_text(json.dumps(operating_point))
     return {
         "folder": folder,
@@ -238,58 +128,3 @@ def tiny_model(tmp_path_factory) -> dict:
         "threshold": threshold,
         "settings": settings,
     }
-
-
-# --- Running the real tools on a copy of the repository ------------------------------------
-
-
-def run_command(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def tool_environment(**extra: str) -> dict[str, str]:
-    """What the pipeline's tools run with in a repo copy: this venv's programs first, a git
-    identity, no DVC analytics, and no MLflow settings leaking in from the caller."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        GIT_AUTHOR_NAME="test",
-        GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="test",
-        GIT_COMMITTER_EMAIL="test@example.com",
-        DVC_NO_ANALYTICS="true",
-    )
-    env.update(extra)
-    return env
-
-
-def commit_baseline(repo: Path, env: dict[str, str]) -> None:
-    """A git repository whose first commit holds everything in the copy."""
-    run_command(["git", "init", "-q", "-b", "main"], repo, env)
-    run_command(["git", "add", "-A"], repo, env)
-    run_command(["git", "commit", "-qm", "baseline"], repo, env)
-
-
-def copy_repository(target: Path) -> None:
-    """What a fresh clone holds: tracked files plus new files git does not ignore."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    # A clone of a project that never committed a run: no lock file, no outputs.
-    generated = ("dvc.lock", "reports/", "data/", "models/", "studies/")
-    for relative in filter(None, listed):
-        if relative.startswith(generated):
-            continue
-        source = PROJECT_ROOT / relative
-        if source.is_file():
-            (target / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / relative)

@@ -1,33 +1,13 @@
-import copy
-from pathlib import Path
-
 import pytest
-import yaml
 
 from pneumonia.config import ConfigError, find_project_root, load_config
 
-from conftest import PROJECT_ROOT
-
-PARAMS = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-
-
-def write_params(folder: Path, changes: dict) -> Path:
-    params = copy.deepcopy(PARAMS)
-    for dotted, value in changes.items():
-        *parents, key = dotted.split(".")
-        section = params
-        for parent in parents:
-            section = section.setdefault(parent, {})
-        if value is None:
-            del section[key]
-        else:
-            section[key] = value
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params))
-    return folder / "params.yaml"
+from helpers import PROJECT_ROOT, write_params
 
 
 def test_project_params_load():
+    """The one unit test on the project's own params.yaml: it must validate. Every other test
+    builds its params from tests/fixtures/params.yaml."""
     config = load_config(PROJECT_ROOT / "params.yaml")
     assert config.download.is_kaggle
     assert config.download.kaggle_handle.endswith("/versions/2")
@@ -51,7 +31,7 @@ def test_project_params_load():
         ({"preprocess.image_size": "128"}, "'preprocess.image_size' must be an integer"),
         (
             {"preprocess.clahe_tile_grid": 200},
-            "'preprocess.clahe_tile_grid' must be in \\[1, image",
+            "'preprocess.clahe_tile_grid' must be in \\[1, 'preprocess.image_size'\\]",
         ),
         ({"preprocess.workers": -1}, "'preprocess.workers' must be >= 0"),
         ({"download.source": " "}, "'download.source' is empty"),
@@ -90,7 +70,8 @@ def test_project_params_load():
         ),
         (
             {"train.tuning.grace_period": 100},
-            "'train.tuning.grace_period' \\(100\\) must be at least twice 'heartbeat_interval'",
+            "'train.tuning.grace_period' \\(100\\) must be at least twice "
+            "'train.tuning.heartbeat_interval'",
         ),
         ({"evalute": {"threshold": 0.3}}, "unknown key 'evalute'; did you mean 'evaluate'"),
         ({"train.augmentation.brightness": 0.8}, "'train.augmentation.brightness' must be in"),

@@ -9,14 +9,14 @@ from pneumonia.config import load_config
 from pneumonia.data.download import DownloadError, run_download
 from pneumonia.data.layout import LayoutError
 
-from conftest import PATIENT_FILES, PROJECT_ROOT, truncated_jpeg_bytes
+from helpers import PATIENT_FILES, fixture_params, truncated_jpeg_bytes
 
 EXPECTED_IMAGES = sum(len(names) for names in PATIENT_FILES.values())
 
 
 def make_config(workspace: Path, source: str):
-    """A config for a throwaway workspace, from the project's params with one override."""
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    """A config for a throwaway workspace, from the tests' params with one override."""
+    params = fixture_params()
     params["download"]["source"] = source
     params["download"]["workers"] = 2
     workspace.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import (
+from helpers import (
     build_kaggle_tree,
     commit_baseline,
     copy_repository,

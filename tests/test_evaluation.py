@@ -25,7 +25,7 @@ from pneumonia.inference.gradcam import feature_layer, gradcam_heatmaps, overlay
 from pneumonia.inference.loading import load_carded_model
 from pneumonia.model.network import build_model
 
-from test_config import write_params
+from helpers import write_params
 
 SIDE = 32
 

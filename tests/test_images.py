@@ -12,7 +12,7 @@ from pneumonia.imaging.decode import (
     to_grayscale,
 )
 
-from conftest import truncated_jpeg_bytes, write_image
+from helpers import truncated_jpeg_bytes, write_image
 
 
 @pytest.mark.parametrize(

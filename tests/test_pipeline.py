@@ -1,11 +1,17 @@
 """End to end: the real `dvc repro` in a copy of the repo, on a tiny dataset in the Kaggle archive's
-layout (real images from ../shared when present). Kaggle is replaced only at the kagglehub call."""
+layout (real images from ../shared when present). Kaggle is replaced only at the kagglehub call.
+
+One `dvc repro` serves the module (the `pipeline` fixture) and its tests only read it. A test that
+changes the repository (commits, experiments, params, registry aliases) works on its own copy of
+the reproduced one (`pipeline_copy`), so the tests pass in any order.
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,7 +27,7 @@ from pneumonia.inference.prediction import predict_paths
 from pneumonia.model.network import ensemble_members
 from pneumonia.model.robustness import SHIFTS
 
-from conftest import (
+from helpers import (
     PATIENT_FILES,
     PROJECT_ROOT,
     add_archive_quirks,
@@ -70,6 +76,22 @@ def pipeline(tmp_path_factory):
     commit_baseline(repo, env)
     first = run(["dvc", "repro"], repo, env)
     return {"repo": repo, "env": env, "base": base, "first": first}
+
+
+@pytest.fixture
+def pipeline_copy(pipeline, tmp_path):
+    """This test's own copy of the reproduced repository: git history, DVC cache, outputs, the
+    MLflow store. Under a second to make, where a second `dvc repro` would take minutes.
+
+    The copied MLflow store keeps the experiment's absolute artifact location, so runs logged in
+    the copy put their artifacts beside the original's, each under its own new run id; nothing
+    that the original's store lists changes."""
+    repo = tmp_path / "repo"
+    # symlinks=True: the image links point at the fake Kaggle download by absolute path.
+    shutil.copytree(pipeline["repo"], repo, symlinks=True)
+    # Its own log: a stage that reaches kagglehub in the copy must not add to the original's.
+    env = {**pipeline["env"], "FAKE_KAGGLEHUB_LOG": str(tmp_path / "kaggle-calls.log")}
+    return {"repo": repo, "env": env, "base": tmp_path}
 
 
 def all_runs(repo: Path):
@@ -151,8 +173,8 @@ def test_second_repro_changes_nothing(pipeline):
     assert len(runs_by_stage(repo)) == len(STAGES)
 
 
-def test_temp_experiment_logs_to_the_project_store(pipeline):
-    repo, env = pipeline["repo"], pipeline["env"]
+def test_temp_experiment_logs_to_the_project_store(pipeline_copy):
+    repo, env = pipeline_copy["repo"], pipeline_copy["env"]
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "first repro"], repo, env)
     command = ["dvc", "exp", "run", "--temp", "-n", "small-grid", "-S", "preprocess.sample_grid=4"]
@@ -219,7 +241,7 @@ def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
     np.testing.assert_allclose(local.predict(images, verbose=0), predictions, rtol=1e-5)
 
 
-def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipeline):
+def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipeline, tmp_path):
     repo, env = pipeline["repo"], pipeline["env"]
     report = json.loads((repo / "reports" / "metrics.json").read_text())
     assert report["threshold"]["chosen_on"] == "val"
@@ -236,9 +258,9 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     assert operating_point["threshold"] == report["threshold"]["value"]
     for name in ("roc", "precision_recall", "calibration", "predictions"):
         assert (repo / "reports" / "evaluate" / f"{name}.csv").is_file()
-    rendered = run(["dvc", "plots", "show", "-o", str(pipeline["base"] / "plots")], repo, env)
+    rendered = run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, env)
     assert "index.html" in rendered.stdout
-    html = (pipeline["base"] / "plots" / "index.html").read_text()
+    html = (tmp_path / "plots" / "index.html").read_text()
     for title in ("Test ROC", "Test confusion matrix", "Training AUC", "roc.png"):
         assert title in html, title
     # A Grad-CAM panel for every outcome the tiny model produced (which ones occur depends on
@@ -287,11 +309,12 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     assert not [key for key in served.tags if "test" in key]
 
 
-def test_predict_and_promote_in_the_project(pipeline):
+def test_predict_and_promote_in_the_project(pipeline_copy):
     """`pneumonia predict` on the raw test images agrees with what evaluate measured on the
-    preprocessed arrays; a bad file fails alone; promotion moves @champion."""
-    repo, env = pipeline["repo"], pipeline["env"]
-    bad = pipeline["base"] / "not-an-image.jpeg"
+    preprocessed arrays; a bad file fails alone; promotion moves @champion (in a copy: the
+    original's registry keeps @champion unset)."""
+    repo, env = pipeline_copy["repo"], pipeline_copy["env"]
+    bad = pipeline_copy["base"] / "not-an-image.jpeg"
     bad.write_text("text")
     command = ["pneumonia", "predict", "data/raw/images/test", str(bad), "--format", "csv"]
     result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
@@ -324,9 +347,9 @@ def test_predict_and_promote_in_the_project(pipeline):
     assert str(champion.version) == "1"
 
 
-def test_changing_a_param_shows_in_params_and_metrics_diff(pipeline):
+def test_changing_a_param_shows_in_params_and_metrics_diff(pipeline_copy):
     """The DVC way to compare variants: edit a param, repro, diff against the last commit."""
-    repo, env = pipeline["repo"], pipeline["env"]
+    repo, env = pipeline_copy["repo"], pipeline_copy["env"]
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "evaluated", "--allow-empty"], repo, env)
     params = yaml.safe_load((repo / "params.yaml").read_text())

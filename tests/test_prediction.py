@@ -20,7 +20,7 @@ from pneumonia.inference.classifier import PredictionError
 from pneumonia.inference.loading import load_classifier, load_model_file
 from pneumonia.inference.prediction import expand_inputs, predict_paths
 
-from conftest import TINY_SIDE, truncated_jpeg_bytes, write_image
+from helpers import TINY_SIDE, truncated_jpeg_bytes, write_image, write_params
 
 
 def expected_scores(tiny_model, paths):
@@ -157,7 +157,12 @@ def test_missing_default_model_names_the_file_and_dvc_repro(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     status, out, err = run_cli(["predict", "x.jpeg"], capsys)
     assert status == 2 and out == ""
-    assert "error: models/model.keras: not found; run the pipeline first (dvc repro)" in err
+    assert "error: no --model given and no params.yaml here" in err
+    # A project whose pipeline has not run: its params.yaml names the model that is missing.
+    write_params(tmp_path, {})
+    status, out, err = run_cli(["predict", "x.jpeg"], capsys)
+    assert status == 2 and out == ""
+    assert "models/model.keras: not found; run the pipeline first (dvc repro)" in err
 
 
 def test_threshold_must_belong_to_the_model(tiny_model, tmp_path):

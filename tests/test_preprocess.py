@@ -18,7 +18,7 @@ from pneumonia.imaging.transforms import (
     preprocess_image,
 )
 
-from conftest import truncated_jpeg_bytes, write_image
+from helpers import truncated_jpeg_bytes, write_image
 
 CONFIG = PreprocessConfig(
     image_size=32,

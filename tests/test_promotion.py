@@ -7,7 +7,7 @@ import pytest
 from pneumonia.cli import main
 from pneumonia.promotion import PromotionError, compare, promote
 
-from test_config import write_params
+from helpers import write_params
 
 NAME = "pneumonia-classifier"
 

@@ -19,7 +19,7 @@ from pneumonia.model.robustness import (
     shifted_images,
 )
 
-from conftest import PROJECT_ROOT, TINY_PREPROCESS
+from helpers import TINY_PREPROCESS, fixture_params
 
 RAMP = np.tile(np.linspace(20, 235, 64).round().astype(np.uint8), (48, 1))  # (48, 64)
 PLAIN = config_from_settings(TINY_PREPROCESS, "test settings")  # 32 px letterbox, no CLAHE
@@ -155,6 +155,7 @@ def test_check_model_runs_on_files_and_names_a_missing_split(tmp_path, tiny_mode
         )
 
 
+@pytest.mark.slow  # three CLI subprocesses, each importing TensorFlow
 def test_shift_check_command_reads_the_models_card(tmp_path, tiny_model):
     """`pneumonia shift-check` on a saved model, with params pointing at a val split."""
     import shutil
@@ -164,7 +165,7 @@ def test_shift_check_command_reads_the_models_card(tmp_path, tiny_model):
     split_csv, images_dir = write_val_split(tmp_path, tiny_model)
     (tmp_path / "data" / "split").mkdir(parents=True)
     shutil.move(split_csv, tmp_path / "data" / "split" / "val.csv")
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    params = fixture_params()
     params["paths"]["images"] = str(images_dir)
     params["paths"]["split"] = "data/split"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -193,4 +194,4 @@ def test_shift_check_command_reads_the_models_card(tmp_path, tiny_model):
         text=True,
     )
     assert missing.returncode == 2
-    assert "model.json: not found" in missing.stderr
+    assert "nowhere/model.keras: not found; run the pipeline first" in missing.stderr

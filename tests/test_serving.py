@@ -27,23 +27,23 @@ from pneumonia.inference.prediction import predict_paths
 from pneumonia.inference.serving import INPUT_COLUMN, log_serving_model, serving_frame
 from pneumonia.registry import LoggedModel, tag_version
 
-from conftest import TINY_PREPROCESS
+from helpers import TINY_PREPROCESS, mlflow_store
 
 KERAS_NAME, SERVING_NAME, ALIAS = "pneumonia-cnn", "pneumonia-classifier", "candidate"
 SERVED_URI = f"models:/{SERVING_NAME}@{ALIAS}"
 
 
 @pytest.fixture(scope="module")
-def registry(tiny_model, tmp_path_factory):
+def logged_models(tiny_model, tmp_path_factory):
     """What train and evaluate leave in the registry, for the tiny model: the Keras flavor with
-    its model card (train run) and the served pyfunc (evaluate run), both tagged and @candidate."""
+    its model card (train run) and the served pyfunc (evaluate run), both tagged and @candidate.
+    One store for the module: logging a model costs seconds."""
     store = tmp_path_factory.mktemp("mlflow-store")
-    uri = f"sqlite:///{store / 'mlflow.db'}"
     threshold = tiny_model["threshold"]
     tags = {"threshold": threshold, "val_roc_auc": 0.9, "val_sensitivity": 0.8}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
+    # Module-scoped, so set up outside any test's isolated_mlflow: the block keeps MLflow
+    # pointed at this store only while it logs.
+    with mlflow_store(f"sqlite:///{store / 'mlflow.db'}") as uri:
         experiment = mlflow.create_experiment(
             "pneumonia", artifact_location=(store / "artifacts").as_uri()
         )
@@ -69,7 +69,7 @@ def registry(tiny_model, tmp_path_factory):
                 example_image=tiny_model["images"][0].read_bytes(),
             )
         tag_version(SERVING_NAME, served.version, ALIAS, tags)
-        yield {
+        return {
             "uri": uri,
             "train_run_id": train.info.run_id,
             "keras": keras_model,
@@ -78,6 +78,13 @@ def registry(tiny_model, tmp_path_factory):
                 predict_paths(load_model_file(tiny_model["model_path"]), tiny_model["images"])
             ),
         }
+
+
+@pytest.fixture
+def registry(logged_models, monkeypatch):
+    """logged_models, with this test's MLflow pointed at their store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", logged_models["uri"])
+    return logged_models
 
 
 def frame_of(*blobs) -> pd.DataFrame:
@@ -173,7 +180,8 @@ def test_served_model_runs_its_own_copy_of_the_code(tiny_model, registry, tmp_pa
     assert result.returncode == 0, result.stderr
     module_file, probability = result.stdout.split()[-2:]
     model_folder = Path(mlflow.artifacts.download_artifacts(registry["served"].model_uri))
-    assert Path(module_file).resolve().parent == (model_folder / "code" / "pneumonia").resolve()
+    copied = model_folder / "code" / "pneumonia" / "inference" / "serving.py"
+    assert Path(module_file).resolve() == copied.resolve()
     assert float(probability) == pytest.approx(registry["local"][1].probability, rel=1e-5)
 
 

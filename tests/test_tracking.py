@@ -4,7 +4,7 @@ import pytest
 
 from pneumonia.tracking import content_hash, flatten, stage_run, store_locations
 
-from test_config import write_params
+from helpers import write_params
 
 
 @pytest.fixture
@@ -13,7 +13,9 @@ def config(tmp_path, monkeypatch):
 
     project = tmp_path / "project"
     (project / ".dvc").mkdir(parents=True)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # These tests are about the project's own store, which MLFLOW_TRACKING_URI (set per test by
+    # conftest.py's isolated_mlflow) would override.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.setenv("DVC_EXP_NAME", "tidy-otter")
     return load_config(write_params(project, {}))
 

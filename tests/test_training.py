@@ -7,8 +7,7 @@ from pneumonia.contracts.arrays import ProcessedDataError, write_split
 from pneumonia.model.dataset import class_weights, make_dataset
 from pneumonia.model.training import load_training_splits
 
-from conftest import PROJECT_ROOT
-from test_config import write_params
+from helpers import FIXTURE_PARAMS, write_params
 
 
 def write_processed(config, sizes: dict[str, int], side: int) -> None:
@@ -131,7 +130,7 @@ def test_aspect_jitter_changes_width_but_not_height():
 def test_label_smoothing_reaches_the_loss():
     from pneumonia.model.training import compiled_model
 
-    config = load_config(PROJECT_ROOT / "params.yaml")
+    config = load_config(FIXTURE_PARAMS)
     model = compiled_model(32, config.train.hyperparameters, label_smoothing=0.2)
     assert model.loss.get_config()["label_smoothing"] == 0.2
     targets, outputs = np.array([[1.0], [0.0]]), np.array([[0.9], [0.1]])
@@ -147,7 +146,7 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_fit(tmp_path)
 
     from pneumonia.model.training import SplitArrays, fit
 
-    config = load_config(PROJECT_ROOT / "params.yaml").train
+    config = load_config(FIXTURE_PARAMS).train
     cosine = config.model_copy(update={"learning_rate_schedule": "cosine"})
     hyperparameters = config.hyperparameters.model_copy(
         update={

@@ -35,9 +35,8 @@ from pneumonia.model.tuning import (
 )
 from pneumonia.model.workers import run_worker
 
-import scaleout
-from conftest import PROJECT_ROOT
-from scaleout import MlflowServer, write_tiny_project
+import helpers
+from helpers import PROJECT_ROOT, MlflowServer, write_tiny_project
 
 PNEUMONIA = Path(sys.executable).parent / "pneumonia"
 STUDY = "shared"
@@ -113,17 +112,11 @@ def test_refit_needs_the_named_study_with_a_complete_trial(tmp_path):
     assert chosen.model.dropout == 0.4
 
 
-@pytest.fixture
-def local_tracking(tmp_path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    yield mlflow.MlflowClient()
-    mlflow.set_tracking_uri(None)
-
-
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell by hand
-def test_stale_trial_is_failed_its_runs_ended_and_its_params_queued_again(tmp_path, local_tracking):
+def test_stale_trial_is_failed_its_runs_ended_and_its_params_queued_again(tmp_path):
     # What a worker killed mid-trial leaves: its runs RUNNING and a trial whose heartbeat stopped.
-    client = local_tracking
+    # The runs are in this test's own store (conftest.py's isolated_mlflow).
+    client = mlflow.MlflowClient()
     experiment = client.create_experiment("stale")
     parent = client.create_run(experiment, run_name="tune-worker").info.run_id
     child = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
@@ -152,12 +145,13 @@ def test_stale_trial_is_failed_its_runs_ended_and_its_params_queued_again(tmp_pa
 def test_missing_postgresql_is_reported_with_the_fix(tmp_path, monkeypatch):
     # The reason the PostgreSQL tests give when they skip.
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(scaleout, "DEBIAN_BINARIES", tmp_path / "postgresql")
-    with pytest.raises(scaleout.PostgresUnavailable, match="apt-get install -y postgresql"):
-        scaleout.find_binaries()
+    monkeypatch.setattr(helpers, "DEBIAN_BINARIES", tmp_path / "postgresql")
+    with pytest.raises(helpers.PostgresUnavailable, match="apt-get install -y postgresql"):
+        helpers.find_binaries()
 
 
 # --- For real: worker processes, PostgreSQL, an MLflow tracking server ---------------------
+# All slow: each starts PostgreSQL, an `mlflow server` and worker or stage subprocesses.
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +215,7 @@ def shared_study(postgres, tracking_server, tmp_path_factory):
     return {"root": root, "storage": storage, "study": study, "outputs": outputs}
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_study(shared_study):
     study = shared_study["study"]
     assert len(study.trials) == 2 * TRIALS_PER_WORKER
@@ -235,6 +230,7 @@ def test_two_worker_processes_share_one_study(shared_study):
         assert f"study {STUDY}: this worker ran 2 trial(s) (2 complete)" in output
 
 
+@pytest.mark.slow
 def test_every_trial_is_one_nested_run_on_the_tracking_server(shared_study, tracking_server):
     workers, trials = runs_of_study(tracking_server.url)
     assert len(workers) == 2
@@ -255,6 +251,7 @@ def test_every_trial_is_one_nested_run_on_the_tracking_server(shared_study, trac
         assert run.data.params["optimizer.name"] == trial.params["optimizer"]
 
 
+@pytest.mark.slow
 def test_train_stage_refits_the_best_trial_of_the_shared_study(shared_study, tracking_server):
     refit = {
         "train.tuning.n_trials": 0,
@@ -286,6 +283,7 @@ def test_train_stage_refits_the_best_trial_of_the_shared_study(shared_study, tra
     assert train_run.info.artifact_uri.startswith("mlflow-artifacts:")  # the server's store
 
 
+@pytest.mark.slow
 def test_a_killed_worker_does_not_block_the_study(postgres, tracking_server, tmp_path):
     params = write_tiny_project(tmp_path / "project", HEARTBEAT)
     storage = postgres.create_database("optuna_killed_worker")

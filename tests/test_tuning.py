@@ -14,9 +14,9 @@ from pneumonia.model.tuning import (
     suggest,
 )
 
-from conftest import PROJECT_ROOT
+from helpers import FIXTURE_PARAMS
 
-CONFIG = load_config(PROJECT_ROOT / "params.yaml").train
+CONFIG = load_config(FIXTURE_PARAMS).train
 SPACE = CONFIG.tuning.search_space
 BASE = {
     "optimizer": "adam",
@@ -96,16 +96,9 @@ class PruneAfterFirstEpoch(optuna.pruners.BasePruner):
         return True
 
 
-@pytest.fixture
-def tracking(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_pruner_stops_a_trial_through_the_keras_callback():
+    # Logs to this test's own store (conftest.py's isolated_mlflow).
     mlflow.set_experiment("tuning-test")
-    yield
-    mlflow.set_tracking_uri(None)
-
-
-def test_pruner_stops_a_trial_through_the_keras_callback(tracking):
     study = optuna.create_study(direction="maximize", pruner=PruneAfterFirstEpoch())
     with mlflow.start_run(run_name="train") as parent:
         objective = make_objective(TINY, tiny_arrays(32, 0), tiny_arrays(16, 1), parent.info.run_id)
@@ -120,6 +113,7 @@ def test_pruner_stops_a_trial_through_the_keras_callback(tracking):
     assert [metric.step for metric in history] == [0]
 
 
+@pytest.mark.slow  # two full 8-epoch fits: real training, the slowest unit test
 def test_same_seed_gives_the_same_val_auc_on_cpu():
     train, val = tiny_arrays(48, 0), tiny_arrays(24, 1)
     values = []

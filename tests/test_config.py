@@ -1,5 +1,6 @@
 import pytest
 
+from pneumonia.cli import main
 from pneumonia.config import ConfigError, find_project_root, load_config
 
 from helpers import PROJECT_ROOT, write_params
@@ -138,3 +139,40 @@ def test_dvc_temp_workspace_resolves_to_the_project(tmp_path):
     assert config.workspace == workspace
     assert config.paths.images == workspace / "data/raw/images"
     assert config.source_path() == tmp_path / "shared/chest_xray"
+
+
+@pytest.mark.parametrize(
+    "threshold",
+    [{"kind": "fixed", "value": 3}, {"kind": "sensitivity"}, {"kind": "youden", "junk": 1}],
+)
+def test_threshold_given_as_a_mapping_is_refused(tmp_path, threshold):
+    with pytest.raises(ConfigError, match=r"'evaluate\.threshold' must be youden"):
+        load_config(write_params(tmp_path, {"evaluate.threshold": threshold}))
+
+
+def test_yaml_names_are_the_python_names(tmp_path):
+    """Every key of params.yaml is reachable under the same dotted name in the config object."""
+    config = load_config(write_params(tmp_path, {}))
+
+    def leaves(section, prefix):
+        for key, value in section.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    for dotted in leaves(config.params, ""):
+        value = config
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        assert value is not None, dotted
+
+
+def test_check_params_fails_naming_the_key_with_exit_2(tmp_path, capsys):
+    params = write_params(tmp_path, {"train.model.dept": 3})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-params", "--params", str(params)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "unknown key 'train.model.dept'; did you mean 'depth'?" in error
+    assert "Traceback" not in error

@@ -367,3 +367,21 @@ def test_changing_a_param_shows_in_params_and_metrics_diff(pipeline_copy):
     # At 0.01 every test image is called pneumonia (the tiny model's scores are not that low).
     report = json.loads((repo / "reports" / "metrics.json").read_text())
     assert report["test"]["at_threshold"]["sensitivity"]["value"] == 1.0
+
+
+def test_a_mistyped_section_fails_the_experiment_naming_the_key(pipeline_copy):
+    """`-S +evalute...` adds a section no stage reads; the validate stage refuses it."""
+    repo, env = pipeline_copy["repo"], pipeline_copy["env"]
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "evaluated", "--allow-empty"], repo, env)
+    result = subprocess.run(
+        ["dvc", "exp", "run", "-S", "+evalute.threshold=0.3"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "unknown key 'evalute'; did you mean 'evaluate'?" in output
+    assert "Running stage 'train'" not in output

@@ -13,15 +13,17 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal, TypeVar
 
 import annotated_types
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -78,14 +80,50 @@ def _ordered_pair(value: tuple[float, float], low: float, high: float) -> tuple[
     return value
 
 
+def _inside_project(value: str) -> str:
+    """A path relative to params.yaml's folder that stays inside it: the pipeline writes and
+    deletes there, so `../victim` or `/home/me` must never get that far."""
+    normal = posixpath.normpath(value.replace("\\", "/"))
+    if (
+        PurePosixPath(normal).is_absolute()
+        or PureWindowsPath(value).is_absolute()
+        or value.startswith("~")
+        or normal == "."
+        or normal == ".."
+        or normal.startswith("../")
+    ):
+        raise ValueError(
+            "must be a path inside the project, relative to the folder of params.yaml (such as "
+            f"data/raw/images), got {value!r}"
+        )
+    return value
+
+
+ProjectPath = Annotated[str, Field(min_length=1), AfterValidator(_inside_project)]
+
+
 class PathsConfig(Section):
-    images: Name
-    manifest: Name
-    data_quality: Name
-    split: Name
-    processed: Name
-    reports: Name
-    models: Name
+    images: ProjectPath
+    manifest: ProjectPath
+    data_quality: ProjectPath
+    split: ProjectPath
+    processed: ProjectPath
+    reports: ProjectPath
+    models: ProjectPath
+
+    @model_validator(mode="after")
+    def _images_hold_nothing_else(self) -> PathsConfig:
+        # download deletes and re-creates paths.images: no other output may live in it.
+        images = PurePosixPath(posixpath.normpath(self.images))
+        for name, value in self.model_dump().items():
+            other = PurePosixPath(posixpath.normpath(value))
+            if name != "images" and (other == images or images in other.parents):
+                raise _FieldError(
+                    name,
+                    f"({value!r}) must not be inside 'paths.images' ({self.images!r}): the "
+                    "download stage deletes and re-creates that folder",
+                )
+        return self
 
 
 class MlflowConfig(Section):
@@ -239,6 +277,16 @@ class TuningConfig(Section):
                 "must be an Optuna RDB URL such as sqlite:///studies/optuna.db or "
                 "postgresql://user@host/db"
             )
+        prefix = "sqlite:///"
+        if value.startswith(prefix) and value[len(prefix) :] != ":memory:":
+            try:
+                _inside_project(value[len(prefix) :])
+            except ValueError:
+                raise ValueError(
+                    "must keep a SQLite study inside the project (sqlite:///studies/optuna.db, "
+                    "relative to the project root); share a study across machines through a "
+                    f"database server (postgresql://user@host/db), got {value!r}"
+                ) from None
         return value
 
     @model_validator(mode="after")
@@ -653,7 +701,18 @@ def project_paths(params_path: Path | str = "params.yaml") -> Paths:
 
 
 def _resolved(section: PathsConfig, workspace: Path) -> Paths:
-    return Paths(**{name: workspace / value for name, value in section.model_dump().items()})
+    """The paths against the workspace; one that a symbolic link takes outside it is refused."""
+    paths = {name: workspace / value for name, value in section.model_dump().items()}
+    root = workspace.resolve()
+    for name, path in paths.items():
+        target = path.resolve()
+        if target != root and root not in target.parents:
+            raise ConfigError(
+                f"params.yaml: 'paths.{name}' ({section.model_dump()[name]!r}) leads to {target} "
+                f"through a symbolic link, outside the project {root}; the pipeline writes and "
+                "deletes there, so point it at a folder inside the project"
+            )
+    return Paths(**paths)
 
 
 def resolve_workers(workers: int) -> int:

@@ -120,7 +120,10 @@ def _link(source: Path, destination: Path) -> str:
 
 def materialize(discovery: Discovery, source: Source, images_dir: Path) -> Counter:
     """Lay the chosen images out as <images_dir>/<split>/<CLASS>/<name>; returns how, per method."""
-    if images_dir.exists():
+    # load_config keeps images_dir inside the project; a link there is removed, never followed.
+    if images_dir.is_symlink() or images_dir.is_file():
+        images_dir.unlink()
+    elif images_dir.exists():
         shutil.rmtree(images_dir)
     methods: Counter = Counter()
     for directory in {Path(image.relative_path).parent for image in discovery.images}:

@@ -60,7 +60,7 @@ def _predict(arguments: argparse.Namespace) -> None:
     from pneumonia.config import find_project_root, project_paths
     from pneumonia.inference.classifier import PredictionError
     from pneumonia.inference.loading import is_mlflow_uri, load_classifier
-    from pneumonia.inference.prediction import OUTPUT_COLUMNS, predict_paths
+    from pneumonia.inference.prediction import OUTPUT_COLUMNS, check_output_folder, predict_paths
     from pneumonia.tracking import use_project_store
 
     model = arguments.model
@@ -75,6 +75,8 @@ def _predict(arguments: argparse.Namespace) -> None:
         model = project_paths(arguments.params).model
     elif is_mlflow_uri(model):
         use_project_store(find_project_root(Path.cwd()))
+    if arguments.gradcam is not None:
+        check_output_folder(arguments.inputs, arguments.gradcam)  # before the model loads
     classifier = load_classifier(model, arguments.threshold)
     columns = [*OUTPUT_COLUMNS, *(["gradcam"] if arguments.gradcam else [])]
     writer = None

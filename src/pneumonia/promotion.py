@@ -71,10 +71,10 @@ def val_scores(version: ModelVersion) -> tuple[float, ...]:
             value = float(text) if text is not None else math.nan
         except ValueError:
             value = math.nan
-        if math.isnan(value):
+        if not math.isfinite(value):
             raise PromotionError(
-                f"{version.name} v{version.version}: tag '{tag}' is missing or not a number "
-                f"({text!r}); the evaluate stage sets it (dvc repro)"
+                f"{version.name} v{version.version}: tag '{tag}' is missing or not a finite "
+                f"number ({text!r}); the evaluate stage sets it (dvc repro)"
             )
         scores.append(value)
     return tuple(scores)
@@ -91,7 +91,7 @@ def compare(candidate: tuple[float, ...], champion: tuple[float, ...]) -> tuple[
             better = new > old
             relation = "higher" if better else "lower"
             return better, f"its {tag} is {relation} ({new:.4f} vs {old:.4f})"
-    return True, "its val figures equal the champion's (ties go to the newer evaluation)"
+    return True, "its val figures equal the champion's (ties go to the candidate)"
 
 
 def promote(
@@ -119,6 +119,11 @@ def promote(
         )
     champion = version_by_alias(client, name, target_alias)
     candidate_scores = val_scores(candidate)
+    if not candidate.tags.get(DATASET_TAG):
+        raise PromotionError(
+            f"{name} v{candidate.version}: tag '{DATASET_TAG}' is missing, so nothing says which "
+            "val images its figures come from; the evaluate stage sets it (dvc repro)"
+        )
 
     def decision(promoted: bool, reason: str) -> Decision:
         return Decision(
@@ -139,11 +144,12 @@ def promote(
     else:
         champion_scores = val_scores(champion)
         ours, theirs = candidate.tags.get(DATASET_TAG), champion.tags.get(DATASET_TAG)
-        if ours and theirs and ours != theirs and not force:
+        if ours != theirs and not force:
+            measured = f"{DATASET_TAG} {ours} vs {theirs or 'missing'}"
             return decision(
                 False,
-                f"the two versions were evaluated on different val sets ({DATASET_TAG} {ours} "
-                f"vs {theirs}), so their val figures are not comparable; --force promotes anyway",
+                f"the two versions were not evaluated on the same val set ({measured}), so "
+                "their val figures are not comparable; --force promotes anyway",
             )
         promoted, reason = compare(candidate_scores, champion_scores)
         reason = (

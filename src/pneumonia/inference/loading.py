@@ -46,7 +46,14 @@ def load_keras_model(path: Path, missing: str = NOT_TRAINED) -> keras.Model:
     """A saved .keras file, for inference (not compiled); `missing` says what to do without it."""
     if not path.is_file():
         raise PredictionError(f"{path}: not found; {missing}")
-    return keras.saving.load_model(path, compile=False)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many kinds for a damaged or foreign file
+        raise PredictionError(
+            f"{path}: not a readable Keras model ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}); re-create it with "
+            "dvc repro, or pass another --model"
+        ) from error
 
 
 def load_carded_model(model_path: Path, missing: str = NOT_TRAINED) -> CardedModel:

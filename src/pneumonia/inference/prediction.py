@@ -6,6 +6,7 @@ Used by `pneumonia predict` (files and folders) and by the served MLflow model (
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -27,30 +28,70 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def _folder_entries(folder: Path) -> list[tuple[Path, str | None]]:
+    """A folder's .jpeg/.jpg/.png files, recursively and sorted; hidden files and `__MACOSX`
+    left out. Links to folders are not followed (no loop can hang the walk) and, like a broken or
+    looping link to a file, get an error entry rather than vanishing."""
+    entries: list[tuple[Path, str | None]] = []
+    for directory, folders, names in os.walk(folder):
+        here = Path(directory)
+        folders[:] = sorted(name for name in folders if name != "__MACOSX")
+        for name in folders:
+            if (here / name).is_symlink():
+                entries.append(
+                    (
+                        here / name,
+                        f"{here / name}: a link to a folder, not followed; pass its target",
+                    )
+                )
+        for name in sorted(names):
+            candidate = here / name
+            if not _is_image_name(candidate):
+                continue
+            if candidate.is_file():
+                entries.append((candidate, None))
+            else:
+                entries.append((candidate, f"{candidate}: a broken or looping link"))
+    return sorted(entries, key=lambda entry: str(entry[0]))
+
+
 def expand_inputs(inputs: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
     """Files as given (whatever their extension: a named file is meant to be predicted), folders
-    searched recursively for .jpeg/.jpg/.png in any case, sorted. Hidden files and macOS
-    `__MACOSX` folders are left out of folders. Returns (path, error) pairs: a missing path or a
-    folder without images is an error entry, reported like an image that failed."""
+    searched recursively for .jpeg/.jpg/.png in any case, sorted. Returns (path, error) pairs: a
+    missing path, a broken link or a folder without images is an error entry, reported like an
+    image that failed."""
     entries: list[tuple[Path, str | None]] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
-            found = sorted(
-                candidate
-                for candidate in path.rglob("*")
-                if candidate.is_file()
-                and _is_image_name(candidate)
-                and "__MACOSX" not in candidate.relative_to(path).parts
-            )
+            found = _folder_entries(path)
             if not found:
                 entries.append((path, f"{path}: folder holds no .jpeg, .jpg or .png file"))
-            entries.extend((candidate, None) for candidate in found)
+            entries.extend(found)
         elif path.is_file():
             entries.append((path, None))
+        elif path.is_symlink():
+            entries.append((path, f"{path}: a broken or looping link"))
         else:
             entries.append((path, f"{path}: file not found"))
     return entries
+
+
+def check_output_folder(inputs: Iterable[str | Path], folder: Path) -> None:
+    """The Grad-CAM folder must not hold any input, nor lie inside an input folder: overlays
+    would overwrite inputs, or be read as X-rays on the next run. Checked before any scoring."""
+    target = folder.resolve()
+    for given in inputs:
+        path = Path(given).resolve()
+        inside_input = path.is_dir() and (target == path or path in target.parents)
+        holds_input = target == path or target in path.parents
+        if inside_input or holds_input:
+            raise PredictionError(
+                f"--gradcam {folder}: the overlays would be written where inputs are read "
+                f"({given}); choose a folder outside the inputs"
+            )
+    if target.exists() and not target.is_dir():
+        raise PredictionError(f"--gradcam {folder}: exists and is not a folder")
 
 
 # --- Scoring --------------------------------------------------------------------------------
@@ -62,7 +103,12 @@ class GradcamWriter:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise PredictionError(
+                f"--gradcam {folder}: cannot create the folder ({error.strerror or error})"
+            ) from error
         self._used: set[str] = set()
 
     def target(self, name: str) -> Path:
@@ -139,7 +185,11 @@ def predict_paths(
     folders)."""
     if batch_size < 1:
         raise PredictionError(f"batch size must be >= 1, got {batch_size}")
-    gradcam = GradcamWriter(gradcam_dir) if gradcam_dir is not None else None
+    inputs = list(inputs)
+    gradcam = None
+    if gradcam_dir is not None:
+        check_output_folder(inputs, gradcam_dir)
+        gradcam = GradcamWriter(gradcam_dir)
     batch: list[tuple[str, Path]] = []
     for path, error in expand_inputs(inputs):
         if error is not None:

@@ -176,3 +176,40 @@ def test_check_params_fails_naming_the_key_with_exit_2(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "unknown key 'train.model.dept'; did you mean 'depth'?" in error
     assert "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"paths.images": "../victim"}, "'paths.images' must be a path inside the project"),
+        ({"paths.images": "/tmp/victim"}, "'paths.images' must be a path inside the project"),
+        ({"paths.reports": "~/reports"}, "'paths.reports' must be a path inside the project"),
+        ({"paths.models": "."}, "'paths.models' must be a path inside the project"),
+        ({"paths.models": "data/../.."}, "'paths.models' must be a path inside the project"),
+        (
+            {"paths.models": "data/raw/images/models"},
+            "'paths.models' .* must not be inside 'paths.images'",
+        ),
+        (
+            {"train.tuning.storage": "sqlite:////tmp/study.db"},
+            "'train.tuning.storage' must keep a SQLite study inside the project",
+        ),
+        (
+            {"train.tuning.storage": "sqlite:///../study.db"},
+            "'train.tuning.storage' must keep a SQLite study inside the project",
+        ),
+    ],
+)
+def test_output_paths_outside_the_project_are_refused(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_params(tmp_path, changes))
+
+
+def test_an_output_path_that_a_link_takes_outside_is_refused(tmp_path):
+    params = write_params(tmp_path / "project", {})
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "project" / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "project" / "data" / "raw" / "images").symlink_to(victim)
+    with pytest.raises(ConfigError, match=r"'paths\.images' .* through a symbolic link, outside"):
+        load_config(params)

@@ -150,3 +150,18 @@ def test_kaggle_without_network_says_how_to_use_a_local_copy(tmp_path, monkeypat
         run_download(config)
     assert "api.kaggle.com" in str(error.value)
     assert "download.source=/path/to/chest_xray" in str(error.value)
+
+
+def test_a_link_at_the_images_path_is_replaced_not_followed(kaggle_folder, tmp_path):
+    """download deletes and re-lays paths.images; where that path is a link (to a folder inside
+    the project), the link goes and what it points at stays."""
+    project = tmp_path / "project"
+    kept = project / "kept"
+    kept.mkdir(parents=True)
+    (kept / "notes.txt").write_text("mine")
+    config = make_config(project, str(kaggle_folder))
+    config.paths.images.parent.mkdir(parents=True)
+    config.paths.images.symlink_to(kept)
+    run_download(config)
+    assert (kept / "notes.txt").read_text() == "mine"
+    assert not config.paths.images.is_symlink() and config.paths.images.is_dir()

@@ -193,3 +193,67 @@ def test_preprocess_settings_must_fit_the_model(tiny_model, tmp_path):
     (folder / "model.json").write_text(json.dumps(card))
     with pytest.raises(PredictionError, match=r"takes \(32, 32, 1\) but its preprocess settings"):
         load_classifier(folder / "model.keras")
+
+
+def test_gradcam_is_refused_where_inputs_are_read_before_the_model_loads(
+    tiny_model, tmp_path, capsys
+):
+    scans = tmp_path / "scans"
+    shutil.copytree(tiny_model["images"][0].parent, scans)
+    before = {path.name: path.read_bytes() for path in scans.iterdir()}
+    for overlays in (scans, scans / "overlays"):
+        arguments = ["predict", str(scans), "--gradcam", str(overlays)]
+        # A model that does not exist: the check must come before loading it.
+        status, out, err = run_cli([*arguments, "--model", str(tmp_path / "none.keras")], capsys)
+        assert status == 2 and out == ""
+        assert f"--gradcam {overlays}: the overlays would be written where inputs are read" in err
+    # A named input file in the overlay folder would be overwritten by its own overlay.
+    png = next(path for path in scans.iterdir() if path.suffix == ".png")
+    arguments = [
+        "predict",
+        str(png),
+        "--gradcam",
+        str(scans),
+        "--model",
+        str(tiny_model["model_path"]),
+    ]
+    status, _, err = run_cli(arguments, capsys)
+    assert status == 2 and "would be written where inputs are read" in err
+    assert {path.name: path.read_bytes() for path in scans.iterdir()} == before
+
+
+def test_an_unusable_gradcam_folder_is_one_error_line(tiny_model, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    image = str(tiny_model["images"][0])
+    for target in (blocker, blocker / "inside"):
+        arguments = ["predict", image, "--gradcam", str(target)]
+        status, out, err = run_cli([*arguments, "--model", str(tiny_model["model_path"])], capsys)
+        assert status == 2 and out == "" and "Traceback" not in err
+        assert err.startswith(f"error: --gradcam {target}")
+
+
+def test_broken_and_looping_links_and_folder_links_get_a_row(tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / "gone.jpeg").symlink_to(tmp_path / "missing.jpeg")
+    (scans / "loop.png").symlink_to(scans / "loop.png")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (scans / "elsewhere").symlink_to(outside)
+    (scans / "self").symlink_to(scans)  # a folder loop: must not hang the walk
+    entries = dict(expand_inputs([scans]))
+    assert "a broken or looping link" in entries[scans / "gone.jpeg"]
+    assert "a broken or looping link" in entries[scans / "loop.png"]
+    assert "a link to a folder, not followed" in entries[scans / "elsewhere"]
+    assert "a link to a folder, not followed" in entries[scans / "self"]
+
+
+def test_a_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path, capsys):
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_model["folder"], folder, ignore=shutil.ignore_patterns("images"))
+    (folder / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    image = str(tiny_model["images"][0])
+    status, out, err = run_cli(["predict", image, "--model", str(folder / "model.keras")], capsys)
+    assert status == 2 and out == "" and "Traceback" not in err
+    assert "model.keras: not a readable Keras model" in err

@@ -108,7 +108,7 @@ def test_val_figures_from_different_val_sets_are_not_compared(registry):
     add_version(registry, 0.90, 0.9, 0.9, alias="champion")
     candidate = add_version(registry, 0.99, 0.9, 0.9, alias="candidate", val_dataset_digest="val-2")
     decision = promote(NAME)
-    assert not decision.promoted and "different val sets" in decision.reason
+    assert not decision.promoted and "not evaluated on the same val set" in decision.reason
     assert promote(NAME, force=True).promoted and champion(registry) == candidate
 
 
@@ -138,3 +138,28 @@ def test_cli_takes_the_name_from_params_and_prints_the_decision(registry, tmp_pa
     assert (
         "error: pneumonia-classifier has no version with alias 'staging'" in capsys.readouterr().err
     )
+
+
+def test_a_candidate_without_its_val_set_digest_or_with_infinite_figures_is_refused(registry):
+    version = add_version(registry, 0.9, 0.9, 0.9, alias="candidate", val_dataset_digest="")
+    with pytest.raises(PromotionError, match=f"v{version}: tag 'val_dataset_digest' is missing"):
+        promote(NAME)
+    version = add_version(registry, "inf", 0.9, 0.9, alias="candidate")
+    with pytest.raises(PromotionError, match="'val_roc_auc' is missing or not a finite number"):
+        promote(NAME)
+
+
+def test_a_champion_without_a_digest_is_not_compared(registry):
+    add_version(registry, 0.90, 0.9, 0.9, alias="champion", val_dataset_digest="")
+    add_version(registry, 0.99, 0.9, 0.9, alias="candidate")
+    decision = promote(NAME)
+    assert not decision.promoted and "val_dataset_digest val-1 vs missing" in decision.reason
+
+
+def test_a_tie_goes_to_the_candidate_even_an_older_one(registry):
+    older = add_version(registry, 0.9, 0.9, 0.9)
+    add_version(registry, 0.9, 0.9, 0.9, alias="champion")
+    registry.set_registered_model_alias(NAME, "candidate", older)
+    decision = promote(NAME)
+    assert decision.promoted and "ties go to the candidate" in decision.reason
+    assert "newer" not in decision.reason

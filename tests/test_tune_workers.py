@@ -350,3 +350,23 @@ def wait_for_running_trial(storage: str, worker: subprocess.Popen, log: Path, ti
                     return trial
         time.sleep(0.5)
     raise AssertionError(f"no trial started in {timeout} s:\n{log.read_text()}")
+
+
+@pytest.mark.parametrize(
+    ("storage", "kind"),
+    [
+        # Nothing listens on a fresh loopback port: the server is unreachable.
+        (f"postgresql://bob:s3cret@127.0.0.1:{helpers.free_port()}/optuna", "OperationalError"),
+        ("postgresql://bob:s3cret@db.example:notaport/optuna", "ValueError"),
+        ("nosuchdb://bob:s3cret@db.example/optuna", "NoSuchModuleError"),
+    ],
+)
+def test_an_unusable_study_database_is_one_line_without_the_password(tmp_path, storage, kind):
+    params = write_tiny_project(tmp_path, {"train.tuning.storage": storage})
+    config = load_config(params)
+    with pytest.raises(TuningError) as error:
+        make_storage(config.train.tuning, config.project_root)
+    message = str(error.value)
+    assert "s3cret" not in message and "bob:***@" in message
+    assert f"cannot open the study database ({kind}" in message
+    assert redact_url(storage) in message

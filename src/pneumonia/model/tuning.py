@@ -3,6 +3,7 @@ nested MLflow run. The objective is val ROC AUC; the test split is never read he
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 import uuid
@@ -16,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import KerasPruningCallback
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
 from pneumonia.config import (
     Hyperparameters,
@@ -146,12 +147,25 @@ def resolve_storage(url: str, project_root: Path) -> str:
     return url
 
 
+_USER_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
 def redact_url(url: str) -> str:
-    """The storage URL with any password masked, fit to log or print."""
+    """The storage URL with any password masked, fit to log or print (a URL SQLAlchemy cannot
+    parse is masked by pattern, so a typo never prints the password either)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        return _USER_PASSWORD.sub(r"\1***@", url)
+
+
+def _without_password(text: str, url: str) -> str:
+    """An error message with the storage password, if any, masked."""
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        password = None
+    return text.replace(str(password), "***") if password else text
 
 
 def loggable_train_params(train_params: dict[str, Any]) -> dict[str, Any]:
@@ -223,6 +237,13 @@ def make_storage(tuning: TuningConfig, project_root: Path) -> optuna.storages.RD
                 raise
             time.sleep(0.5 * attempt)
             attempt += 1
+        except (ArgumentError, ValueError, OperationalError, ImportError) as error:
+            detail = _without_password(str(error).strip().splitlines()[0], url)
+            raise TuningError(
+                f"train.tuning.storage {redact_url(url)}: cannot open the study database "
+                f"({type(error).__name__}: {detail}); check the URL and that the database "
+                "server is running and reachable"
+            ) from None
 
 
 def create_study(

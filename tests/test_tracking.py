@@ -1,3 +1,5 @@
+import os
+
 import mlflow
 import pandas as pd
 import pytest
@@ -62,3 +64,44 @@ def test_content_hash_of_folder_depends_on_names_and_bytes(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_runs_a_killed_stage_left_running_are_closed_by_the_next_stage(config):
+    """A stage killed mid-run (SIGKILL: no finally, no atexit) leaves its run and its nested
+    trial run RUNNING; the next stage's run ends them as KILLED, and leaves a live process's
+    run alone."""
+    import subprocess
+    import sys
+
+    from pneumonia.tracking import PROCESS_HOST_TAG, PROCESS_ID_TAG, configure
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    experiment_id = configure(config)
+    client = mlflow.MlflowClient()
+    host = __import__("socket").gethostname()
+    killed = client.create_run(
+        experiment_id, tags={PROCESS_HOST_TAG: host, PROCESS_ID_TAG: dead}, run_name="train"
+    )
+    trial = client.create_run(
+        experiment_id, tags={"mlflow.parentRunId": killed.info.run_id}, run_name="trial-0"
+    )
+    alive = client.create_run(
+        experiment_id, tags={PROCESS_HOST_TAG: host, PROCESS_ID_TAG: str(os.getpid())}
+    )
+    with stage_run("train", config, {}):
+        pass
+    status = {
+        run_id: client.get_run(run_id).info.status
+        for run_id in (killed.info.run_id, trial.info.run_id, alive.info.run_id)
+    }
+    assert status[killed.info.run_id] == "KILLED" and status[trial.info.run_id] == "KILLED"
+    assert status[alive.info.run_id] == "RUNNING"
+    assert (
+        "ended without closing the run"
+        in client.get_run(killed.info.run_id).data.tags["ended_because"]
+    )

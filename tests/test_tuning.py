@@ -122,3 +122,25 @@ def test_same_seed_gives_the_same_val_auc_on_cpu():
         values.append(best_epoch(history)[1])
     assert round(values[0], 4) == round(values[1], 4)
     assert values[0] > 0.5  # it learns the toy signal at all
+
+
+def test_trials_of_a_killed_fresh_study_are_failed_and_live_ones_kept(tmp_path):
+    """A fresh study is never reopened, so its heartbeat never fails the trial a killed stage
+    left RUNNING; the next train stage does, once that trial's MLflow run is ended."""
+    from optuna.trial import TrialState
+
+    from pneumonia.model.tuning import MLFLOW_RUN_ATTRIBUTE, fail_orphaned_trials
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("trials")
+    ended, running = (client.create_run(experiment).info.run_id for _ in range(2))
+    client.set_terminated(ended, status="KILLED")
+    old = optuna.create_study(storage=storage, study_name="pneumonia-cnn-0badc0de")
+    for run_id in (ended, running):
+        old.ask().set_user_attr(MLFLOW_RUN_ATTRIBUTE, run_id)
+    other = optuna.create_study(storage=storage, study_name="shared-study")
+    other.ask().set_user_attr(MLFLOW_RUN_ATTRIBUTE, ended)  # a named study: its heartbeat's job
+    assert fail_orphaned_trials(storage, "pneumonia-cnn") == [("pneumonia-cnn-0badc0de", 0)]
+    assert [trial.state for trial in old.trials] == [TrialState.FAIL, TrialState.RUNNING]
+    assert other.trials[0].state == TrialState.RUNNING

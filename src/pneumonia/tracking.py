@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import warnings
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,10 @@ from pneumonia.config import Config
 STORE_DIR = "mlruns"
 DATABASE_NAME = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
+# Which process owns a run: a RUNNING run whose process is gone on this host was killed.
+PROCESS_HOST_TAG = "process.host"
+PROCESS_ID_TAG = "process.pid"
+ENDED_BECAUSE_TAG = "ended_because"
 # DVC sets these for stage commands run by `dvc exp run`; logged so runs map to experiments.
 DVC_ENVIRONMENT_TAGS = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
 
@@ -156,6 +161,46 @@ class StageRun:
         return dataset
 
 
+def process_tags() -> dict[str, str]:
+    return {PROCESS_HOST_TAG: socket.gethostname(), PROCESS_ID_TAG: str(os.getpid())}
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def close_orphaned_runs(experiment_id: str) -> list[str]:
+    """End as KILLED the runs left RUNNING by a process of this host that is gone (a stage killed
+    mid-run), and the RUNNING runs nested under them; returns their ids. Runs of live processes
+    and of other hosts (tuning workers elsewhere) are left alone."""
+    client = mlflow.MlflowClient()
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+    host, closed = socket.gethostname(), []
+    for run in running:
+        tags = run.data.tags
+        pid = tags.get(PROCESS_ID_TAG, "")
+        if tags.get(PROCESS_HOST_TAG) == host and pid.isdigit() and not _process_alive(int(pid)):
+            closed.append(run.info.run_id)
+            reason = f"process {pid} on {host} ended without closing the run (killed)"
+            client.set_tag(run.info.run_id, ENDED_BECAUSE_TAG, reason)
+            client.set_terminated(run.info.run_id, status="KILLED")
+    for run in running:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent in closed and run.info.run_id not in closed:
+            closed.append(run.info.run_id)
+            client.set_tag(
+                run.info.run_id, ENDED_BECAUSE_TAG, f"its parent run {parent} was killed"
+            )
+            client.set_terminated(run.info.run_id, status="KILLED")
+    return closed
+
+
 @contextmanager
 def stage_run(
     stage: str,
@@ -163,9 +208,13 @@ def stage_run(
     params: Mapping[str, Any],
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[StageRun]:
-    """One MLflow run named after the stage, with its params and provenance tags."""
-    configure(config)
-    run_tags = {"stage": stage, **git_state(config.workspace), **(tags or {})}
+    """One MLflow run named after the stage, with its params and provenance tags. Runs that a
+    killed stage left RUNNING are closed first."""
+    experiment_id = configure(config)
+    closed = close_orphaned_runs(experiment_id)
+    if closed:
+        print(f"{stage}: closed {len(closed)} run(s) a killed process left RUNNING: {closed}")
+    run_tags = {"stage": stage, **git_state(config.workspace), **process_tags(), **(tags or {})}
     run_tags.update(
         {name: os.environ[name] for name in DVC_ENVIRONMENT_TAGS if os.environ.get(name)}
     )

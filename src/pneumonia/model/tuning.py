@@ -356,6 +356,31 @@ def make_objective(
     return objective
 
 
+def fail_orphaned_trials(
+    storage: optuna.storages.BaseStorage, name_prefix: str
+) -> list[tuple[str, int]]:
+    """Fail the RUNNING trials of earlier fresh studies (named `<prefix>-<id>`, never reopened,
+    so the heartbeat never reaches them) whose MLflow trial run is no longer RUNNING: its stage
+    was killed (tracking.close_orphaned_runs ended the run). Returns (study, trial number)."""
+    client = mlflow.MlflowClient()
+    failed = []
+    for summary in storage.get_all_studies():
+        if not summary.study_name.startswith(f"{name_prefix}-"):
+            continue
+        study_id = storage.get_study_id_from_name(summary.study_name)
+        for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            run_id = trial.user_attrs.get(MLFLOW_RUN_ATTRIBUTE)
+            try:
+                ended = run_id is None or client.get_run(run_id).info.status != "RUNNING"
+            except mlflow.exceptions.MlflowException:
+                ended = True  # the run is gone from this store
+            if ended:
+                trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                failed.append((summary.study_name, trial.number))
+    return failed
+
+
 def run_study(
     config: TrainConfig,
     train: SplitArrays,
@@ -364,6 +389,11 @@ def run_study(
     project_root: Path,
 ) -> optuna.Study:
     study = create_study(config, project_root, config.registered_model_name)
+    if not config.tuning.study_name:
+        storage = make_storage(config.tuning, project_root)
+        failed = fail_orphaned_trials(storage, config.registered_model_name)
+        if failed:
+            print(f"train: failed {len(failed)} trial(s) a killed run left RUNNING: {failed}")
     study.optimize(
         make_objective(config, train, val, parent_run_id),
         n_trials=config.tuning.n_trials,

@@ -370,3 +370,62 @@ def test_an_unusable_study_database_is_one_line_without_the_password(tmp_path, s
     assert "s3cret" not in message and "bob:***@" in message
     assert f"cannot open the study database ({kind}" in message
     assert redact_url(storage) in message
+
+
+@pytest.mark.slow
+def test_a_train_stage_killed_mid_trial_leaves_nothing_running_once_the_next_starts(tmp_path):
+    """SIGKILL the real train stage during its first trial; the next train stage (a fresh study,
+    as by default) ends the dead stage's train and trial runs and fails its trial."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    environment["MLFLOW_TRACKING_URI"] = store
+    long_trial = {"train.tuning.n_trials": 1, "train.tuning.epochs": 200}
+    project = write_tiny_project(tmp_path / "project", long_trial).parent
+    stage = [sys.executable, str(PROJECT_ROOT / "stages" / "train.py")]
+    doomed = subprocess.Popen(
+        stage, cwd=project, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    client = mlflow.MlflowClient(store)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and doomed.poll() is None:
+            time.sleep(1)
+            experiment = (
+                client.get_experiment_by_name("pneumonia")
+                if Path(tmp_path / "mlflow.db").exists()
+                else None
+            )
+            trials = (
+                []
+                if experiment is None
+                else client.search_runs([experiment.experiment_id], "tags.optuna_trial = '0'")
+            )
+            if trials:
+                time.sleep(2)  # into its first epochs
+                break
+        assert trials and doomed.poll() is None, "the first trial never started"
+    finally:
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=30)
+    (trial_run,) = trials
+    assert client.get_run(trial_run.info.run_id).info.status == "RUNNING"  # as SIGKILL left it
+
+    write_tiny_project(project, {"train.tuning.n_trials": 1, "train.tuning.epochs": 1})
+    result = subprocess.run(stage, cwd=project, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "closed 2 run(s) a killed process left RUNNING" in result.stdout
+    assert "failed 1 trial(s) a killed run left RUNNING" in result.stdout
+    experiment_id = client.get_experiment_by_name("pneumonia").experiment_id
+    assert client.search_runs([experiment_id], "attributes.status = 'RUNNING'") == []
+    killed = client.get_run(trial_run.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["ended_because"].startswith("its parent run")
+    storage = f"sqlite:///{project / 'studies' / 'optuna.db'}"
+    states = {
+        summary.study_name: [
+            trial.state
+            for trial in optuna.load_study(study_name=summary.study_name, storage=storage).trials
+        ]
+        for summary in optuna.get_all_study_summaries(storage)
+    }
+    assert sorted(states.values()) == [[TrialState.COMPLETE], [TrialState.FAIL]]

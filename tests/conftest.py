@@ -85,6 +85,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import keras
 
     from pneumonia.config import ModelConfig
+    from pneumonia.contracts.files import file_sha256
     from pneumonia.imaging.transforms import config_from_settings, preprocess_file
     from pneumonia.model.network import build_model
 
@@ -119,7 +120,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     registry = {**registered, "run_id": "r-tiny", "model_uri": "models:/m-tiny"}
     card = {"preprocess": TINY_PREPROCESS, "mlflow": registry}
     (folder / "model.json").write_text(json.dumps(card))
-    operating_point = {"threshold": threshold, "model": registered}
+    # The operating point names its model file by content, as evaluate writes it.
+    model_file = {**registered, "sha256": file_sha256(folder / "model.keras")}
+    operating_point = {"threshold": threshold, "model": model_file}
     (folder / "threshold.json").write_text(json.dumps(operating_point))
     return {
         "folder": folder,

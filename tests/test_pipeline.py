@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pneumonia.contracts.files import file_sha256
 from pneumonia.inference.loading import load_classifier
 from pneumonia.inference.prediction import predict_paths
 from pneumonia.model.network import ensemble_members
@@ -256,6 +257,8 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     assert metrics["test"]["at_threshold"]["roc_auc"] == test["roc_auc"]
     operating_point = json.loads((repo / "models" / "threshold.json").read_text())
     assert operating_point["threshold"] == report["threshold"]["value"]
+    # It names the model file it was chosen for by content.
+    assert operating_point["model"]["sha256"] == file_sha256(repo / "models" / "model.keras")
     for name in ("roc", "precision_recall", "calibration", "predictions"):
         assert (repo / "reports" / "evaluate" / f"{name}.csv").is_file()
     rendered = run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, env)

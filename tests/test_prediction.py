@@ -254,6 +254,30 @@ def test_a_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path, capsys):
     shutil.copytree(tiny_model["folder"], folder, ignore=shutil.ignore_patterns("images"))
     (folder / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
     image = str(tiny_model["images"][0])
-    status, out, err = run_cli(["predict", image, "--model", str(folder / "model.keras")], capsys)
+    # With its own threshold, as the operating point no longer names this file.
+    arguments = ["predict", image, "--model", str(folder / "model.keras"), "--threshold", "0.5"]
+    status, out, err = run_cli(arguments, capsys)
     assert status == 2 and out == "" and "Traceback" not in err
     assert "model.keras: not a readable Keras model" in err
+
+
+def test_the_threshold_applies_only_to_the_model_file_it_names(tiny_model, tmp_path, capsys):
+    """Another .keras dropped beside model.json and threshold.json is not scored at their
+    threshold, and an operating point that names no model file is not used."""
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_model["folder"], folder, ignore=shutil.ignore_patterns("images"))
+    other = folder / "other.keras"
+    keras.saving.load_model(folder / "model.keras").save(other)  # same weights, other bytes
+    image = str(tiny_model["images"][0])
+    status, out, err = run_cli(["predict", image, "--model", str(other)], capsys)
+    assert status == 2 and out == ""
+    assert "threshold.json was chosen for a model file with sha256" in err
+    assert "other.keras has sha256" in err
+    point = json.loads((folder / "threshold.json").read_text())
+    del point["model"]
+    (folder / "threshold.json").write_text(json.dumps(point))
+    status, _, err = run_cli(["predict", image, "--model", str(folder / "model.keras")], capsys)
+    assert status == 2 and "does not name the model file it was chosen for" in err
+    # An explicit threshold needs no operating point.
+    arguments = ["predict", image, "--model", str(other), "--threshold", "0.5"]
+    assert run_cli(arguments, capsys)[0] == 0

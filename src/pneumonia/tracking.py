@@ -24,6 +24,7 @@ import mlflow
 import pandas as pd
 
 from pneumonia.config import Config
+from pneumonia.contracts.files import file_sha256
 
 STORE_DIR = "mlruns"
 DATABASE_NAME = "mlflow.db"
@@ -76,11 +77,7 @@ def configure(config: Config) -> str:
 def content_hash(path: Path) -> str:
     """sha256 of a file, or of a folder's sorted (relative path, file sha256) list."""
     if path.is_file():
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(path)
     if path.is_dir():
         digest = hashlib.sha256()
         for child in sorted(p for p in path.rglob("*") if p.is_file()):

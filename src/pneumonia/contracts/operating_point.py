@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pneumonia.contracts.files import read_json_object, write_json
+from pneumonia.contracts.files import file_sha256, read_json_object, write_json
 from pneumonia.contracts.model_card import MODEL_KEYS, registered_model
 from pneumonia.errors import PipelineError
+
+# The key of the operating point's `model` block that names the model file by content.
+MODEL_SHA256 = "sha256"
 
 
 class OperatingPointError(PipelineError, ValueError):
@@ -20,7 +23,8 @@ class OperatingPointError(PipelineError, ValueError):
 @dataclass(frozen=True)
 class OperatingPoint:
     threshold: float
-    model: dict[str, Any] = field(default_factory=dict)  # MODEL_KEYS of the evaluated model
+    # MODEL_KEYS of the evaluated model, and MODEL_SHA256: its file's content hash
+    model: dict[str, Any] = field(default_factory=dict)
     rule: str | None = None
     val_sensitivity: float | None = None
     val_specificity: float | None = None
@@ -66,6 +70,24 @@ def read_operating_point(path: Path) -> OperatingPoint:
         threshold=float(threshold),
         **{key: value for key, value in data.items() if key in known and value is not None},
     )
+
+
+def check_model_file(point: OperatingPoint, model_path: Path, point_path: Path) -> None:
+    """The operating point must name this very file by its content hash: a threshold applies to
+    the weights it was chosen for, not to whatever .keras file sits beside it."""
+    named = (point.model or {}).get(MODEL_SHA256)
+    if not named:
+        raise OperatingPointError(
+            f"{point_path} does not name the model file it was chosen for (no "
+            f"model.{MODEL_SHA256}); re-run the evaluate stage (dvc repro), or pass --threshold"
+        )
+    actual = file_sha256(model_path)
+    if actual != named:
+        raise OperatingPointError(
+            f"{point_path} was chosen for a model file with sha256 {named[:12]}..., but "
+            f"{model_path} has sha256 {actual[:12]}...; run the evaluate stage (dvc repro) for "
+            "this model, or pass --threshold"
+        )
 
 
 def check_same_model(

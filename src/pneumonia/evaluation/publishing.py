@@ -15,8 +15,9 @@ import pandas as pd
 
 from pneumonia.config import EvaluateConfig
 from pneumonia.contracts import registry_tags
+from pneumonia.contracts.files import file_sha256
 from pneumonia.contracts.model_card import card_preprocess, card_registry
-from pneumonia.contracts.operating_point import OperatingPoint
+from pneumonia.contracts.operating_point import MODEL_SHA256, OperatingPoint
 from pneumonia.contracts.paths import Paths
 from pneumonia.evaluation.report import flat_metrics
 from pneumonia.inference.serving import encode_png, log_serving_model
@@ -62,7 +63,7 @@ def publish_evaluation(
         rule=str(settings.threshold),
         val_sensitivity=val_at_threshold["sensitivity"]["value"],
         val_specificity=val_at_threshold["specificity"]["value"],
-        model=trained.model,
+        model={**trained.model, MODEL_SHA256: file_sha256(paths.model)},
         evaluate_run_id=run.run_id,
     )
     # What `pneumonia promote` compares (val only) and `pneumonia predict` reads (threshold).
@@ -81,7 +82,7 @@ def publish_evaluation(
         threshold,
         card_preprocess(card),
         settings.serving_model_name,
-        source=trained.model,
+        source=point.model,
         example_image=encode_png(example_image),
     )
     tag_version(

@@ -17,7 +17,11 @@ import keras
 from pneumonia.config import PreprocessConfig
 from pneumonia.contracts import registry_tags
 from pneumonia.contracts.model_card import ModelCardError, card_preprocess, read_model_card
-from pneumonia.contracts.operating_point import check_same_model, read_operating_point
+from pneumonia.contracts.operating_point import (
+    check_model_file,
+    check_same_model,
+    read_operating_point,
+)
 from pneumonia.contracts.paths import MODEL_CARD_FILE, THRESHOLD_FILE
 from pneumonia.imaging.transforms import config_from_settings
 from pneumonia.inference.classifier import Classifier, PredictionError
@@ -77,6 +81,7 @@ def load_model_file(model_path: Path, threshold: float | None = None) -> Classif
         threshold_path = model_path.with_name(THRESHOLD_FILE)
         point = read_operating_point(threshold_path)
         check_same_model(card, point, card_path, threshold_path)
+        check_model_file(point, model_path, threshold_path)
         threshold = point.threshold
     preprocess = config_from_settings(card_preprocess(card), card_path)
     return Classifier(load_keras_model(model_path), threshold, preprocess, str(model_path))

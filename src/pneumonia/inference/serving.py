@@ -36,9 +36,11 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 from PIL import Image
 
+from pneumonia.contracts.files import file_sha256
 from pneumonia.contracts.labels import POSITIVE_CLASS
+from pneumonia.contracts.operating_point import MODEL_SHA256
 from pneumonia.imaging.transforms import config_from_settings
-from pneumonia.inference.classifier import Classifier, Prediction
+from pneumonia.inference.classifier import Classifier, Prediction, PredictionError
 from pneumonia.inference.loading import load_keras_model
 from pneumonia.inference.prediction import classify
 from pneumonia.registry import LoggedModel
@@ -76,7 +78,16 @@ class PneumoniaServingModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         settings_path = Path(context.artifacts["settings"])
         settings = json.loads(settings_path.read_text())
-        model = load_keras_model(Path(context.artifacts["keras_model"]))
+        keras_path = Path(context.artifacts["keras_model"])
+        # The threshold belongs to the weights it was chosen for (versions logged before the
+        # hash was recorded carry none; their files were logged together all the same).
+        named = (settings.get("source") or {}).get(MODEL_SHA256)
+        if named and file_sha256(keras_path) != named:
+            raise PredictionError(
+                f"{keras_path}: not the model file this served model's threshold was chosen for "
+                f"(sha256 {named[:12]}...); re-register it with the evaluate stage"
+            )
+        model = load_keras_model(keras_path)
         self.classifier = Classifier(
             model,
             float(settings["threshold"]),

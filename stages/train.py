@@ -12,13 +12,16 @@ import mlflow
 import pandas as pd
 
 from pneumonia.config import load_config
-from pneumonia.contracts.files import write_json
+from pneumonia.contracts import registry_tags
+from pneumonia.contracts.files import file_sha256, write_json
 from pneumonia.contracts.model_card import RegistryRecord, build_model_card, write_model_card
 from pneumonia.errors import run_stage
 from pneumonia.imaging.transforms import model_input_settings
+from pneumonia.model.network import save_model
 from pneumonia.model.robustness import check_model
 from pneumonia.model.scoring import score
 from pneumonia.model.training import (
+    TIMING_FIGURES,
     configure_runtime,
     final_fit_figures,
     fit_ensemble,
@@ -27,12 +30,13 @@ from pneumonia.model.training import (
     members_table,
 )
 from pneumonia.model.tuning import (
+    card_tuning,
     hyperparameters_from,
     log_study,
     loggable_train_params,
     study_for_training,
 )
-from pneumonia.registry import log_and_register
+from pneumonia.registry import log_and_register, registered_version_of_file, tag_version
 from pneumonia.tracking import stage_run
 
 
@@ -73,23 +77,38 @@ def main() -> None:
         metrics.update({key: round(value, 6) for key, value in shift.summary.items()})
         shift.table.to_csv(paths.val_shift_table, index=False)
 
-        paths.models.mkdir(parents=True, exist_ok=True)
-        model.save(paths.model)
+        save_model(model, paths.model)  # identical weights, identical bytes
         run.log_hashes("output", [paths.model])
         history_table(final.histories[0]).to_csv(paths.history_table, index=False)
-        logged = log_and_register(
-            model, val.images[:1], settings.registered_model_name, step=metrics["best_epoch"]
-        )
-        mlflow.log_metrics(metrics, model_id=logged.model_id)
+        # A retrain that gives the same file registers nothing new (and leaves evaluate valid).
+        model_sha256 = file_sha256(paths.model)
+        registered = registered_version_of_file(settings.registered_model_name, model_sha256)
+        if registered is None:
+            logged = log_and_register(
+                model, val.images[:1], settings.registered_model_name, step=metrics["best_epoch"]
+            )
+            tag_version(
+                settings.registered_model_name,
+                logged.version,
+                None,
+                {registry_tags.MODEL_SHA256: model_sha256, registry_tags.MODEL_ID: logged.model_id},
+            )
+            registered_run = run.run_id
+        else:
+            logged, registered_run = registered
+            print(f"train: the same model file as version {logged.version}; registered nothing")
+        mlflow.log_metrics(metrics, model_id=logged.model_id or None)
         card = build_model_card(
             image_size=config.preprocess.image_size,
             preprocess=model_input_settings(config.preprocess),
             hyperparameters=hyperparameters.flat(),
             ensemble_members=settings.ensemble,
-            validation=metrics,
-            tuning=summary,
+            # Timings and a fresh study's random name stay in MLflow: the card, which evaluate
+            # depends on, must not change when the model does not.
+            validation={k: v for k, v in metrics.items() if k not in TIMING_FIGURES},
+            tuning=card_tuning(summary, settings.tuning),
             registry=RegistryRecord(
-                run_id=run.run_id,
+                run_id=registered_run,
                 registered_model=settings.registered_model_name,
                 version=logged.version,
                 model_id=logged.model_id,

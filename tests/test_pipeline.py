@@ -388,3 +388,29 @@ def test_a_mistyped_section_fails_the_experiment_naming_the_key(pipeline_copy):
     output = result.stdout + result.stderr
     assert "unknown key 'evalute'; did you mean 'evaluate'?" in output
     assert "Running stage 'train'" not in output
+
+
+def test_a_retrain_that_gives_the_same_model_changes_nothing_downstream(pipeline_copy):
+    """Identical CPU runs write a byte-identical model file and card, so a forced retrain
+    registers no new version and leaves evaluate up to date."""
+    repo, env = pipeline_copy["repo"], pipeline_copy["env"]
+    model = repo / "models" / "model.keras"
+    card = repo / "models" / "model.json"
+    before = (file_sha256(model), json.loads(card.read_text()))
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    versions = len(client.search_model_versions("name = 'pneumonia-cnn'"))
+    rerun = run(["dvc", "repro", "--force", "--single-item", "train"], repo, env)
+    assert "registered nothing" in rerun.stdout
+    def leaves(value, prefix=""):
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                yield from leaves(inner, f"{prefix}{key}.")
+        else:
+            yield prefix, json.dumps(value)
+
+    after = (file_sha256(model), json.loads(card.read_text()))
+    changed = sorted(set(leaves(after[1])) ^ set(leaves(before[1])), key=str)
+    assert after[0] == before[0] and not changed, changed
+    assert len(client.search_model_versions("name = 'pneumonia-cnn'")) == versions
+    status = run(["dvc", "status", "evaluate"], repo, env)
+    assert "changed" not in status.stdout, status.stdout

@@ -12,6 +12,8 @@ import mlflow
 import numpy as np
 from mlflow.models import Model, infer_signature
 
+from pneumonia.contracts import registry_tags
+
 MODEL_ARTIFACT = "model"
 
 
@@ -63,6 +65,21 @@ def log_and_register(
             step=step,
         )
     return LoggedModel(info.model_id, info.model_uri, str(info.registered_model_version))
+
+
+def registered_version_of_file(name: str, sha256: str) -> tuple[LoggedModel, str] | None:
+    """The first version of `name` registered for a model file with this sha256, with the run
+    that logged it; None when these bytes were never registered."""
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(
+        f"name = '{name}' and tags.{registry_tags.MODEL_SHA256} = '{sha256}'"
+    )
+    if not versions:
+        return None
+    first = min(versions, key=lambda version: int(version.version))
+    model_id = first.tags.get(registry_tags.MODEL_ID) or first.model_id or ""
+    model_uri = f"models:/{model_id}" if model_id else first.source
+    return LoggedModel(model_id, model_uri, str(first.version)), first.run_id or ""
 
 
 def tag_version(name: str, version: str, alias: str | None, tags: dict[str, Any]) -> None:

@@ -6,6 +6,13 @@ serving feeds images exactly as preprocess writes them.
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
 import keras
 from keras import layers
 
@@ -75,3 +82,48 @@ def ensemble_members(model: keras.Model) -> list[keras.Model]:
     """The members of an average_ensemble, or [model] for a single network."""
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     return nested or [model]
+
+
+# The zip entries' time and metadata.json's date_saved, fixed: identical weights must give an
+# identical file, or DVC re-runs evaluate and the registry gains a version for a no-op retrain.
+_FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+_FIXED_DATE_SAVED = "1980-01-01@00:00:00"
+
+
+def _renumbered_shared_objects(config: Any, numbers: dict | None = None) -> Any:
+    """Keras marks objects shared between layers with their Python id(), which differs from one
+    process to the next; numbered in order of first appearance instead, the sharing is kept."""
+    numbers = {} if numbers is None else numbers
+    if isinstance(config, dict):
+        renumbered = {}
+        for key, value in config.items():
+            if key == "shared_object_id":
+                renumbered[key] = numbers.setdefault(value, len(numbers))
+            else:
+                renumbered[key] = _renumbered_shared_objects(value, numbers)
+        return renumbered
+    if isinstance(config, list):
+        return [_renumbered_shared_objects(item, numbers) for item in config]
+    return config
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """model.save, then the .keras archive rewritten without the time it was saved at."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        saved = Path(scratch) / path.name
+        model.save(saved)
+        written = Path(scratch) / f"normalised-{path.name}"
+        with zipfile.ZipFile(saved) as source, zipfile.ZipFile(written, "w") as target:
+            for info in source.infolist():
+                data = source.read(info.filename)
+                if info.filename == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata["date_saved"] = _FIXED_DATE_SAVED
+                    data = json.dumps(metadata).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(_renumbered_shared_objects(json.loads(data))).encode()
+                entry = zipfile.ZipInfo(info.filename, date_time=_FIXED_ZIP_TIME)
+                entry.compress_type, entry.external_attr = info.compress_type, info.external_attr
+                target.writestr(entry, data)
+        os.replace(written, path)

@@ -234,6 +234,10 @@ def fit_ensemble(
     return FinalFit(average_ensemble(members), histories, time.perf_counter() - started)
 
 
+# Figures of the final fit that vary from run to run on the same weights.
+TIMING_FIGURES = ("final_fit_seconds", "train_images_per_second")
+
+
 def final_fit_figures(final: FinalFit, train: SplitArrays, val: SplitArrays) -> dict[str, Any]:
     """train.json's figures of the final fit.
 

@@ -423,6 +423,14 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
     }
 
 
+def card_tuning(summary: dict[str, Any] | None, tuning: TuningConfig) -> dict[str, Any] | None:
+    """The study summary for the model card: a fresh study's random name is left out (it is the
+    train run's `optuna_study` tag), so the same trials give the same card."""
+    if summary is None or tuning.study_name:
+        return summary
+    return {key: value for key, value in summary.items() if key != "study_name"}
+
+
 def study_plots(study: optuna.Study, folder: Path) -> list[Path]:
     """Optuna's optimisation-history and param-importance figures, as PNGs."""
     import matplotlib

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 
@@ -122,6 +122,9 @@ class Listing:
     files: list[str] = field(default_factory=list)
     skips: list[tuple[str, str]] = field(default_factory=list)  # (reason, relative path)
     members: dict[str, zipfile.ZipInfo] = field(default_factory=dict)  # zip: path -> member
+    # folder: path -> the file it resolves to, checked to be inside the source. Links are made to
+    # it, not to the path: a hard link to a relative symbolic link would dangle elsewhere.
+    targets: dict[str, Path] = field(default_factory=dict)
 
     def skip(self, reason: str, path: str) -> None:
         self.skips.append((reason, path))
@@ -144,29 +147,30 @@ def _list_folder(location: Path, max_file_bytes: int) -> Listing:
     listing = Listing()
     root = location.resolve()
     entered: set[Path] = {root}  # resolved folders walked as the root or through a link
-    # (folder on disk, its relative path, resolved folders from the root down to it)
-    pending: list[tuple[Path, PurePosixPath, tuple[Path, ...]]] = [
-        (location, PurePosixPath(), (root,))
-    ]
+    # (relative path of a folder, resolved folders from the root down to it); a folder is read at
+    # its resolved path, so a link swapped during the walk cannot lead it elsewhere.
+    pending: list[tuple[PurePosixPath, tuple[Path, ...]]] = [(PurePosixPath(), (root,))]
     while pending:
-        directory, relative, chain = pending.pop()
+        relative, chain = pending.pop()
         try:
-            with os.scandir(directory) as scan:
+            with os.scandir(chain[-1]) as scan:
                 entries = sorted(scan, key=lambda entry: entry.name)
         except OSError:
             listing.skip(UNREADABLE_FOLDER, relative.as_posix())
             continue
         folders = []
         for entry in entries:
-            path, name = Path(entry.path), (relative / entry.name).as_posix()
+            name = (relative / entry.name).as_posix()
+            target = chain[-1] / entry.name  # already resolved, as every folder of the chain is
             if entry.is_symlink():
-                target = _resolve_link(path)
-                if isinstance(target, str):
-                    listing.skip(target, name)
+                resolved = _resolve_link(target)
+                if isinstance(resolved, str):
+                    listing.skip(resolved, name)
                     continue
-                if target != root and root not in target.parents:
+                if resolved != root and root not in resolved.parents:
                     listing.skip(LINK_OUTSIDE_SOURCE, name)
                     continue
+                target = resolved
                 if target.is_dir():
                     if target in chain:
                         listing.skip(LINK_LOOP, name)
@@ -174,13 +178,13 @@ def _list_folder(location: Path, max_file_bytes: int) -> Listing:
                         listing.skip(LINK_DUPLICATE, name)
                     else:
                         entered.add(target)
-                        folders.append((path, relative / entry.name, (*chain, target)))
+                        folders.append((relative / entry.name, (*chain, target)))
                     continue
             elif entry.is_dir(follow_symlinks=False):
-                folders.append((path, relative / entry.name, (*chain, chain[-1] / entry.name)))
+                folders.append((relative / entry.name, (*chain, target)))
                 continue
             try:
-                status = entry.stat(follow_symlinks=True)
+                status = target.stat()
             except OSError:
                 listing.skip(LINK_BROKEN, name)
                 continue
@@ -190,6 +194,7 @@ def _list_folder(location: Path, max_file_bytes: int) -> Listing:
                 listing.skip(TOO_LARGE, name)
             else:
                 listing.files.append(name)
+                listing.targets[name] = target
         pending.extend(reversed(folders))  # depth first, in name order
     return listing
 
@@ -238,33 +243,36 @@ def list_files(source: Source, max_file_bytes: int) -> Listing:
     return _list_folder(source.location, max_file_bytes)
 
 
-class _TooLarge(Exception):
-    pass
+def copy_limited(reader: BinaryIO, writer: BinaryIO, max_bytes: int) -> bool:
+    """Copy until the end, or stop once more than `max_bytes` came; never writes more than
+    `max_bytes` nor holds more than one chunk. True when everything was copied."""
+    written = 0
+    while chunk := reader.read(min(_COPY_CHUNK, max_bytes + 1 - written)):
+        written += len(chunk)
+        if written > max_bytes:
+            return False
+        writer.write(chunk)
+    return True
 
 
 def extract_member(
     archive: zipfile.ZipFile, member: zipfile.ZipInfo, destination: Path, max_file_bytes: int
 ) -> str | None:
-    """Copy one member to `destination`, writing at most `max_file_bytes`; returns None, or the
-    skip reason with nothing left behind. The declared size is checked first but not trusted: the
-    bytes are counted as they come, so a zip bomb stops at the limit, not at the disk's end."""
+    """Extract one member to `destination`; returns None, or the skip reason with nothing left
+    behind. The declared size is checked first but not trusted: the bytes are counted as they
+    come, so a zip bomb stops at the limit, not when the disk or memory runs out."""
     if member.file_size > max_file_bytes:
         return TOO_LARGE
-    written = 0
     try:
         with archive.open(member) as reader, open(destination, "wb") as writer:
-            while chunk := reader.read(min(_COPY_CHUNK, max_file_bytes + 1 - written)):
-                written += len(chunk)
-                if written > max_file_bytes:
-                    raise _TooLarge
-                writer.write(chunk)
-    except _TooLarge:
-        destination.unlink(missing_ok=True)
-        return TOO_LARGE
+            complete = copy_limited(reader, writer, max_file_bytes)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError):
-        # CRC mismatch, corrupt stream, unsupported compression, encrypted member
+        # a CRC mismatch, a corrupt stream, an unsupported compression, an encrypted member
         destination.unlink(missing_ok=True)
         return ZIP_CORRUPT_MEMBER
+    if not complete:
+        destination.unlink()
+        return TOO_LARGE
     return None
 
 
@@ -311,7 +319,8 @@ def materialize(
         discovery.images = kept
         return methods
     for image in discovery.images:
-        methods[_link(source.location / image.source, images_dir / image.relative_path)] += 1
+        target = listing.targets[image.source]
+        methods[_link(target, images_dir / image.relative_path)] += 1
     return methods
 
 

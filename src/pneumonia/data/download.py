@@ -104,6 +104,7 @@ LINK_DUPLICATE = "link_duplicate"  # a second link to a folder already walked th
 LINK_BROKEN = "link_broken"  # a link whose target does not exist
 NOT_REGULAR_FILE = "not_regular_file"  # a pipe, socket or device: reading one could block
 UNREADABLE_FOLDER = "unreadable_folder"
+UNREADABLE_FILE = "unreadable_file"
 TOO_LARGE = "too_large"  # over download.max_file_bytes, declared or while extracting
 ZIP_ABSOLUTE_NAME = "zip_absolute_name"
 ZIP_PARENT_NAME = "zip_parent_name"  # a `..` component: extracting it could write elsewhere
@@ -143,7 +144,8 @@ def _resolve_link(path: Path) -> Path | str:
 def _list_folder(location: Path, max_file_bytes: int) -> Listing:
     """Walk the folder without leaving it: a link is used only when its target resolves inside
     the source (a dataset copy may be made of links), and a folder is entered through links at
-    most once, so loops and chains of links end and the walk stays linear."""
+    most once, so loops and chains of links end and the work stays bounded by the folders the
+    source really holds."""
     listing = Listing()
     root = location.resolve()
     entered: set[Path] = {root}  # resolved folders walked as the root or through a link
@@ -185,8 +187,8 @@ def _list_folder(location: Path, max_file_bytes: int) -> Listing:
                 continue
             try:
                 status = target.stat()
-            except OSError:
-                listing.skip(LINK_BROKEN, name)
+            except OSError:  # gone since the folder was read
+                listing.skip(UNREADABLE_FILE, name)
                 continue
             if not stat.S_ISREG(status.st_mode):
                 listing.skip(NOT_REGULAR_FILE, name)

@@ -228,6 +228,8 @@ def test_links_inside_the_source_are_used(kaggle_folder, tmp_path):
     (tree / "train/NORMAL/IM-0903-0001.jpeg").symlink_to("../../../spare/IM-0903-0001.jpeg")
     shutil.rmtree(tree / "val/PNEUMONIA")
     (tree / "val/PNEUMONIA").symlink_to("../../spare_pneumonia", target_is_directory=True)
+    # A second link to the same folder is walked once only: repeats are counted, never multiplied.
+    (tree / "val/zz_again").symlink_to("../../spare_pneumonia", target_is_directory=True)
     through_link = tmp_path / "dataset_link"
     through_link.symlink_to(kaggle_folder, target_is_directory=True)
     config = make_config(tmp_path / "project", str(through_link))
@@ -235,7 +237,9 @@ def test_links_inside_the_source_are_used(kaggle_folder, tmp_path):
     paths = set(result.manifest["path"])
     assert {"train/NORMAL/IM-0903-0001.jpeg", "val/PNEUMONIA/person90_virus_1.jpeg"} <= paths
     assert os.path.samefile(config.paths.images / "train/NORMAL/IM-0903-0001.jpeg", spare)
-    assert not any(reason.startswith("link_") for reason in result.quality["skipped"])
+    skipped = {reason for reason in result.quality["skipped"] if reason.startswith("link_")}
+    assert skipped == {"link_duplicate"}
+    assert result.quality["skipped_examples"]["link_duplicate"] == ["chest_xray/val/zz_again"]
 
 
 def jpeg_bytes(tmp_path: Path, seed: int) -> bytes:

@@ -1,4 +1,5 @@
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -57,6 +58,35 @@ def test_bad_files_are_reported_with_their_reason(tmp_path, content, reason):
     assert reason in check.reason
     with pytest.raises(ImageDecodeError, match=r"bad\.jpeg"):
         load_grayscale(path)
+
+
+def test_bytes_after_the_image_end_are_counted_and_the_image_kept(tmp_path):
+    jpeg = write_image(tmp_path / "padded.jpeg", seed=4)
+    png = write_image(tmp_path / "padded.png", seed=4)
+    assert inspect_image(jpeg).trailing_bytes == 0 and inspect_image(png).trailing_bytes == 0
+    jpeg.write_bytes(jpeg.read_bytes() + bytes(5_000))
+    appended = b"PK\x03\x04 an appended archive"
+    png.write_bytes(png.read_bytes() + appended)
+    for path, extra in ((jpeg, 5_000), (png, len(appended))):
+        check = inspect_image(path)
+        assert check.ok, check.reason
+        assert check.trailing_bytes == extra
+
+
+def test_a_file_over_the_limit_is_not_read(tmp_path):
+    path = write_image(tmp_path / "large.jpeg", seed=5)
+    size = path.stat().st_size
+    assert inspect_image(path, max_bytes=size).ok
+    check = inspect_image(path, max_bytes=size - 1)
+    assert not check.ok and check.reason.startswith("too large")
+    assert check.sha256 == ""  # refused before reading, not after
+
+
+def test_a_named_pipe_is_refused_without_blocking(tmp_path):
+    pipe = tmp_path / "pipe.jpeg"
+    os.mkfifo(pipe)
+    check = inspect_image(pipe)
+    assert not check.ok and check.reason == "not a regular file"
 
 
 def test_unsupported_format_is_bad(tmp_path):

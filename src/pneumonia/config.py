@@ -135,6 +135,8 @@ class DownloadConfig(Section):
     kaggle_dataset: Annotated[str, Field(pattern=r"^[^/\s]+/[^/\s]+$")]
     kaggle_version: Annotated[int, Field(ge=1)]
     workers: Workers
+    # The originals are 0.1-3 MB; the cap keeps a zip bomb or a padded file off the disk.
+    max_file_bytes: Annotated[int, Field(ge=1, description="largest source file taken, bytes")]
 
     @field_validator("source")
     @classmethod

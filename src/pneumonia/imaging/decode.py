@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +36,7 @@ class ImageCheck:
     width: int
     height: int
     mode: str
+    trailing_bytes: int = 0  # bytes after the image's end (JPEG EOI, PNG IEND)
 
 
 def _failure_reason(error: Exception) -> str:
@@ -45,13 +48,50 @@ def _failure_reason(error: Exception) -> str:
     return f"decode error: {type(error).__name__}: {text}"
 
 
-def inspect_image(path: str | Path) -> ImageCheck:
-    """Hash and fully decode one file; never raises for a bad image, reports why instead."""
+def trailing_bytes(data: bytes, image_format: str) -> int:
+    """Bytes after the image's end: after the last JPEG EOI marker (FF D9), or after the PNG
+    IEND chunk. Decoders ignore them, so a padded or appended-to file still decodes."""
+    if image_format in ("JPEG", "MPO"):
+        end = data.rfind(b"\xff\xd9")
+        return len(data) - end - 2 if end >= 0 else 0
+    if image_format == "PNG":
+        position = 8  # the signature; then chunks of length, type, data and CRC
+        while position + 8 <= len(data):
+            length = int.from_bytes(data[position : position + 4], "big")
+            kind = data[position + 4 : position + 8]
+            position += 12 + length
+            if kind == b"IEND":
+                return max(0, len(data) - position)
+    return 0
+
+
+def _read_regular_file(path: str, max_bytes: int | None) -> bytes | str:
+    """The file's bytes, or why they were not read: not a regular file (a pipe would block), or
+    larger than `max_bytes` (checked on the open file before reading, and again on what came)."""
+    # O_NONBLOCK: opening a named pipe must not wait for a writer
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(descriptor, "rb") as file:
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            return "not a regular file"
+        if max_bytes is not None and status.st_size > max_bytes:
+            return f"too large: {status.st_size} bytes, over the limit of {max_bytes}"
+        data = file.read() if max_bytes is None else file.read(max_bytes + 1)
+    if max_bytes is not None and len(data) > max_bytes:  # it grew after the check
+        return f"too large: over the limit of {max_bytes} bytes"
+    return data
+
+
+def inspect_image(path: str | Path, max_bytes: int | None = None) -> ImageCheck:
+    """Hash and fully decode one file of at most `max_bytes` (None: any size); never raises for
+    a bad image, reports why instead, and counts the bytes after the image's end."""
     path = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = _read_regular_file(path, max_bytes)
     except OSError as error:
         return ImageCheck(path, False, f"unreadable: {error.strerror or error}", "", 0, 0, "")
+    if isinstance(data, str):
+        return ImageCheck(path, False, data, "", 0, 0, "")
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return ImageCheck(path, False, "empty file", digest, 0, 0, "")
@@ -62,7 +102,8 @@ def inspect_image(path: str | Path) -> ImageCheck:
                     path, False, f"unsupported format {image.format}", digest, 0, 0, image.mode
                 )
             image.load()
-            return ImageCheck(path, True, "", digest, image.width, image.height, image.mode)
+            extra = trailing_bytes(data, image.format)
+            return ImageCheck(path, True, "", digest, image.width, image.height, image.mode, extra)
     except Exception as error:  # Pillow raises many kinds (OSError, SyntaxError, ValueError...)
         return ImageCheck(path, False, _failure_reason(error), digest, 0, 0, "")
 

@@ -12,6 +12,7 @@ import time
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +239,12 @@ def run_download(config: Config) -> DownloadResult:
     images_dir = config.paths.images
     methods = materialize(discovery, source, images_dir)
     paths = [images_dir / image.relative_path for image in discovery.images]
-    checks = list(parallel_map(inspect_image, paths, config.download.workers))
+    inspect = partial(
+        inspect_image,
+        max_pixels=config.preprocess.max_pixels,
+        max_file_bytes=config.preprocess.max_file_bytes,
+    )
+    checks = list(parallel_map(inspect, paths, config.download.workers))
     manifest, bad = build_manifest(discovery, checks)
     for entry in bad:  # excluded from the layout too, so no later stage can pick them up
         (images_dir / entry["path"]).unlink()

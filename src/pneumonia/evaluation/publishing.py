@@ -32,8 +32,11 @@ def publish_evaluation(
     report: dict[str, Any],
     indexes: dict[str, pd.DataFrame],
     example_image: np.ndarray,
+    limits: dict[str, int] | None = None,
 ) -> OperatingPoint:
-    """Log, tag and register what evaluate measured; returns the operating point to write."""
+    """Log, tag and register what evaluate measured; returns the operating point to write.
+    `limits` are the served model's input limits (params.yaml's preprocess.max_pixels and
+    max_file_bytes)."""
     trained = card_registry(card)
     threshold = report["threshold"]["value"]
     val_at_threshold = report["val"]["at_threshold"]
@@ -83,6 +86,7 @@ def publish_evaluation(
         settings.serving_model_name,
         source=trained.model,
         example_image=encode_png(example_image),
+        limits=limits,
     )
     tag_version(
         settings.serving_model_name,

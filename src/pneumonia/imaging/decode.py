@@ -178,16 +178,28 @@ def _sixteen_to_eight_bit() -> np.ndarray:
     return ((values * 255 + 65535 // 2) // 65535).astype(np.uint8)
 
 
+def _sixteen_bit_to_l(image: Image.Image, rows: int = 256) -> Image.Image:
+    """The 8-bit image of a 16-bit one, a band of rows at a time: a whole-image NumPy view
+    would copy the decoded pixels (tobytes) and widen them to 64-bit indexes."""
+    table = _sixteen_to_eight_bit()
+    output = np.empty((image.height, image.width), dtype=np.uint8)
+    for start in range(0, image.height, rows):
+        band = image.crop((0, start, image.width, min(start + rows, image.height)))
+        output[start : start + band.height] = table[np.asarray(band)]
+    return Image.fromarray(output)
+
+
 def to_grayscale(image: Image.Image) -> Image.Image:
     """8-bit grayscale of any mode: 16-bit PNGs are scaled, not clipped; CMYK goes through RGB.
 
-    16-bit and 32-bit integer images become 8-bit through a lookup table: at most one uint16
-    copy and the uint8 output besides the decoded image, with the same values as scaling each
-    pixel by 255 / 65535 (or keeping it, for an "I" image whose values fit in 8 bits)."""
+    16-bit images become 8-bit through a lookup table, band by band: the uint8 output is the
+    only full-size array besides the decoded image, with the same values as scaling each pixel
+    by 255 / 65535. A 32-bit "I" image (not a PNG mode) is kept if its values fit in 8 bits,
+    else scaled the same way."""
     if image.mode == "L":
         return image
     if image.mode in SIXTEEN_BIT_MODES:
-        return Image.fromarray(_sixteen_to_eight_bit()[np.asarray(image)])
+        return _sixteen_bit_to_l(image)
     if image.mode == "I":
         peak = 255 if image.getextrema()[1] <= 255 else 65535
         values = np.clip(np.asarray(image), 0, peak)
@@ -262,8 +274,11 @@ def load_grayscale(
             if target is not None and image.format in ("JPEG", "MPO"):
                 image.draft("L", draft_size(image.width, image.height, target, resize))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            # In place: a transposed copy would be one more full-size image.
+            ImageOps.exif_transpose(image, in_place=True)
             gray = to_grayscale(image)
+            if gray is image:  # an 8-bit grey original: outlive the file's closing
+                gray = image.copy()
     except ImageDecodeError:
         raise
     except FileNotFoundError as error:

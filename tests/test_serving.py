@@ -326,7 +326,7 @@ def test_served_over_http_answers_like_the_local_model(tiny_model, registry, ser
         called = answer["probability"] >= answer["threshold"]
         assert answer["label"] == ("PNEUMONIA" if called else "NORMAL")
     assert answers[1]["probability"] is None and answers[1]["label"] is None
-    assert answers[1]["error"] == "row 1: not an image (Pillow cannot identify it)"
+    assert answers[1]["error"] == "row 1: not an image (neither JPEG nor PNG)"
 
     records = {"dataframe_records": [{INPUT_COLUMN: encoded(images[1])}]}
     status, body = post(f"{server}/invocations", records)

@@ -21,7 +21,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from pneumonia.config import PreprocessConfig, resolve_workers
+from pneumonia.config import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    PreprocessConfig,
+    resolve_workers,
+)
 from pneumonia.data.layout import discover
 from pneumonia.data.preprocess import preprocess_split
 
@@ -78,6 +83,8 @@ def main() -> None:
         clahe_tile_grid=8,
         workers=0,
         sample_grid=0,
+        max_pixels=DEFAULT_MAX_PIXELS,
+        max_file_bytes=DEFAULT_MAX_FILE_BYTES,
     )
     paths = [arguments.source / path for path in frame["path"]]
 

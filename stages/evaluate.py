@@ -25,6 +25,7 @@ from pneumonia.evaluation.report import (
     predictions_table,
     score_and_measure,
 )
+from pneumonia.imaging.transforms import input_limits
 from pneumonia.inference.loading import load_carded_model
 from pneumonia.tracking import stage_run
 
@@ -67,7 +68,16 @@ def main() -> None:
         write_json(paths.metrics, report)
 
         indexes = {name: index for name, (_, _, index) in splits.items()}
-        point = publish_evaluation(run, settings, paths, card, report, indexes, splits["val"][0][0])
+        point = publish_evaluation(
+            run,
+            settings,
+            paths,
+            card,
+            report,
+            indexes,
+            splits["val"][0][0],
+            limits=input_limits(config.preprocess),
+        )
         write_operating_point(paths.threshold, point)
         for path, folder in artifact_paths(paths):
             run.log_artifact(path, folder)

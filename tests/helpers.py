@@ -20,12 +20,14 @@ import pwd
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -227,6 +229,51 @@ def truncated_jpeg_bytes(seed: int = 0) -> bytes:
     Image.fromarray(chest_like_pixels(seed, 120, 100)).save(buffer, format="JPEG")
     data = buffer.getvalue()
     return data[: len(data) // 2]
+
+
+def run_cli(arguments: list[str], capsys: Any) -> tuple[int, str, str]:
+    """The real `pneumonia` command in-process; returns (exit status, stdout, stderr)."""
+    from pneumonia.cli import main
+
+    status = 0
+    try:
+        main(arguments)
+    except SystemExit as exit:
+        status = exit.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def image_bytes(pixels: np.ndarray, image_format: str) -> bytes:
+    """Grey pixels encoded in any format Pillow writes (MPO: two frames, as cameras write)."""
+    image = Image.fromarray(pixels)
+    buffer = io.BytesIO()
+    if image_format == "MPO":
+        image.save(buffer, format="MPO", save_all=True, append_images=[image])
+    else:
+        image.save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+# Formats Pillow decodes that the project refuses (the README promises JPEG or PNG).
+REFUSED_FORMATS = ("BMP", "GIF", "TIFF", "WEBP", "EPS", "PPM", "ICO", "PCX", "SGI")
+
+
+def blank_sixteen_bit_png(width: int, height: int) -> bytes:
+    """A valid all-zero 16-bit grey PNG of any size, written row by row: 13000x13000 is a
+    0.3 MB file (338 MB once decoded) made in about a second without holding the image."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        checksum = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", checksum)
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + 2 * width)  # filter byte 0, then big-endian zeros
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
 
 
 def build_kaggle_tree(root: Path, source_images: dict | None = None) -> Path:

@@ -12,17 +12,26 @@ from pneumonia.config import load_config
 from pneumonia.data.download import DownloadError, copy_limited, extract_member, run_download
 from pneumonia.data.layout import LayoutError
 
-from helpers import PATIENT_FILES, fixture_params, truncated_jpeg_bytes, write_image
+from helpers import (
+    PATIENT_FILES,
+    chest_like_pixels,
+    fixture_params,
+    image_bytes,
+    truncated_jpeg_bytes,
+    write_image,
+)
 
 EXPECTED_IMAGES = sum(len(names) for names in PATIENT_FILES.values())
 
 
-def make_config(workspace: Path, source: str, **download):
-    """A config for a throwaway workspace, from the tests' params with download overrides."""
+def make_config(workspace: Path, source: str, max_file_bytes: int | None = None):
+    """A config for a throwaway workspace, from the tests' params with the source (and the
+    file-size limit) overridden."""
     params = fixture_params()
     params["download"]["source"] = source
     params["download"]["workers"] = 2
-    params["download"].update(download)
+    if max_file_bytes is not None:
+        params["preprocess"]["max_file_bytes"] = max_file_bytes
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / "dvc.yaml").write_text("stages: {}\n")
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
@@ -91,6 +100,31 @@ def test_bad_files_are_excluded_listed_and_counted(kaggle_folder, tmp_path):
     assert len(result.manifest) == EXPECTED_IMAGES
     assert result.summary["bad_files"] == 3
     assert not (config.paths.images / "test/NORMAL/IM-0099-0001.jpeg").exists()
+
+
+def test_files_over_the_limits_or_in_other_formats_are_bad_files(kaggle_folder, tmp_path):
+    tree = kaggle_folder / "chest_xray"
+    bitmap = "train/NORMAL/IM-0199-0001.jpeg"
+    heavy = "train/PNEUMONIA/person99_virus_1.jpeg"
+    wide = "test/NORMAL/IM-0099-0001.jpeg"
+    (tree / bitmap).write_bytes(image_bytes(chest_like_pixels(1, 96, 80), "BMP"))
+    write_image(tree / heavy, seed=2, size=(600, 500))  # about 250 KB, 300,000 pixels
+    (tree / wide).write_bytes(image_bytes(chest_like_pixels(3, 400, 100), "JPEG"))
+    assert (tree / heavy).stat().st_size > 100_000 > (tree / wide).stat().st_size
+    params = fixture_params()
+    params["download"].update(source=str(kaggle_folder), workers=2)
+    params["preprocess"].update(max_pixels=20_000, max_file_bytes=100_000)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_download(load_config(tmp_path / "params.yaml"))
+    reasons = {entry["path"]: entry["reason"] for entry in result.quality["bad_files"]}
+    assert reasons.keys() == {bitmap, wide}
+    assert reasons[bitmap].startswith("unsupported format BMP")
+    assert reasons[wide].startswith("400x100 is 40,000 pixels, over preprocess.max_pixels")
+    # A file over the size limit is not even read: the walk skips it, counted.
+    assert result.quality["skipped"]["too_large"] == 1
+    assert result.quality["skipped_examples"]["too_large"] == [f"chest_xray/{heavy}"]
+    assert len(result.manifest) == EXPECTED_IMAGES
 
 
 def test_nothing_usable_is_fatal(tmp_path):

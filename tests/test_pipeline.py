@@ -401,6 +401,7 @@ def test_a_retrain_that_gives_the_same_model_changes_nothing_downstream(pipeline
     versions = len(client.search_model_versions("name = 'pneumonia-cnn'"))
     rerun = run(["dvc", "repro", "--force", "--single-item", "train"], repo, env)
     assert "registered nothing" in rerun.stdout
+
     def leaves(value, prefix=""):
         if isinstance(value, dict):
             for key, inner in value.items():

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumonia.cli import main
 from pneumonia.contracts.labels import label_for
 from pneumonia.contracts.operating_point import OperatingPointError
 from pneumonia.errors import PipelineError
@@ -20,7 +19,7 @@ from pneumonia.inference.classifier import PredictionError
 from pneumonia.inference.loading import load_classifier, load_model_file
 from pneumonia.inference.prediction import expand_inputs, predict_paths
 
-from helpers import TINY_SIDE, truncated_jpeg_bytes, write_image, write_params
+from helpers import TINY_SIDE, run_cli, truncated_jpeg_bytes, write_image, write_params
 
 
 def expected_scores(tiny_model, paths):
@@ -28,17 +27,6 @@ def expected_scores(tiny_model, paths):
     model = keras.saving.load_model(tiny_model["model_path"], compile=False)
     pixels = np.stack([preprocess_file(path, tiny_model["settings"]) for path in paths])
     return model.predict(pixels[..., None], verbose=0).reshape(-1)
-
-
-def run_cli(arguments, capsys):
-    """The real command in-process; returns (exit status, stdout, stderr)."""
-    status = 0
-    try:
-        main(arguments)
-    except SystemExit as exit:
-        status = exit.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def test_folders_are_searched_for_images_and_named_files_taken_as_given(tmp_path):

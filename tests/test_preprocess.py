@@ -28,6 +28,8 @@ CONFIG = PreprocessConfig(
     clahe_tile_grid=4,
     workers=1,
     sample_grid=4,
+    max_pixels=40_000_000,
+    max_file_bytes=50_000_000,
 )
 
 

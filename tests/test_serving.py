@@ -21,16 +21,25 @@ import pandas as pd
 import pytest
 
 from pneumonia.cli import main
+from pneumonia.config import DEFAULT_MAX_PIXELS
 from pneumonia.inference.classifier import Prediction, PredictionError
 from pneumonia.inference.loading import load_classifier, load_model_file
 from pneumonia.inference.prediction import predict_paths
 from pneumonia.inference.serving import INPUT_COLUMN, log_serving_model, serving_frame
 from pneumonia.registry import LoggedModel, tag_version
 
-from helpers import TINY_PREPROCESS, mlflow_store
+from helpers import (
+    TINY_PREPROCESS,
+    blank_sixteen_bit_png,
+    chest_like_pixels,
+    image_bytes,
+    mlflow_store,
+)
 
 KERAS_NAME, SERVING_NAME, ALIAS = "pneumonia-cnn", "pneumonia-classifier", "candidate"
 SERVED_URI = f"models:/{SERVING_NAME}@{ALIAS}"
+# The served model's byte limit (its settings.json); the pixel limit keeps its default.
+SERVED_MAX_FILE_BYTES = 1_000_000
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +76,7 @@ def logged_models(tiny_model, tmp_path_factory):
                 SERVING_NAME,
                 source={"registered_model": KERAS_NAME, "version": keras_model.version},
                 example_image=tiny_model["images"][0].read_bytes(),
+                limits={"max_file_bytes": SERVED_MAX_FILE_BYTES},
             )
         tag_version(SERVING_NAME, served.version, ALIAS, tags)
         return {
@@ -106,6 +116,34 @@ def test_served_model_answers_image_bytes_and_flags_undecodable_rows(tiny_model,
     assert answer["error"][:3].isna().all()
     assert answer["probability"][3] is None and answer["label"][3] is None
     assert answer["error"][3].startswith("row 3: ")
+
+
+def test_served_model_answers_refused_images_with_error_rows(tiny_model, registry):
+    """Formats other than JPEG and PNG, bytes over the limit logged in settings.json, pixels
+    over the limit (from the header) and images that cannot be a chest X-ray: one error row
+    each, and the good image of the same request is still scored."""
+    served = mlflow.pyfunc.load_model(SERVED_URI)
+    preprocess = served.unwrap_python_model().classifier.preprocess
+    assert preprocess.max_file_bytes == SERVED_MAX_FILE_BYTES
+    assert preprocess.max_pixels == DEFAULT_MAX_PIXELS
+    pixels = chest_like_pixels(0, 64, 64)
+    refused = {
+        **{name: image_bytes(pixels, name) for name in ("BMP", "GIF", "TIFF", "EPS")},
+        "not a chest X-ray: 1x1": image_bytes(np.full((1, 1), 128, np.uint8), "PNG"),
+        "not a chest X-ray: nearly constant": image_bytes(np.zeros((480, 640), np.uint8), "PNG"),
+        "1,000,001 bytes is over preprocess.max_file_bytes (1,000,000)": bytes(1_000_001),
+        "13000x13000 is 169,000,000 pixels": blank_sixteen_bit_png(13000, 13000),
+    }
+    good = tiny_model["images"][0].read_bytes()
+    answer = served.predict(frame_of(good, *refused.values()))
+    assert answer["error"][0] is None
+    assert answer["probability"][0] == pytest.approx(registry["local"][0].probability, rel=1e-5)
+    for row, reason in enumerate(refused, start=1):
+        error = answer["error"][row]
+        if reason in ("BMP", "GIF", "TIFF", "EPS"):
+            reason = f"unsupported format {reason}; only JPEG and PNG are accepted"
+        assert error.startswith(f"row {row}: {reason}"), error
+        assert answer["probability"][row] is None and answer["label"][row] is None
 
 
 def test_predict_loads_the_served_and_the_keras_model_from_the_registry(tiny_model, registry):
@@ -288,7 +326,7 @@ def test_served_over_http_answers_like_the_local_model(tiny_model, registry, ser
         called = answer["probability"] >= answer["threshold"]
         assert answer["label"] == ("PNEUMONIA" if called else "NORMAL")
     assert answers[1]["probability"] is None and answers[1]["label"] is None
-    assert answers[1]["error"] == "row 1: not an image (Pillow cannot identify it)"
+    assert answers[1]["error"] == "row 1: not an image (neither JPEG nor PNG)"
 
     records = {"dataframe_records": [{INPUT_COLUMN: encoded(images[1])}]}
     status, body = post(f"{server}/invocations", records)

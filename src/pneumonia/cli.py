@@ -57,7 +57,10 @@ def _quiet_libraries() -> None:
 
 def _predict(arguments: argparse.Namespace) -> None:
     _quiet_libraries()
-    from pneumonia.config import find_project_root, project_paths
+    from dataclasses import replace
+
+    from pneumonia.config import find_project_root, load_config, project_paths
+    from pneumonia.imaging.transforms import with_limits
     from pneumonia.inference.classifier import PredictionError
     from pneumonia.inference.loading import is_mlflow_uri, load_classifier
     from pneumonia.inference.prediction import OUTPUT_COLUMNS, check_output_folder, predict_paths
@@ -77,7 +80,12 @@ def _predict(arguments: argparse.Namespace) -> None:
         use_project_store(find_project_root(Path.cwd()))
     if arguments.gradcam is not None:
         check_output_folder(arguments.inputs, arguments.gradcam)  # before the model loads
+    # The project's input limits (checked before the model loads); outside a project, the
+    # defaults the model's preprocess settings come with.
+    limits = load_config(arguments.params).preprocess if arguments.params.is_file() else None
     classifier = load_classifier(model, arguments.threshold)
+    if limits is not None:
+        classifier = replace(classifier, preprocess=with_limits(classifier.preprocess, limits))
     columns = [*OUTPUT_COLUMNS, *(["gradcam"] if arguments.gradcam else [])]
     writer = None
     if arguments.format == "csv":
@@ -264,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--params",
         type=Path,
         default=Path("params.yaml"),
-        help="the project's params.yaml, for the default model (default: ./params.yaml)",
+        help="the project's params.yaml, for the default model and the input limits "
+        "(preprocess.max_pixels, preprocess.max_file_bytes; the defaults without it) "
+        "(default: ./params.yaml)",
     )
     predict.add_argument("--batch-size", type=_positive_int, default=32)
     predict.set_defaults(handler=_predict)

@@ -136,7 +136,6 @@ class DownloadConfig(Section):
     kaggle_version: Annotated[int, Field(ge=1)]
     workers: Workers
     # The originals are 0.1-3 MB; the cap keeps a zip bomb or a padded file off the disk.
-    max_file_bytes: Annotated[int, Field(ge=1, description="largest source file taken, bytes")]
 
     @field_validator("source")
     @classmethod
@@ -161,6 +160,15 @@ class SplitConfig(Section):
     seed: Seed
 
 
+# The input limits' defaults, for what has no params.yaml: a served model logged before the
+# limits existed, and `pneumonia predict` run outside a project. The dataset's originals are
+# 0.1-3 MB and at most a few megapixels.
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_FILE_BYTES = 50_000_000
+# Below this an image cannot hold an X-ray the model can read (it is itself 16-2048 px).
+MIN_MAX_PIXELS = 32 * 32
+
+
 class PreprocessConfig(Section):
     image_size: Annotated[int, Field(ge=16, le=2048)]
     resize: Literal["letterbox", "stretch", "crop"]
@@ -169,6 +177,12 @@ class PreprocessConfig(Section):
     clahe_tile_grid: Annotated[int, Field(ge=1)]
     workers: Workers
     sample_grid: Annotated[int, Field(ge=0)]
+    # Input limits, checked before decoding wherever an image is read (download, preprocess,
+    # predict, the served model); they change no pixel of an image they let through.
+    max_pixels: Annotated[
+        int, Field(ge=MIN_MAX_PIXELS, description="width x height, read from the header")
+    ]
+    max_file_bytes: Annotated[int, Field(ge=1, description="bytes of one encoded image")]
 
     @model_validator(mode="after")
     def _tiles_fit(self) -> PreprocessConfig:

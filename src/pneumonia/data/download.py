@@ -105,7 +105,7 @@ LINK_BROKEN = "link_broken"  # a link whose target does not exist
 NOT_REGULAR_FILE = "not_regular_file"  # a pipe, socket or device: reading one could block
 UNREADABLE_FOLDER = "unreadable_folder"
 UNREADABLE_FILE = "unreadable_file"
-TOO_LARGE = "too_large"  # over download.max_file_bytes, declared or while extracting
+TOO_LARGE = "too_large"  # over preprocess.max_file_bytes, declared or while extracting
 ZIP_ABSOLUTE_NAME = "zip_absolute_name"
 ZIP_PARENT_NAME = "zip_parent_name"  # a `..` component: extracting it could write elsewhere
 ZIP_BACKSLASH_NAME = "zip_backslash_name"  # Windows separators: read differently by other tools
@@ -436,7 +436,7 @@ def run_download(config: Config) -> DownloadResult:
     """Resolve the source, lay out and check every image, and build the manifest."""
     started = time.perf_counter()
     source = resolve_source(config)
-    max_file_bytes = config.download.max_file_bytes
+    max_file_bytes = config.preprocess.max_file_bytes
     listing = list_files(source, max_file_bytes)
     discovery = discover(listing.files)
     for reason, path in listing.skips:
@@ -445,7 +445,11 @@ def run_download(config: Config) -> DownloadResult:
     images_dir = config.paths.images
     methods = materialize(discovery, source, listing, images_dir, max_file_bytes)
     paths = [images_dir / image.relative_path for image in discovery.images]
-    inspect = partial(inspect_image, max_bytes=max_file_bytes)
+    inspect = partial(
+        inspect_image,
+        max_pixels=config.preprocess.max_pixels,
+        max_file_bytes=max_file_bytes,
+    )
     checks = list(parallel_map(inspect, paths, config.download.workers))
     manifest, bad = build_manifest(discovery, checks)
     for entry in bad:  # excluded from the layout too, so no later stage can pick them up

@@ -33,8 +33,11 @@ def publish_evaluation(
     report: dict[str, Any],
     indexes: dict[str, pd.DataFrame],
     example_image: np.ndarray,
+    limits: dict[str, int] | None = None,
 ) -> OperatingPoint:
-    """Log, tag and register what evaluate measured; returns the operating point to write."""
+    """Log, tag and register what evaluate measured; returns the operating point to write.
+    `limits` are the served model's input limits (params.yaml's preprocess.max_pixels and
+    max_file_bytes)."""
     trained = card_registry(card)
     threshold = report["threshold"]["value"]
     val_at_threshold = report["val"]["at_threshold"]
@@ -84,6 +87,7 @@ def publish_evaluation(
         settings.serving_model_name,
         source=point.model,
         example_image=encode_png(example_image),
+        limits=limits,
     )
     tag_version(
         settings.serving_model_name,

@@ -14,12 +14,19 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pneumonia.config import ConfigError, PreprocessConfig
+from pneumonia.config import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ConfigError,
+    PreprocessConfig,
+)
 from pneumonia.errors import PipelineError
-from pneumonia.imaging.decode import load_grayscale
+from pneumonia.imaging.decode import ImageDecodeError, file_size_problem, load_grayscale
 
 # The settings a trained model needs to preprocess new images the same way.
 MODEL_INPUT_KEYS = ("image_size", "resize", "clahe", "clahe_clip_limit", "clahe_tile_grid")
+# The input limits: they refuse images but change no pixel of those they let through.
+INPUT_LIMIT_KEYS = ("max_pixels", "max_file_bytes")
 
 
 class PreprocessSettingsError(PipelineError, ValueError):
@@ -69,19 +76,39 @@ def preprocess_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray
     return frame
 
 
-def preprocess_file(path: str | Path, config: PreprocessConfig) -> np.ndarray:
-    """Decode (at reduced JPEG scale where it still covers the output) and preprocess one file."""
-    image = load_grayscale(path, target=config.image_size, resize=config.resize)
+def preprocess_file(
+    path: str | Path, config: PreprocessConfig, check_xray: bool = False
+) -> np.ndarray:
+    """Decode (at reduced JPEG scale where it still covers the output) and preprocess one file,
+    within the config's input limits. `check_xray` (inference) also refuses an image too small
+    or too flat to be a chest X-ray."""
+    image = load_grayscale(
+        path,
+        target=config.image_size,
+        resize=config.resize,
+        max_pixels=config.max_pixels,
+        max_file_bytes=config.max_file_bytes,
+        check_xray=check_xray,
+    )
     return preprocess_image(image, config)
 
 
 def preprocess_bytes(
-    data: bytes, config: PreprocessConfig, name: str = "image bytes"
+    data: bytes, config: PreprocessConfig, name: str = "image bytes", check_xray: bool = False
 ) -> np.ndarray:
     """preprocess_file for an encoded image held in memory (what the served model receives):
-    the same decode, draft scale and resize, so a file and its bytes give identical pixels."""
+    the same decode, draft scale, limits and resize, so a file and its bytes give identical
+    pixels."""
+    problem = file_size_problem(len(data), config.max_file_bytes)
+    if problem is not None:
+        raise ImageDecodeError(f"{name}: {problem}")
     image = load_grayscale(
-        io.BytesIO(data), target=config.image_size, resize=config.resize, name=name
+        io.BytesIO(data),
+        target=config.image_size,
+        resize=config.resize,
+        name=name,
+        max_pixels=config.max_pixels,
+        check_xray=check_xray,
     )
     return preprocess_image(image, config)
 
@@ -92,9 +119,16 @@ def model_input_settings(config: PreprocessConfig) -> dict[str, Any]:
     return {key: settings[key] for key in MODEL_INPUT_KEYS}
 
 
-def config_from_settings(settings: Any, source: str | Path) -> PreprocessConfig:
+def input_limits(config: PreprocessConfig) -> dict[str, int]:
+    """The input limits of a config, as the served model's settings record them."""
+    return {key: getattr(config, key) for key in INPUT_LIMIT_KEYS}
+
+
+def config_from_settings(settings: Any, source: str | Path, limits: Any = None) -> PreprocessConfig:
     """The inverse of model_input_settings: a model's recorded preprocess settings (model card,
-    served model) back to a PreprocessConfig, validated like params.yaml's section."""
+    served model) back to a PreprocessConfig, validated like params.yaml's section. `limits`
+    (max_pixels, max_file_bytes: a served model's) default to DEFAULT_MAX_PIXELS and
+    DEFAULT_MAX_FILE_BYTES, for a model card or a served model logged before them."""
     if not isinstance(settings, dict):
         raise PreprocessSettingsError(
             f"{source}: preprocess settings must be a mapping, got {settings!r}"
@@ -102,9 +136,23 @@ def config_from_settings(settings: Any, source: str | Path) -> PreprocessConfig:
     missing = [key for key in MODEL_INPUT_KEYS if key not in settings]
     if missing:
         raise PreprocessSettingsError(f"{source}: preprocess settings lack {', '.join(missing)}")
+    if limits is not None and not isinstance(limits, dict):
+        raise PreprocessSettingsError(f"{source}: limits must be a mapping, got {limits!r}")
     # workers and sample_grid only matter to the stage; one image at a time needs neither.
-    section = {**settings, "workers": 1, "sample_grid": 0}
+    section = {
+        **settings,
+        "workers": 1,
+        "sample_grid": 0,
+        "max_pixels": DEFAULT_MAX_PIXELS,
+        "max_file_bytes": DEFAULT_MAX_FILE_BYTES,
+        **(limits or {}),
+    }
     try:
         return PreprocessConfig.from_section(section, "preprocess")
     except ConfigError as error:
         raise PreprocessSettingsError(f"{source}: bad preprocess settings: {error}") from error
+
+
+def with_limits(config: PreprocessConfig, limits: PreprocessConfig) -> PreprocessConfig:
+    """`config` (a model's preprocessing) with the input limits of `limits` (params.yaml's)."""
+    return config.model_copy(update=input_limits(limits))

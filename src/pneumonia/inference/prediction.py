@@ -134,16 +134,19 @@ def classify(
     """Score one batch of images given as files or encoded bytes, named for the output.
 
     Each image is decoded and preprocessed by the training code (`preprocess_file` /
-    `preprocess_bytes`); one that cannot be decoded gets an error and the others are still
-    scored, in one model call.
+    `preprocess_bytes`); one that cannot be decoded, is over the input limits or cannot be a
+    chest X-ray gets an error and the others are still scored, in one model call.
     """
     pixels, decoded, errors = [], [], {}
     for position, (name, source) in enumerate(sources):
         try:
+            # Inference refuses what cannot be a chest X-ray rather than answer it confidently.
             if isinstance(source, Path):
-                array = preprocess_file(source, classifier.preprocess)
+                array = preprocess_file(source, classifier.preprocess, check_xray=True)
             else:
-                array = preprocess_bytes(bytes(source), classifier.preprocess, name=name)
+                array = preprocess_bytes(
+                    bytes(source), classifier.preprocess, name=name, check_xray=True
+                )
         except ImageDecodeError as error:
             errors[position] = str(error)
             continue

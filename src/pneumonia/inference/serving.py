@@ -10,8 +10,11 @@ Contract (the model's signature):
 - output: one row per image with `probability` (double), `label` (`NORMAL` or `PNEUMONIA`),
   `threshold` (double) and `error` (string). An image that cannot be decoded does not fail the
   request: its row has `error` set (`row <i>: not an image ...`) and null probability and label,
-  so the other images of a batch are still answered. Text that is not valid base64 is rejected
-  by the scoring server itself (HTTP 400) before the model runs.
+  so the other images of a batch are still answered. So does an image over the input limits
+  (`limits` in settings.json: bytes, checked before decoding, and pixels, read from the header),
+  in a format other than JPEG or PNG, or one that cannot be a chest X-ray (`row <i>: not a chest
+  X-ray: ...`: under 32 pixels on its short side, or nearly constant). Text that is not valid
+  base64 is rejected by the scoring server itself (HTTP 400) before the model runs.
 
 The model folder is self-contained: the Keras model file, a JSON with the threshold and the
 preprocess settings, and this package's source (`code_paths`), which MLflow puts first on
@@ -39,7 +42,7 @@ from PIL import Image
 from pneumonia.contracts.files import file_sha256
 from pneumonia.contracts.labels import POSITIVE_CLASS
 from pneumonia.contracts.operating_point import MODEL_SHA256
-from pneumonia.imaging.transforms import config_from_settings
+from pneumonia.imaging.transforms import config_from_settings, input_limits
 from pneumonia.inference.classifier import Classifier, Prediction, PredictionError
 from pneumonia.inference.loading import load_keras_model
 from pneumonia.inference.prediction import classify
@@ -91,7 +94,8 @@ class PneumoniaServingModel(mlflow.pyfunc.PythonModel):
         self.classifier = Classifier(
             model,
             float(settings["threshold"]),
-            config_from_settings(settings["preprocess"], settings_path),
+            # Logged before the limits existed: the defaults (DEFAULT_MAX_PIXELS, ...).
+            config_from_settings(settings["preprocess"], settings_path, settings.get("limits")),
             source=f"served model ({settings_path.parent})",
         )
         # Trace the prediction function now, not inside the first request (and not in two
@@ -188,20 +192,25 @@ def log_serving_model(
     registered_name: str,
     source: dict[str, Any],
     example_image: bytes | None = None,
+    limits: dict[str, int] | None = None,
 ) -> LoggedModel:
     """Log the served pyfunc to the active run and register it as a new version of
     `registered_name`. `source` (the Keras model's registry name, version and id) is recorded in
-    the settings JSON. `example_image` becomes the input example (shown as a ready request in
-    the MLflow UI); MLflow checks it by running the model once."""
+    the settings JSON, and so are the input `limits` (max_pixels, max_file_bytes: params.yaml's
+    preprocess section; the defaults when None), so serving needs no params.yaml.
+    `example_image` becomes the input example (shown as a ready request in the MLflow UI); MLflow
+    checks it by running the model once."""
     if mlflow.active_run() is None:
         raise RuntimeError("log_serving_model needs an active MLflow run")
+    # Validated (and defaulted) before logging.
+    config = config_from_settings(dict(preprocess_settings), "preprocess settings", limits)
     settings = {
         "threshold": float(threshold),
         "preprocess": dict(preprocess_settings),
+        "limits": input_limits(config),
         "positive_class": POSITIVE_CLASS,
         "source": dict(source),
     }
-    config_from_settings(settings["preprocess"], "preprocess settings")  # fail before logging
     # The whole `pneumonia` package (this file is pneumonia/inference/serving.py).
     package = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as scratch:

@@ -166,7 +166,7 @@ def test_shift_check_command_reads_the_models_card(tmp_path, tiny_model):
     (tmp_path / "data" / "split").mkdir(parents=True)
     shutil.move(split_csv, tmp_path / "data" / "split" / "val.csv")
     params = fixture_params()
-    params["paths"]["images"] = str(images_dir)
+    params["paths"]["images"] = images_dir.relative_to(tmp_path).as_posix()  # inside, relative
     params["paths"]["split"] = "data/split"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     command = [sys.executable, "-m", "pneumonia.cli", "shift-check", "--params", "params.yaml"]

@@ -334,6 +334,20 @@ def test_served_over_http_answers_like_the_local_model(tiny_model, registry, ser
     assert strict_json(body)["predictions"][0]["probability"] == pytest.approx(
         local[1].probability, rel=1e-5
     )
+    # BMP and EPS bytes over HTTP: error rows, and Pillow's EPS plugin (Ghostscript) is never
+    # reached.
+    pixels = chest_like_pixels(7, 64, 64)
+    refused = {
+        "dataframe_split": {
+            "columns": [INPUT_COLUMN],
+            "data": [[encoded(image_bytes(pixels, kind))] for kind in ("BMP", "EPS")],
+        }
+    }
+    status, body = post(f"{server}/invocations", refused)
+    assert status == 200, body
+    errors = [answer["error"] for answer in strict_json(body)["predictions"]]
+    assert errors[0] == "row 0: unsupported format BMP; only JPEG and PNG are accepted", errors
+    assert errors[1].startswith("row 1: ") and "EPS" in errors[1], errors
     # Text that is not base64 never reaches the model: the scoring server answers 400.
     status, body = post(f"{server}/invocations", {"dataframe_records": [{INPUT_COLUMN: "abc"}]})
     assert status == 400 and "image" in body

@@ -326,7 +326,9 @@ def test_a_killed_worker_does_not_block_the_study(postgres, tracking_server, tmp
     assert killed_run.info.status == "FAILED"
     assert killed_run.data.tags["trial_state"] == "FAIL"
     doomed_worker = client.get_run(killed_run.data.tags["mlflow.parentRunId"])
-    assert doomed_worker.info.status == "FAILED"
+    # Ended by whichever finds it first: the survivor's stage run (its process is gone on this
+    # host: KILLED) or the stale trial's callback (FAILED).
+    assert doomed_worker.info.status in ("KILLED", "FAILED")
     for trial in study.trials:
         if trial.state == TrialState.COMPLETE:
             run = client.get_run(trial.user_attrs[MLFLOW_RUN_ATTRIBUTE])

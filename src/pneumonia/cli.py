@@ -59,30 +59,31 @@ def _predict(arguments: argparse.Namespace) -> None:
     _quiet_libraries()
     from dataclasses import replace
 
-    from pneumonia.config import find_project_root, load_config, project_paths
+    from pneumonia.config import find_project_root, project_sections
     from pneumonia.imaging.transforms import with_limits
     from pneumonia.inference.classifier import PredictionError
     from pneumonia.inference.loading import is_mlflow_uri, load_classifier
     from pneumonia.inference.prediction import OUTPUT_COLUMNS, check_output_folder, predict_paths
     from pneumonia.tracking import use_project_store
 
+    # The project's model (paths.models) and input limits (preprocess), read once; outside a
+    # project, the limits the model's preprocess settings come with.
+    paths, limits = (
+        project_sections(arguments.params) if arguments.params.is_file() else (None, None)
+    )
     model = arguments.model
     if model is None:
-        # The pipeline's own model: paths.models of the project's params.yaml.
-        if not arguments.params.is_file():
+        if paths is None:
             raise PredictionError(
                 f"no --model given and no {arguments.params} here to find the pipeline's model: "
                 "run from the project root (after dvc repro), or pass --model with a .keras file "
                 "or an MLflow model URI"
             )
-        model = project_paths(arguments.params).model
+        model = paths.model
     elif is_mlflow_uri(model):
         use_project_store(find_project_root(Path.cwd()))
     if arguments.gradcam is not None:
         check_output_folder(arguments.inputs, arguments.gradcam)  # before the model loads
-    # The project's input limits (checked before the model loads); outside a project, the
-    # defaults the model's preprocess settings come with.
-    limits = load_config(arguments.params).preprocess if arguments.params.is_file() else None
     classifier = load_classifier(model, arguments.threshold)
     if limits is not None:
         classifier = replace(classifier, preprocess=with_limits(classifier.preprocess, limits))

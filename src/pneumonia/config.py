@@ -716,6 +716,16 @@ def project_paths(params_path: Path | str = "params.yaml") -> Paths:
     return _resolved(section, params_path.parent)
 
 
+def project_sections(params_path: Path | str = "params.yaml") -> tuple[Paths, PreprocessConfig]:
+    """The `paths` and `preprocess` sections alone, read once: what predict needs to find the
+    pipeline's model and apply the project's input limits."""
+    params_path = Path(params_path).resolve()
+    params = read_params(params_path)
+    paths = PathsConfig.from_section(params.get("paths"), "paths")
+    preprocess = PreprocessConfig.from_section(params.get("preprocess"), "preprocess")
+    return _resolved(paths, params_path.parent), preprocess
+
+
 def _resolved(section: PathsConfig, workspace: Path) -> Paths:
     """The paths against the workspace; one that a symbolic link takes outside it is refused."""
     paths = {name: workspace / value for name, value in section.model_dump().items()}

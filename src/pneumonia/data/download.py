@@ -49,7 +49,10 @@ class DownloadError(PipelineError, RuntimeError):
 class Source:
     kind: str  # folder | zip | kaggle
     location: Path  # a folder, or a zip file
-    description: str
+    description: str  # for messages: where it really is on this machine
+    # For reports: the source as params.yaml gives it, so a committed report names no path of
+    # the machine that ran it.
+    name: str
 
 
 @dataclass
@@ -79,17 +82,22 @@ def resolve_source(config: Config) -> Source:
     settings: DownloadConfig = config.download
     if settings.is_kaggle:
         location = fetch_from_kaggle(settings.kaggle_handle)
-        return Source("kaggle", location, f"Kaggle dataset {settings.kaggle_handle} at {location}")
+        return Source(
+            "kaggle",
+            location,
+            f"Kaggle dataset {settings.kaggle_handle} at {location}",
+            f"kaggle:{settings.kaggle_handle}",
+        )
     location = config.source_path()
     if location.is_dir():
-        return Source("folder", location, str(location))
+        return Source("folder", location, str(location), settings.source)
     if location.is_file():
         if not zipfile.is_zipfile(location):
             raise DownloadError(
                 f"download.source={settings.source!r}: {location} is a file but not a zip archive; "
                 "give a folder or a .zip in the Kaggle layout"
             )
-        return Source("zip", location, str(location))
+        return Source("zip", location, str(location), settings.source)
     raise DownloadError(
         f"download.source={settings.source!r}: {location} does not exist. Give 'kaggle' or the "
         "path of a local folder or .zip in the Kaggle layout (relative paths are relative to the "
@@ -372,7 +380,7 @@ def quality_report(
     duplicated = manifest[manifest.duplicated("sha256", keep=False)]
     unparsed = manifest[manifest["patient_id"].str.contains(":file:", regex=False)]
     return {
-        "source": source.description,
+        "source": source.name,
         "source_kind": source.kind,
         "files_seen": files_seen,
         "dataset_trees": discovery.roots,

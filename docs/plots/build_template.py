@@ -79,7 +79,9 @@ def build(tarballs: Path) -> str:
 
 def npm_pack(folder: Path) -> None:
     specs = [f"{name}@{version}" for name, (version, _) in PACKAGES.items()]
-    subprocess.run(["npm", "pack", "--silent", *specs], cwd=folder, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["npm", "pack", "--silent", *specs], cwd=folder, check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def main() -> None:

@@ -264,7 +264,7 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     rendered = run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, env)
     assert "index.html" in rendered.stdout
     html = (tmp_path / "plots" / "index.html").read_text()
-    for title in ("Test ROC", "Test confusion matrix", "Training AUC"):
+    for title in ("Test ROC", "Test confusion matrix", "ROC AUC per epoch"):
         assert title in html, title
     # Vega draws the test curves; their PNG versions go to MLflow only (checked below).
     assert "roc.png" not in html

@@ -1,5 +1,6 @@
 """PNG figures of the evaluation (ROC, precision-recall, calibration, confusion matrix, Grad-CAM
-panels). DVC renders the same curves from the CSV tables; these are for MLflow and reports."""
+panels). `dvc plots show` draws the same curves from the CSV tables with Vega, so dvc.yaml lists
+only the Grad-CAM panels of these; the PNGs are for MLflow (logged as artifacts)."""
 
 from __future__ import annotations
 
@@ -62,22 +63,34 @@ def calibration_figure(table: pd.DataFrame, ece: float, path: Path) -> Path:
     return _save(figure, path)
 
 
-def confusion_figure(counts: dict[str, float], classes: tuple[str, str], path: Path) -> Path:
-    """2x2 matrix, rows = actual, columns = predicted, negative class first."""
-    matrix = np.array(
+def confusion_matrix(counts: dict[str, float]) -> np.ndarray:
+    """2x2 counts, rows = actual, columns = predicted, in CLASSES order (NORMAL first): the layout
+    of scikit-learn's ConfusionMatrixDisplay and of the DVC plot (.dvc/plots/confusion_counts)."""
+    return np.array(
         [
             [counts["true_negative"], counts["false_positive"]],
             [counts["false_negative"], counts["true_positive"]],
         ]
     )
-    figure, axes = plt.subplots(figsize=(4, 3.6))
-    axes.imshow(matrix, cmap="Blues")
+
+
+def draw_confusion(axes: plt.Axes, counts: dict[str, float], classes: tuple[str, str]) -> None:
+    """Actual class on the y axis (top row first), predicted on the x axis, counts in the cells."""
+    matrix = confusion_matrix(counts)
+    axes.imshow(matrix, cmap="Blues", vmin=0)
     for (row, column), value in np.ndenumerate(matrix):
         colour = "white" if value > matrix.max() / 2 else "black"
         axes.text(column, row, f"{value:.0f}", ha="center", va="center", color=colour)
     axes.set_xticks([0, 1], classes)
     axes.set_yticks([0, 1], classes)
-    axes.set(xlabel="predicted", ylabel="actual")
+    axes.set(
+        xlabel="predicted class", ylabel="actual class", title="test confusion matrix (images)"
+    )
+
+
+def confusion_figure(counts: dict[str, float], classes: tuple[str, str], path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=(4.4, 4))
+    draw_confusion(axes, counts, classes)
     return _save(figure, path)
 
 

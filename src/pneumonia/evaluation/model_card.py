@@ -95,8 +95,8 @@ def model_card_markdown(
         gap_line = "the val and test specificity could not both be measured"
     elif gap > GAP:
         gap_line = (
-            f"a large gap: specificity is {figure(val_specificity)} on val but "
-            f"{figure(test_specificity)} on test, at the same threshold"
+            f"specificity is {figure(val_specificity)} on val but {figure(test_specificity)} "
+            "on test, at the same threshold: a large gap"
         )
     else:
         gap_line = (
@@ -171,8 +171,8 @@ def model_card_markdown(
         "",
         SECTIONS[4],
         "",
-        f"- Val and test disagree: {gap_line}. Val is carved from the official "
-        "train, test is the dataset's own test split; a threshold chosen on val carries over "
+        f"- Val is not test: {gap_line}. Val is carved from the official train "
+        "images, test is the dataset's own test split; a threshold chosen on val carries over "
         "imperfectly.",
         "- It over-calls normals: on another population or acquisition (another hospital, "
         "scanner, exposure, adult patients) expect more normal chests called pneumonia than the "
@@ -189,8 +189,8 @@ def model_card_markdown(
         f"- Input: {preprocess.get('image_size', '?')} px grayscale, resize "
         f"`{preprocess.get('resize', '?')}`, CLAHE {preprocess.get('clahe', '?')}; raw uint8 "
         "pixels, normalisation inside the model.",
-        f"- A CNN trained from scratch, {train_card.get('ensemble_members', 1)} member(s) "
-        "averaged; hyperparameters: "
+        f"- A CNN ({train_card.get('ensemble_members', 1)} member(s), probabilities "
+        "averaged; architecture and provenance in models/model.json); hyperparameters: "
         + ", ".join(f"{key} {value}" for key, value in sorted(hyperparameters.items()))
         + ".",
         f"- Selection: {train_card.get('selection', 'see models/model.json')}.",

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -94,7 +95,7 @@ def test_a_failing_stage_leaves_its_error_on_its_run(config, capsys, tmp_path):
     assert error.split(": ", 1)[1] in printed
     assert stored.data.tags[NOTE_TAG].startswith(f"FAILED: {error}")
     traceback_file = client.download_artifacts(started[0], ERROR_TRACEBACK_ARTIFACT, str(tmp_path))
-    text = open(traceback_file).read()
+    text = Path(traceback_file).read_text()
     assert text.startswith("Traceback") and "run_download" in text and "DownloadError" in text
     # The experiment says what it holds.
     experiment = client.get_experiment(stored.info.experiment_id)

@@ -29,7 +29,7 @@ from pneumonia.config import (
 )
 from pneumonia.errors import PipelineError
 from pneumonia.model.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
-from pneumonia.tracking import StageRun
+from pneumonia.tracking import NOTE_TAG, StageRun
 
 # The trial's user attribute that names its MLflow run.
 MLFLOW_RUN_ATTRIBUTE = "mlflow_run_id"
@@ -346,10 +346,11 @@ def make_objective(
                 "optuna_trial": str(trial.number),
                 "optuna_study": trial.study.study_name,
             },
+            description=f"Optuna trial {trial.number} of study {trial.study.study_name}",
         )
         # Recorded first, so a worker that finds this trial stale can end its run.
         trial.set_user_attr(MLFLOW_RUN_ATTRIBUTE, run.info.run_id)
-        state, status = TrialState.FAIL, "FAILED"
+        state, status, outcome = TrialState.FAIL, "FAILED", "failed"
         try:
             mlflow.log_params(hyperparameters.flat())
             callbacks = [MlflowEpochLogger(run.info.run_id), KerasPruningCallback(trial, MONITOR)]
@@ -364,12 +365,18 @@ def make_objective(
             epoch, value = best_epoch(history)
             mlflow.log_metrics({"best_val_auc": value, "best_epoch": epoch})
             state, status = TrialState.COMPLETE, "FINISHED"
+            outcome = f"val AUC {value:.4f} at epoch {epoch}"
             return value
         except optuna.TrialPruned:
-            state, status = TrialState.PRUNED, "KILLED"
+            state, status, outcome = TrialState.PRUNED, "KILLED", "pruned"
             raise
         finally:
             mlflow.set_tag("trial_state", state.name)
+            mlflow.set_tag(
+                NOTE_TAG,
+                f"Optuna trial {trial.number} of study {trial.study.study_name}: {outcome}; "
+                f"{hyperparameters.flat()}",
+            )
             mlflow.end_run(status=status)
 
     return objective

@@ -259,16 +259,15 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
 def record_failure(error: BaseException) -> None:
     """On the active run: the error as the `error` tag and at the top of the description, the
     traceback as an artifact (MLflow marks the run FAILED as the `with` block exits)."""
+    run = mlflow.active_run()
+    if run is None:  # the stage ended its run itself; nothing to record on
+        return
     message = f"{type(error).__name__}: {error}".strip()
     mlflow.set_tag(ERROR_TAG, clip(message))
-    run = mlflow.active_run()
     previous = mlflow.MlflowClient().get_run(run.info.run_id).data.tags.get(NOTE_TAG, "")
     mlflow.set_tag(NOTE_TAG, clip(f"FAILED: {message}\n\n{previous}"))
-    try:
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        mlflow.log_text(text, ERROR_TRACEBACK_ARTIFACT)
-    except Exception as problem:  # the tag above already holds the message
-        print(f"could not log the traceback to MLflow: {problem}")
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    mlflow.log_text(text, ERROR_TRACEBACK_ARTIFACT)
 
 
 @contextmanager
@@ -297,5 +296,9 @@ def stage_run(
         try:
             yield StageRun(config, run)
         except BaseException as error:
-            record_failure(error)
+            try:
+                record_failure(error)
+            except Exception as problem:  # e.g. the tracking server is what failed: the
+                # stage's own error is the one to report
+                print(f"{stage}: could not record the error on run {run.info.run_id}: {problem}")
             raise

@@ -21,12 +21,25 @@ from pathlib import Path
 import yaml
 
 from pneumonia.config import project_paths
+from pneumonia.contracts.metrics_report import (
+    AT_0_5,
+    AT_THRESHOLD,
+    HEADLINE_METRICS,
+    HIGH,
+    LOW,
+    THRESHOLD,
+    headline_key,
+    read_detail,
+    read_headline,
+)
+from pneumonia.model.training import FINAL_VAL_ROC_AUC
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUDGET_SECONDS = 30 * 60
 # (metric, goal) from the model-quality issue, on the official test split at the val threshold.
 GOALS = {"roc_auc": 0.975, "accuracy": 0.93, "sensitivity": 0.96, "specificity": 0.88}
 # Kermany et al. 2018 (Cell), ImageNet transfer learning, same test split.
+BOUNDS = (None, LOW, HIGH)
 KERMANY = {"roc_auc": 0.968, "accuracy": 0.928, "sensitivity": 0.932, "specificity": 0.901}
 
 
@@ -77,13 +90,14 @@ def main() -> None:
         sys.exit(f"error: dvc repro failed after {seconds:.0f} s; see {workdir / 'repro.log'}")
 
     paths = project_paths(clone / "params.yaml")
-    report = json.loads(paths.metrics.read_text())
+    headline = read_headline(paths.metrics)
+    report = read_detail(paths.metrics_detail)
     train = json.loads(paths.stage_summary("train").read_text())
-    test = report["test"]["at_threshold"]
-    threshold = report["threshold"]
+    test = report["test"][AT_THRESHOLD]
+    threshold = report[THRESHOLD]
     print(
-        f"\nthreshold {threshold['value']:.4f} ({threshold['rule']}, chosen on val); "
-        f"val AUC {train['val_auc']:.4f} ({train['ensemble_members']} member(s)), val "
+        f"\nthreshold {headline[THRESHOLD]:.4f} ({threshold['rule']}, chosen on val); "
+        f"val ROC AUC {train[FINAL_VAL_ROC_AUC]:.4f} ({train['ensemble_members']} member(s)), val "
         f"balanced accuracy under acquisition shifts "
         f"{train['val_shift_balanced_accuracy_mean']:.4f}; "
         f"test: {report['test']['images']} images, "
@@ -92,18 +106,21 @@ def main() -> None:
     )
     print(f"{'metric':<12} {'test':>7}  {'95% CI':<17} {'goal':>6} {'met':>4} {'Kermany':>8}")
     for name in ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
-        value = test[name]
+        if name in HEADLINE_METRICS:  # metrics.json's figures
+            value, low, high = (headline[headline_key("test", name, bound)] for bound in BOUNDS)
+        else:
+            value, low, high = (test[name][key] for key in ("value", "ci_low", "ci_high"))
         goal = GOALS.get(name)
-        met = "" if goal is None else ("yes" if value["value"] >= goal else "no")
+        met = "" if goal is None else ("yes" if value >= goal else "no")
         print(
-            f"{name:<12} {value['value']:>7.4f}  [{value['ci_low']:.4f}, {value['ci_high']:.4f}]"
+            f"{name:<12} {value:>7.4f}  [{low:.4f}, {high:.4f}]"
             f" {goal if goal else '':>6} {met:>4} {KERMANY.get(name, ''):>8}"
         )
     for name in ("pr_auc", "brier", "ece"):
         value = test[name]
         print(f"{name:<12} {value['value']:>7.4f}  [{value['ci_low']:.4f}, {value['ci_high']:.4f}]")
     print(f"confusion at the threshold: {test['confusion']}")
-    half = report["test"]["at_0_5"]
+    half = report["test"][AT_0_5]
     print("at 0.5 instead: " + ", ".join(f"{name} {half[name]['value']:.4f}" for name in GOALS))
     print(
         f"wall time {seconds / 60:.1f} min for the whole dvc repro "

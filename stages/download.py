@@ -24,10 +24,12 @@ def main() -> None:
         run.log_artifact(paths.manifest)
         run.log_artifact(paths.data_quality)
         run.log_dataset(result.manifest, paths.manifest, "manifest", "download")
-    print(
-        f"download: {result.summary['images_usable']:.0f} usable images, "
-        f"{result.summary['bad_files']:.0f} bad file(s) excluded (see {paths.data_quality})"
-    )
+        line = (
+            f"download: {result.summary['images_usable']:.0f} usable images, "
+            f"{result.summary['bad_files']:.0f} bad file(s) excluded (see {paths.data_quality})"
+        )
+        run.describe(f"{line}; source {config.download.source}")
+    print(line)
 
 
 if __name__ == "__main__":

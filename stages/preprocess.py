@@ -24,7 +24,13 @@ def main() -> None:
         run.log_hashes("output", [paths.processed])
         run.log_artifact(paths.samples, "samples")
         run.log_artifact(paths.processed_meta)
-    print(f"preprocess: {summary['images_per_second']:.0f} images/s -> {paths.processed}")
+        line = (
+            f"preprocess: {summary['images_per_second']:.0f} images/s -> {paths.processed} "
+            f"(train {summary['images_train']}, val {summary['images_val']}, test "
+            f"{summary['images_test']} images)"
+        )
+        run.describe(line)
+    print(line)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,11 @@ def main() -> None:
         run.log_json(result.report, "split_report.json")
         run.log_hashes("output", [paths.split_csv(name) for name in result.splits])
         run.log_artifact(paths.split, "split")
-    print("split: " + ", ".join(f"{name} {len(frame)}" for name, frame in result.splits.items()))
+        line = "split: " + ", ".join(
+            f"{name} {len(frame)}" for name, frame in result.splits.items()
+        )
+        run.describe(f"{line} images; val from the official train images by patient, test kept")
+    print(line)
 
 
 if __name__ == "__main__":

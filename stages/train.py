@@ -21,6 +21,7 @@ from pneumonia.model.network import save_model
 from pneumonia.model.robustness import check_model
 from pneumonia.model.scoring import score
 from pneumonia.model.training import (
+    FINAL_VAL_ROC_AUC,
     TIMING_FIGURES,
     configure_runtime,
     final_fit_figures,
@@ -36,7 +37,12 @@ from pneumonia.model.tuning import (
     loggable_train_params,
     study_for_training,
 )
-from pneumonia.registry import log_and_register, registered_version_of_file, tag_version
+from pneumonia.registry import (
+    describe_model,
+    log_and_register,
+    registered_version_of_file,
+    tag_version,
+)
 from pneumonia.tracking import stage_run
 
 
@@ -53,8 +59,10 @@ def main() -> None:
         mlflow.set_tags(configure_runtime(settings.seed, settings.mixed_precision))
         run.log_hashes("input", [paths.processed_split("train"), paths.processed_split("val")])
         hyperparameters = settings.hyperparameters
-        study = study_for_training(settings, train, val, run.run_id, config.project_root)
-        summary = log_study(run, study, paths.trials_table)
+        study = study_for_training(
+            settings, train, val, run.run_id, config.project_root, study_prefix=run.name
+        )
+        tuning_summary = log_study(run, study, paths.trials_table)
         if study is not None:
             hyperparameters = hyperparameters_from(study.best_trial.params, hyperparameters)
         mlflow.log_params({f"chosen.{k}": v for k, v in hyperparameters.flat().items()})
@@ -106,7 +114,7 @@ def main() -> None:
             # Timings and a fresh study's random name stay in MLflow: the card, which evaluate
             # depends on, must not change when the model does not.
             validation={k: v for k, v in metrics.items() if k not in TIMING_FIGURES},
-            tuning=card_tuning(summary, settings.tuning),
+            tuning=card_tuning(tuning_summary, settings.tuning),
             registry=RegistryRecord(
                 run_id=registered_run,
                 registered_model=settings.registered_model_name,
@@ -119,9 +127,34 @@ def main() -> None:
         write_json(paths.stage_summary("train"), metrics)
         for path in paths.train_artifacts:
             run.log_artifact(path)
-    print(
-        f"train: val AUC {metrics['val_auc']:.4f} ({len(final.histories)} member(s)); registered "
-        f"{settings.registered_model_name} version {logged.version} ({logged.model_uri})"
+        summary = (
+            f"train: val ROC AUC {metrics[FINAL_VAL_ROC_AUC]:.4f} ({len(final.histories)} "
+            f"member(s), best epoch {metrics['best_epoch']}); registered "
+            f"{settings.registered_model_name} version {logged.version} ({logged.model_uri})"
+        )
+        run.describe(
+            f"{summary}\n\nStudy: "
+            + (f"{study.study_name}, {summary_counts(tuning_summary)}" if study else "none")
+            + f"\nHyperparameters: {hyperparameters.flat()}"
+        )
+        describe_model(
+            settings.registered_model_name,
+            "The CNN trained by the train stage (Keras; raw uint8 grayscale pixels in, the "
+            "probability of pneumonia out). The evaluate stage puts each version's model card "
+            "in its description. Research use only, not a medical device.",
+            version=logged.version if registered is None else None,
+            version_description=f"{summary}. Not yet evaluated (run the evaluate stage).",
+        )
+    print(summary)
+
+
+def summary_counts(summary: dict | None) -> str:
+    if not summary:
+        return "no trials"
+    return (
+        f"{summary['trials']} trial(s): {summary['complete']} complete, {summary['pruned']} "
+        f"pruned, {summary['failed']} failed; best trial {summary['best_trial']} "
+        f"(val AUC {summary['best_val_auc']:.4f})"
     )
 
 

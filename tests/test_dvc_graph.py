@@ -378,7 +378,12 @@ def test_dvc_outputs_are_the_paths_the_code_writes() -> None:
             paths.members_table,
             paths.stage_summary("train"),
         },
-        "evaluate": {paths.threshold, paths.evaluate_reports, paths.metrics},
+        "evaluate": {
+            paths.threshold,
+            paths.evaluate_reports,
+            paths.metrics,
+            paths.model_card_markdown,
+        },
     }
     for stage, paths_written in expected.items():
         declared = _entry_paths(dvc["stages"][stage].get("outs"), params) + _entry_paths(

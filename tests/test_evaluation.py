@@ -169,7 +169,10 @@ def test_report_measures_test_at_the_val_threshold_and_at_one_half(tmp_path):
             assert section[name]["ci_low"] <= section[name]["value"] <= section[name]["ci_high"]
         assert sum(section["confusion"].values()) in (80, 120)
     flat = flat_metrics(report["test"]["at_threshold"], "test")
-    assert {"test_roc_auc", "test_roc_auc_ci_low", "test_true_positive"} <= set(flat)
+    assert {"test/roc_auc", "test/roc_auc_low", "test/roc_auc_high", "test/true_positive"} <= set(
+        flat
+    )
+    assert all(name.startswith("test/") for name in flat)  # one chart group in the MLflow UI
     json.dumps(report)  # what reports/metrics.json gets must serialise
 
 

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from pneumonia.contracts.files import file_sha256
+from pneumonia.contracts.metrics_report import read_headline
 from pneumonia.inference.loading import load_classifier
 from pneumonia.inference.prediction import predict_paths
 from pneumonia.model.network import ensemble_members
@@ -122,9 +123,15 @@ def test_repro_writes_every_output(pipeline):
 
 def test_one_mlflow_run_per_stage_with_params_metrics_and_chained_hashes(pipeline):
     runs = runs_by_stage(pipeline["repo"])
-    assert runs["tags.mlflow.runName"].tolist() == list(STAGES)
+    assert runs["tags.stage"].tolist() == list(STAGES)
+    # `dvc repro` outside an experiment: runs are named after the stage and the commit.
+    commit = run(["git", "rev-parse", "--short=7", "HEAD"], pipeline["repo"], pipeline["env"])
+    assert runs["tags.mlflow.runName"].tolist() == [
+        f"{stage}@{commit.stdout.strip()}" for stage in STAGES
+    ]
     assert (runs["status"] == "FINISHED").all()
-    by_stage = {row["tags.mlflow.runName"]: row for _, row in runs.iterrows()}
+    assert all(runs["tags.mlflow.note.content"].str.len() > 0)
+    by_stage = {row["tags.stage"]: row for _, row in runs.iterrows()}
     download, split, preprocess, train, evaluate = (by_stage[name] for name in STAGES)
     assert download["params.download.source"] == "kaggle"
     assert download["metrics.images_usable"] == IMAGES
@@ -181,9 +188,10 @@ def test_temp_experiment_logs_to_the_project_store(pipeline_copy):
     command = ["dvc", "exp", "run", "--temp", "-n", "small-grid", "-S", "preprocess.sample_grid=4"]
     run(command, repo, env)
     runs = runs_by_stage(repo)
-    preprocess_runs = runs[runs["tags.mlflow.runName"] == "preprocess"]
+    preprocess_runs = runs[runs["tags.stage"] == "preprocess"]
     experiment = preprocess_runs[preprocess_runs["params.preprocess.sample_grid"] == "4"]
     assert len(experiment) == 1
+    assert experiment["tags.mlflow.runName"].iloc[0] == "preprocess@small-grid"
     assert experiment["tags.DVC_EXP_NAME"].iloc[0] == "small-grid"
     assert experiment["tags.DVC_EXP_BASELINE_REV"].iloc[0]
     # The temp workspace is gone; its params change shows up through DVC's own tools.
@@ -194,7 +202,7 @@ def test_temp_experiment_logs_to_the_project_store(pipeline_copy):
 def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
     repo = pipeline["repo"]
     runs = all_runs(repo)
-    parent = runs[(runs["tags.mlflow.runName"] == "train") & runs["tags.mlflow.parentRunId"].isna()]
+    parent = runs[(runs["tags.stage"] == "train") & runs["tags.mlflow.parentRunId"].isna()]
     assert len(parent) == 1
     parent_id = parent["run_id"].iloc[0]
     trials = runs[runs["tags.mlflow.parentRunId"] == parent_id]
@@ -208,6 +216,16 @@ def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
             assert steps == ([0, 1] if state == "COMPLETE" else steps[:1]), (metric, steps)
     assert parent["tags.device"].iloc[0] in {"CPU", "GPU"}
     assert parent["metrics.best_val_auc"].iloc[0] >= 0
+    # The saved model's exact val AUC has its own key, the same in train.json and the run;
+    # Keras' per-epoch val_auc keeps only its epochs, in order.
+    summary = json.loads((repo / "reports" / "train.json").read_text())
+    assert parent["metrics.val_roc_auc"].iloc[0] == pytest.approx(summary["val_roc_auc"])
+    assert "val_auc" not in summary
+    steps = [m.step for m in client.get_metric_history(parent_id, "val_auc")]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+    # The fresh study is named after the train run, its objective after the metric.
+    study_name = parent["tags.optuna_study"].iloc[0]
+    assert study_name.startswith(parent["tags.mlflow.runName"].iloc[0] + "-")
 
     card = json.loads((repo / "models" / "model.json").read_text())
     assert card["mlflow"]["version"] == "1"
@@ -244,9 +262,11 @@ def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
 
 def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipeline, tmp_path):
     repo, env = pipeline["repo"], pipeline["env"]
-    report = json.loads((repo / "reports" / "metrics.json").read_text())
+    report = json.loads((repo / "reports" / "evaluate" / "metrics_detail.json").read_text())
     assert report["threshold"]["chosen_on"] == "val"
     test = report["test"]["at_threshold"]
+    headline = read_headline(repo / "reports" / "metrics.json")
+    assert headline["test_roc_auc"] == test["roc_auc"]["value"]
     assert report["test"]["images"] == len(PATIENT_FILES[("test", "NORMAL")]) + len(
         PATIENT_FILES[("test", "PNEUMONIA")]
     )
@@ -254,7 +274,10 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
         assert test[name]["ci_low"] <= test[name]["value"] <= test[name]["ci_high"]
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)
     metrics = next(iter(shown.values()))["data"]["reports/metrics.json"]["data"]
-    assert metrics["test"]["at_threshold"]["roc_auc"] == test["roc_auc"]
+    assert metrics == headline
+    # The model card quotes the same figures.
+    card_text = (repo / "reports" / "model_card.md").read_text()
+    assert f"ROC AUC {headline['test_roc_auc']:.3f}" in card_text
     operating_point = json.loads((repo / "models" / "threshold.json").read_text())
     assert operating_point["threshold"] == report["threshold"]["value"]
     # It names the model file it was chosen for by content.
@@ -276,12 +299,13 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
         assert (f"{outcome}.png" in html) == (outcome in outcomes), outcome
 
     runs = runs_by_stage(repo)
-    train = runs[runs["tags.mlflow.runName"] == "train"].iloc[0]
-    evaluate = runs[runs["tags.mlflow.runName"] == "evaluate"].iloc[0]
+    train = runs[runs["tags.stage"] == "train"].iloc[0]
+    evaluate = runs[runs["tags.stage"] == "evaluate"].iloc[0]
     assert evaluate["tags.train_run_id"] == train["run_id"]
-    assert evaluate["metrics.test_roc_auc"] == pytest.approx(test["roc_auc"]["value"])
-    assert evaluate["metrics.test_roc_auc_ci_low"] == pytest.approx(test["roc_auc"]["ci_low"])
-    assert "metrics.test_at_0.5_accuracy" in evaluate
+    assert evaluate["metrics.test/roc_auc"] == pytest.approx(test["roc_auc"]["value"])
+    assert evaluate["metrics.test/roc_auc_low"] == pytest.approx(test["roc_auc"]["ci_low"])
+    assert "metrics.test_at_0.5/accuracy" in evaluate
+    assert evaluate["tags.mlflow.note.content"].count("## Known limitations") == 1
     client = mlflow.MlflowClient()
     logged = client.get_run(evaluate["run_id"])
     contexts = {
@@ -296,8 +320,8 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     card = json.loads((repo / "models" / "model.json").read_text())
     model = mlflow.get_logged_model(card["mlflow"]["model_id"])
     on_model = {m.key: m for m in model.metrics if m.run_id == evaluate["run_id"]}
-    assert on_model["test_roc_auc"].value == pytest.approx(test["roc_auc"]["value"])
-    assert on_model["test_roc_auc"].dataset_name == "test"
+    assert on_model["test/roc_auc"].value == pytest.approx(test["roc_auc"]["value"])
+    assert on_model["test/roc_auc"].dataset_name == "test"
     version = client.get_model_version_by_alias("pneumonia-cnn", "candidate")
     assert str(version.version) == card["mlflow"]["version"]
     assert float(version.tags["threshold"]) == pytest.approx(operating_point["threshold"])
@@ -312,6 +336,11 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
         served.tags
     )
     assert not [key for key in served.tags if "test" in key]
+    # Both versions are described by the model card; the registered models have a summary.
+    assert version.description == served.description == card_text
+    for name in ("pneumonia-cnn", "pneumonia-classifier"):
+        assert "Research use only" in client.get_registered_model(name).description
+    assert "Kermany" in client.get_experiment_by_name("pneumonia").tags["mlflow.note.content"]
 
 
 def test_predict_and_promote_in_the_project(pipeline_copy):
@@ -367,11 +396,9 @@ def test_changing_a_param_shows_in_params_and_metrics_diff(pipeline_copy):
     assert params_diff["params.yaml"]["evaluate.threshold"] == {"old": "youden", "new": 0.01}
     metrics_diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo, env).stdout)
     changed = metrics_diff["reports/metrics.json"]
-    assert changed["threshold.value"]["new"] == 0.01
-    assert changed["test.at_threshold.threshold"]["new"] == 0.01
+    assert changed["threshold"]["new"] == 0.01
     # At 0.01 every test image is called pneumonia (the tiny model's scores are not that low).
-    report = json.loads((repo / "reports" / "metrics.json").read_text())
-    assert report["test"]["at_threshold"]["sensitivity"]["value"] == 1.0
+    assert read_headline(repo / "reports" / "metrics.json")["test_sensitivity"] == 1.0
 
 
 def test_a_mistyped_section_fails_the_experiment_naming_the_key(pipeline_copy):

@@ -1,10 +1,20 @@
 import os
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
-from pneumonia.tracking import content_hash, flatten, stage_run, store_locations
+from pneumonia.tracking import (
+    ERROR_TAG,
+    ERROR_TRACEBACK_ARTIFACT,
+    NOTE_TAG,
+    content_hash,
+    flatten,
+    run_name,
+    stage_run,
+    store_locations,
+)
 
 from helpers import write_params
 
@@ -33,7 +43,8 @@ def test_stage_run_logs_to_the_project_store_with_provenance(config):
     assert (config.project_root / "mlruns" / "mlflow.db").is_file()
     client = mlflow.MlflowClient(tracking_uri)
     stored = client.get_run(run.run_id)
-    assert stored.info.run_name == "split"
+    assert stored.info.run_name == "split@tidy-otter"
+    assert stored.data.tags["mlflow.note.content"].startswith("The split stage")
     assert stored.info.artifact_uri.startswith(artifact_root)
     assert stored.data.params == {"split.seed": "7", "split.val_fraction": "0.2"}
     assert stored.data.metrics == {"images_train": 10.0}
@@ -49,7 +60,67 @@ def test_failed_stage_marks_the_run_failed(config):
     with pytest.raises(RuntimeError), stage_run("download", config, {}) as run:
         raise RuntimeError("boom")
     client = mlflow.MlflowClient(store_locations(config.project_root)[0])
-    assert client.get_run(run.run_id).info.status == "FAILED"
+    stored = client.get_run(run.run_id)
+    assert stored.info.status == "FAILED"
+    assert stored.data.tags[ERROR_TAG] == "RuntimeError: boom"
+
+
+def test_a_failing_stage_leaves_its_error_on_its_run(config, capsys, tmp_path):
+    """The download stage's own code, on a source that is not there: run_stage prints one line
+    and exits 2; the run is FAILED with the error as a tag, at the top of its description, and
+    the traceback as an artifact."""
+    from pneumonia.config import load_config
+    from pneumonia.data.download import run_download
+    from pneumonia.errors import run_stage
+
+    missing = load_config(write_params(config.project_root, {"download.source": "no/such/folder"}))
+
+    def main() -> None:
+        with stage_run("download", missing, {"download": missing.params["download"]}) as run:
+            started.append(run.run_id)
+            run_download(missing)
+
+    started: list[str] = []
+    with pytest.raises(SystemExit) as exited:
+        run_stage(main)
+    assert exited.value.code == 2
+    printed = capsys.readouterr().err.splitlines()[-1]  # after MLflow's store set-up lines
+    assert printed.startswith("error: download.source='no/such/folder'")
+    client = mlflow.MlflowClient(store_locations(config.project_root)[0])
+    stored = client.get_run(started[0])
+    assert stored.info.status == "FAILED"
+    assert stored.info.run_name == "download@tidy-otter"
+    error = stored.data.tags[ERROR_TAG]
+    assert error.startswith("DownloadError: download.source='no/such/folder'")
+    assert error.split(": ", 1)[1] in printed
+    assert stored.data.tags[NOTE_TAG].startswith(f"FAILED: {error}")
+    traceback_file = client.download_artifacts(started[0], ERROR_TRACEBACK_ARTIFACT, str(tmp_path))
+    text = Path(traceback_file).read_text()
+    assert text.startswith("Traceback") and "run_download" in text and "DownloadError" in text
+    # The experiment says what it holds.
+    experiment = client.get_experiment(stored.info.experiment_id)
+    assert "one run per DVC stage" in experiment.tags[NOTE_TAG]
+
+
+def test_run_names_carry_the_stage_and_the_experiment_or_commit(tmp_path):
+    import subprocess
+
+    assert run_name("train", tmp_path, {"DVC_EXP_NAME": "q7-depth5"}) == "train@q7-depth5"
+    assert run_name("evaluate", tmp_path, {}) == "evaluate@workspace"  # not a git repository
+    environment = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    for command in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", *command], cwd=tmp_path, env=environment, check=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD"], cwd=tmp_path, capture_output=True, text=True
+    ).stdout.strip()
+    assert run_name("train", tmp_path, {}) == f"train@{commit}"
+    assert run_name("train", tmp_path, {"DVC_EXP_NAME": "x"}) == "train@x"  # the experiment first
 
 
 def test_content_hash_of_folder_depends_on_names_and_bytes(tmp_path):

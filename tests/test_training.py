@@ -173,3 +173,56 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_fit(tmp_path)
 
     constant, _ = fit(hyperparameters, split, split, config, epochs=1, callbacks=[])
     assert float(constant.optimizer.learning_rate) == pytest.approx(initial)
+
+
+@pytest.mark.slow  # the real train stage in a subprocess: a one-trial study and a 3-epoch fit
+def test_train_stage_keeps_the_epoch_curves_apart_from_the_saved_models_val_auc(tmp_path):
+    """Keras' per-epoch `val_auc` holds one point per epoch, steps in order, equal to
+    history.csv; the saved model's exact val AUC is `val_roc_auc` in train.json, in the run
+    and on the console. The run and its fresh study carry the DVC experiment's name."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import mlflow
+    import optuna
+
+    from helpers import PROJECT_ROOT, write_tiny_project
+
+    changes = {"train.epochs": 3, "train.early_stopping_patience": 5, "train.tuning.n_trials": 1}
+    project = write_tiny_project(tmp_path / "project", changes).parent
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "stages" / "train.py")],
+        cwd=project,
+        env={**os.environ, "DVC_EXP_NAME": "q7-depth5"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((project / "reports" / "train.json").read_text())
+    assert "val_auc" not in summary
+    card = json.loads((project / "models" / "model.json").read_text())
+    client = mlflow.MlflowClient()
+    run = client.get_run(card["mlflow"]["run_id"])
+    assert run.info.run_name == "train@q7-depth5"
+    assert run.data.metrics["val_roc_auc"] == pytest.approx(summary["val_roc_auc"])
+    assert f"train: val ROC AUC {summary['val_roc_auc']:.4f}" in result.stdout
+    assert run.data.tags["mlflow.note.content"].startswith("train: val ROC AUC")
+
+    history = pd.read_csv(project / "reports" / "train" / "history.csv")
+    for key in ("val_auc", "auc", "loss", "val_loss"):
+        points = client.get_metric_history(run.info.run_id, key)
+        assert [point.step for point in points] == list(history["epoch"]), key
+        assert [point.value for point in points] == pytest.approx(list(history[key])), key
+
+    study_name = run.data.tags["optuna_study"]
+    assert re.fullmatch(r"train@q7-depth5-[0-9a-f]{8}", study_name)
+    storage = f"sqlite:///{project / 'studies' / 'optuna.db'}"
+    assert optuna.load_study(study_name=study_name, storage=storage).metric_names == ["val_auc"]
+    version = client.get_model_version(
+        card["mlflow"]["registered_model"], card["mlflow"]["version"]
+    )
+    assert "Not yet evaluated" in version.description
+    assert client.get_registered_model(card["mlflow"]["registered_model"]).description

@@ -129,7 +129,11 @@ def test_trials_of_a_killed_fresh_study_are_failed_and_live_ones_kept(tmp_path):
     left RUNNING; the next train stage does, once that trial's MLflow run is ended."""
     from optuna.trial import TrialState
 
-    from pneumonia.model.tuning import MLFLOW_RUN_ATTRIBUTE, fail_orphaned_trials
+    from pneumonia.model.tuning import (
+        FRESH_STUDY_ATTRIBUTE,
+        MLFLOW_RUN_ATTRIBUTE,
+        fail_orphaned_trials,
+    )
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     client = mlflow.MlflowClient()
@@ -141,6 +145,46 @@ def test_trials_of_a_killed_fresh_study_are_failed_and_live_ones_kept(tmp_path):
         old.ask().set_user_attr(MLFLOW_RUN_ATTRIBUTE, run_id)
     other = optuna.create_study(storage=storage, study_name="shared-study")
     other.ask().set_user_attr(MLFLOW_RUN_ATTRIBUTE, ended)  # a named study: its heartbeat's job
-    assert fail_orphaned_trials(storage, "pneumonia-cnn") == [("pneumonia-cnn-0badc0de", 0)]
+    # A fresh study of this version (named after its train run, marked fresh) is found by its
+    # mark; one named by an earlier version by its prefix.
+    fresh = optuna.create_study(storage=storage, study_name="train@q7-depth5-1234abcd")
+    fresh.set_user_attr(FRESH_STUDY_ATTRIBUTE, True)
+    fresh.ask().set_user_attr(MLFLOW_RUN_ATTRIBUTE, ended)
+    assert sorted(fail_orphaned_trials(storage, "pneumonia-cnn")) == [
+        ("pneumonia-cnn-0badc0de", 0),
+        ("train@q7-depth5-1234abcd", 0),
+    ]
     assert [trial.state for trial in old.trials] == [TrialState.FAIL, TrialState.RUNNING]
     assert other.trials[0].state == TrialState.RUNNING
+
+
+def test_a_fresh_study_is_named_after_the_train_run_and_a_named_one_keeps_its_name(tmp_path):
+    """optuna-dashboard lists studies by name: a fresh one carries the DVC experiment (the
+    train run's name) and a unique suffix; a shared one keeps train.tuning.study_name. Both
+    name their objective."""
+    import re
+
+    from pneumonia.model.tuning import FRESH_STUDY_ATTRIBUTE, create_study
+
+    from helpers import write_params
+
+    storage = "sqlite:///studies/optuna.db"  # under the project root
+    fresh = load_config(write_params(tmp_path, {"train.tuning.storage": storage}))
+    first = create_study(fresh.train, fresh.project_root, "train@q7-depth5")
+    again = create_study(fresh.train, fresh.project_root, "train@q7-depth5")
+    assert re.fullmatch(r"train@q7-depth5-[0-9a-f]{8}", first.study_name)
+    assert again.study_name != first.study_name  # a re-run does not reopen the old study
+    assert first.metric_names == ["val_auc"]
+    assert first.user_attrs[FRESH_STUDY_ATTRIBUTE] is True
+
+    shared = load_config(
+        write_params(
+            tmp_path, {"train.tuning.storage": storage, "train.tuning.study_name": "big-run"}
+        )
+    )
+    created = create_study(shared.train, shared.project_root, "tune-worker")
+    joined = create_study(shared.train, shared.project_root, "tune-worker")
+    assert created.study_name == joined.study_name == "big-run"
+    assert joined.metric_names == ["val_auc"]
+    assert FRESH_STUDY_ATTRIBUTE not in joined.user_attrs
+    assert len(joined.trials) == 1  # the fixed params, queued once by the creator

@@ -89,3 +89,20 @@ def tag_version(name: str, version: str, alias: str | None, tags: dict[str, Any]
         client.set_model_version_tag(name, version, key, str(value))
     if alias:
         client.set_registered_model_alias(name, alias, version)
+
+
+def describe_model(
+    name: str,
+    description: str | None,
+    *,
+    version: str | None = None,
+    version_description: str | None = None,
+) -> None:
+    """Descriptions shown on the registry's pages: the registered model's (only while it has
+    none, so an edit made in the UI stays) and one version's (replaced: it describes that
+    version's latest evaluation)."""
+    client = mlflow.MlflowClient()
+    if description and not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=description)
+    if version is not None and version_description is not None:
+        client.update_model_version(name, version, description=version_description)

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import traceback
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +36,24 @@ PROCESS_ID_TAG = "process.pid"
 ENDED_BECAUSE_TAG = "ended_because"
 # DVC sets these for stage commands run by `dvc exp run`; logged so runs map to experiments.
 DVC_ENVIRONMENT_TAGS = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
+# The description MLflow's UI shows for a run or an experiment (the "Description" box).
+NOTE_TAG = "mlflow.note.content"
+# A failed stage run: the error's type and message (the traceback is the artifact below).
+ERROR_TAG = "error"
+ERROR_TRACEBACK_ARTIFACT = "error/traceback.txt"
+# MLflow's limits on a run tag's value (descriptions included) and an experiment tag's.
+MAX_RUN_TAG_CHARS = 8000
+MAX_EXPERIMENT_TAG_CHARS = 20000
+# Run names are `<stage>@<label>`: the DVC experiment, else the commit, else this.
+NO_GIT_LABEL = "workspace"
+EXPERIMENT_DESCRIPTION = (
+    "Pneumonia vs normal on pediatric chest X-rays (Kermany et al. 2018): one run per DVC "
+    "stage execution (download, split, preprocess, train, evaluate; tune-worker for scale-out "
+    "tuning), named `<stage>@<DVC experiment>` under `dvc exp run` and `<stage>@<git commit>` "
+    "otherwise. Optuna trials are runs nested under train. The evaluate run's description is "
+    "the model card; its metrics are grouped as val/, test/ and test_at_0.5/. Research use "
+    "only, not a medical device."
+)
 
 
 def store_locations(project_root: Path) -> tuple[str, str]:
@@ -70,6 +89,12 @@ def configure(config: Config) -> str:
             if mlflow.get_experiment_by_name(name) is None:
                 raise
         experiment = mlflow.get_experiment_by_name(name)
+    if NOTE_TAG not in experiment.tags:  # a description edited in the UI stays
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id,
+            NOTE_TAG,
+            clip(EXPERIMENT_DESCRIPTION, MAX_EXPERIMENT_TAG_CHARS),
+        )
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
 
@@ -100,6 +125,31 @@ def git_state(workspace: Path) -> dict[str, str]:
     return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
 
 
+def run_label(workspace: Path, environ: Mapping[str, str] | None = None) -> str:
+    """What tells this pipeline execution from others: the DVC experiment's name under
+    `dvc exp run` (DVC sets DVC_EXP_NAME for the stage commands), else the short git commit
+    (`dvc repro`, a stage run directly), else `workspace` outside git."""
+    environ = os.environ if environ is None else environ
+    if environ.get("DVC_EXP_NAME"):
+        return environ["DVC_EXP_NAME"]
+    commit = git_state(workspace)["git_commit"]
+    return commit[:7] if commit != "unknown" else NO_GIT_LABEL
+
+
+def run_name(stage: str, workspace: Path, environ: Mapping[str, str] | None = None) -> str:
+    """`train@q7-depth5` in a DVC experiment, `train@c1093cb` at a commit: the MLflow run's
+    name, and the prefix of a fresh Optuna study's name."""
+    return f"{stage}@{run_label(workspace, environ)}"
+
+
+def clip(text: str, limit: int = MAX_RUN_TAG_CHARS) -> str:
+    """Text cut to fit a tag, saying that it was cut."""
+    if len(text) <= limit:
+        return text
+    marker = "\n... (cut to fit MLflow's tag limit)"
+    return text[: limit - len(marker)] + marker
+
+
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in values.items():
@@ -127,6 +177,14 @@ class StageRun:
             return path.resolve().relative_to(self.config.workspace).as_posix()
         except ValueError:
             return str(path)
+
+    @property
+    def name(self) -> str:
+        return self.run.info.run_name
+
+    def describe(self, text: str) -> None:
+        """The run's description in the MLflow UI: what the stage did, its key figures."""
+        mlflow.set_tag(NOTE_TAG, clip(text))
 
     def log_hashes(self, kind: str, paths: list[Path]) -> None:
         """Tags `input.<path>` / `output.<path>` = content sha256, to chain runs of one pipeline."""
@@ -198,6 +256,20 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
     return closed
 
 
+def record_failure(error: BaseException) -> None:
+    """On the active run: the error as the `error` tag and at the top of the description, the
+    traceback as an artifact (MLflow marks the run FAILED as the `with` block exits)."""
+    run = mlflow.active_run()
+    if run is None:  # the stage ended its run itself; nothing to record on
+        return
+    message = f"{type(error).__name__}: {error}".strip()
+    mlflow.set_tag(ERROR_TAG, clip(message))
+    previous = mlflow.MlflowClient().get_run(run.info.run_id).data.tags.get(NOTE_TAG, "")
+    mlflow.set_tag(NOTE_TAG, clip(f"FAILED: {message}\n\n{previous}"))
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    mlflow.log_text(text, ERROR_TRACEBACK_ARTIFACT)
+
+
 @contextmanager
 def stage_run(
     stage: str,
@@ -205,8 +277,10 @@ def stage_run(
     params: Mapping[str, Any],
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[StageRun]:
-    """One MLflow run named after the stage, with its params and provenance tags. Runs that a
-    killed stage left RUNNING are closed first."""
+    """One MLflow run named `<stage>@<DVC experiment or commit>` (run_name), with its params,
+    provenance tags and a description the stage replaces with its result (StageRun.describe).
+    A stage that fails leaves its error on the run (record_failure). Runs that a killed stage
+    left RUNNING are closed first."""
     experiment_id = configure(config)
     closed = close_orphaned_runs(experiment_id)
     if closed:
@@ -215,6 +289,16 @@ def stage_run(
     run_tags.update(
         {name: os.environ[name] for name in DVC_ENVIRONMENT_TAGS if os.environ.get(name)}
     )
-    with mlflow.start_run(run_name=stage, tags=run_tags) as run:
+    name = run_name(stage, config.workspace)
+    description = f"The {stage} stage, running or stopped before it wrote its summary ({name})."
+    with mlflow.start_run(run_name=name, tags=run_tags, description=description) as run:
         mlflow.log_params(flatten(params))
-        yield StageRun(config, run)
+        try:
+            yield StageRun(config, run)
+        except BaseException as error:
+            try:
+                record_failure(error)
+            except Exception as problem:  # e.g. the tracking server is what failed: the
+                # stage's own error is the one to report
+                print(f"{stage}: could not record the error on run {run.info.run_id}: {problem}")
+            raise

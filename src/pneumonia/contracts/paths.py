@@ -17,6 +17,10 @@ MODEL_CARD_FILE = "model.json"
 THRESHOLD_FILE = "threshold.json"
 # Tables the evaluate stage writes (DVC plots' data), in `paths.reports`/evaluate.
 EVALUATE_TABLES = ("roc", "precision_recall", "calibration", "predictions")
+# Evaluate's nested report (in `paths.reports`/evaluate) and its Markdown model card (in
+# `paths.reports`).
+METRICS_DETAIL_FILE = "metrics_detail.json"
+MODEL_CARD_MARKDOWN_FILE = "model_card.md"
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,17 @@ class Paths:
     @property
     def metrics(self) -> Path:
         return self.reports / "metrics.json"
+
+    @property
+    def metrics_detail(self) -> Path:
+        """Everything evaluate measured, nested (contracts.metrics_report); metrics.json holds
+        the headline only."""
+        return self.evaluate_reports / METRICS_DETAIL_FILE
+
+    @property
+    def model_card_markdown(self) -> Path:
+        """The model card a person reads (evaluation.model_card), beside metrics.json."""
+        return self.reports / MODEL_CARD_MARKDOWN_FILE
 
     @property
     def evaluate_reports(self) -> Path:

@@ -16,12 +16,13 @@ import pandas as pd
 from pneumonia.config import EvaluateConfig
 from pneumonia.contracts import registry_tags
 from pneumonia.contracts.files import file_sha256
+from pneumonia.contracts.metrics_report import AT_0_5, AT_THRESHOLD, THRESHOLD, VALUE
 from pneumonia.contracts.model_card import card_preprocess, card_registry
 from pneumonia.contracts.operating_point import MODEL_SHA256, OperatingPoint
 from pneumonia.contracts.paths import Paths
 from pneumonia.evaluation.report import flat_metrics
 from pneumonia.inference.serving import encode_png, log_serving_model
-from pneumonia.registry import tag_version
+from pneumonia.registry import describe_model, tag_version
 from pneumonia.tracking import StageRun
 
 
@@ -39,9 +40,9 @@ def publish_evaluation(
     `limits` are the served model's input limits (params.yaml's preprocess.max_pixels and
     max_file_bytes)."""
     trained = card_registry(card)
-    threshold = report["threshold"]["value"]
-    val_at_threshold = report["val"]["at_threshold"]
-    test_at_threshold = report["test"]["at_threshold"]
+    threshold = report[THRESHOLD][VALUE]
+    val_at_threshold = report["val"][AT_THRESHOLD]
+    test_at_threshold = report["test"][AT_THRESHOLD]
     datasets = {
         name: run.log_dataset(index, paths.processed_split(name), name, context)
         for name, index, context in (
@@ -56,7 +57,7 @@ def publish_evaluation(
     mlflow.log_metrics(
         {
             **flat_metrics(test_at_threshold, "test"),
-            **flat_metrics(report["test"]["at_0_5"], "test_at_0.5"),
+            **flat_metrics(report["test"][AT_0_5], "test_at_0.5"),
         },
         model_id=model_id,
         dataset=datasets["test"],
@@ -64,8 +65,8 @@ def publish_evaluation(
     point = OperatingPoint(
         threshold=threshold,
         rule=str(settings.threshold),
-        val_sensitivity=val_at_threshold["sensitivity"]["value"],
-        val_specificity=val_at_threshold["specificity"]["value"],
+        val_sensitivity=val_at_threshold["sensitivity"][VALUE],
+        val_specificity=val_at_threshold["specificity"][VALUE],
         model={**trained.model, MODEL_SHA256: file_sha256(paths.model)},
         evaluate_run_id=run.run_id,
     )
@@ -73,7 +74,7 @@ def publish_evaluation(
     version_tags = {
         registry_tags.THRESHOLD: threshold,
         registry_tags.THRESHOLD_RULE: point.rule,
-        registry_tags.VAL_ROC_AUC: val_at_threshold["roc_auc"]["value"],
+        registry_tags.VAL_ROC_AUC: val_at_threshold["roc_auc"][VALUE],
         registry_tags.VAL_SENSITIVITY: point.val_sensitivity,
         registry_tags.VAL_SPECIFICITY: point.val_specificity,
         registry_tags.VAL_DATASET_DIGEST: datasets["val"].digest,
@@ -121,6 +122,30 @@ def run_tags(card: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def describe_models(settings: EvaluateConfig, point: OperatingPoint, card_markdown: str) -> None:
+    """The model card as the description of both registered versions (the Keras model and the
+    served one), and a one-line description of the served model's registry entry."""
+    describe_model(
+        settings.serving_model_name,
+        "The trained CNN with its operating threshold, served by `mlflow models serve`: PNG or "
+        "JPEG chest X-ray bytes in, the probability of pneumonia and a label out. Each version's "
+        "description is its model card. Research use only, not a medical device.",
+        version=point.serving_model["version"],
+        version_description=card_markdown,
+    )
+    describe_model(
+        point.model["registered_model"],
+        None,
+        version=point.model["version"],
+        version_description=card_markdown,
+    )
+
+
 def artifact_paths(paths: Paths) -> list[tuple[Path, str | None]]:
     """What the evaluate run keeps as artifacts, and under which folder."""
-    return [(paths.metrics, None), (paths.threshold, None), (paths.evaluate_reports, "evaluation")]
+    return [
+        (paths.metrics, None),
+        (paths.model_card_markdown, None),
+        (paths.threshold, None),
+        (paths.evaluate_reports, "evaluation"),
+    ]

@@ -15,6 +15,16 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pneumonia.config import EvaluateConfig
 from pneumonia.contracts.labels import class_names, is_positive
+from pneumonia.contracts.metrics_report import (
+    AT_0_5,
+    AT_THRESHOLD,
+    CI_HIGH,
+    CI_LOW,
+    HIGH,
+    LOW,
+    THRESHOLD,
+    VALUE,
+)
 from pneumonia.errors import PipelineError
 from pneumonia.metrics import (
     COUNTS,
@@ -62,7 +72,7 @@ def measure(
         bins=settings.calibration_bins,
     )
     point = binary_metrics(labels, scores, threshold, settings.calibration_bins)
-    result: dict[str, Any] = {"threshold": threshold}
+    result: dict[str, Any] = {THRESHOLD: threshold}
     result.update({name: interval.as_dict() for name, interval in intervals.items()})
     result["confusion"] = {name: int(point[name]) for name in COUNTS}
     undefined = {name: count for name, count in undefined.items() if count}
@@ -86,12 +96,14 @@ def evaluation_report(
     val: tuple[np.ndarray, np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> dict[str, Any]:
-    """reports/metrics.json: the val operating point, test at it and at 0.5, with intervals.
+    """The detail report (reports/evaluate/metrics_detail.json): the val operating point, val
+    and test at it and test at 0.5, with intervals; reports/metrics.json holds its headline
+    (contracts.metrics_report.headline_metrics).
 
     ``val`` and ``test`` are (labels, scores, patient ids).
     """
     report: dict[str, Any] = {
-        "threshold": {"rule": str(settings.threshold), "value": threshold, "chosen_on": "val"},
+        THRESHOLD: {"rule": str(settings.threshold), VALUE: threshold, "chosen_on": "val"},
         "bootstrap": {
             "unit": "patient",
             "resamples": settings.bootstrap,
@@ -100,26 +112,28 @@ def evaluation_report(
         },
         "val": {
             **split_summary(val[0], val[2]),
-            "at_threshold": measure(*val, threshold, settings),
+            AT_THRESHOLD: measure(*val, threshold, settings),
         },
         "test": {
             **split_summary(test[0], test[2]),
-            "at_threshold": measure(*test, threshold, settings),
-            "at_0_5": measure(*test, DEFAULT_THRESHOLD, settings),
+            AT_THRESHOLD: measure(*test, threshold, settings),
+            AT_0_5: measure(*test, DEFAULT_THRESHOLD, settings),
         },
     }
     return report
 
 
 def flat_metrics(section: dict[str, Any], prefix: str) -> dict[str, float]:
-    """MLflow metric names for one measured section: `<prefix>_<metric>` and its CI bounds."""
-    flat = {f"{prefix}_threshold": section["threshold"]}
+    """MLflow metric names for one measured section: `<prefix>/<metric>` with its interval bounds
+    `<prefix>/<metric>_low` and `_high`, and the confusion counts. The `/` makes the MLflow UI
+    chart each prefix (val, test, test_at_0.5) as one group."""
+    flat = {f"{prefix}/{THRESHOLD}": section[THRESHOLD]}
     for name, value in section.items():
-        if isinstance(value, dict) and "value" in value:
-            flat[f"{prefix}_{name}"] = value["value"]
-            flat[f"{prefix}_{name}_ci_low"] = value["ci_low"]
-            flat[f"{prefix}_{name}_ci_high"] = value["ci_high"]
-    flat.update({f"{prefix}_{name}": count for name, count in section["confusion"].items()})
+        if isinstance(value, dict) and VALUE in value:
+            flat[f"{prefix}/{name}"] = value[VALUE]
+            flat[f"{prefix}/{name}_{LOW}"] = value[CI_LOW]
+            flat[f"{prefix}/{name}_{HIGH}"] = value[CI_HIGH]
+    flat.update({f"{prefix}/{name}": count for name, count in section["confusion"].items()})
     return {name: value for name, value in flat.items() if np.isfinite(value)}
 
 
@@ -196,7 +210,7 @@ def score_and_measure(
     settings: EvaluateConfig,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Score val and test (`splits` maps each to images, labels and index), choose the threshold
-    on val, and measure both: metrics.json's report, and the test scores."""
+    on val, and measure both: the detail report, and the test scores."""
     started = time.perf_counter()
     scored = {
         name: (labels, score(model, images), index["patient_id"].to_numpy())

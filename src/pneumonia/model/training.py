@@ -31,6 +31,9 @@ from pneumonia.model.network import average_ensemble, build_model
 from pneumonia.model.scoring import score
 
 MONITOR = "val_auc"
+# The saved model's exact val ROC AUC (sklearn, on all of val): train.json's, the train run's and
+# the console's "val ROC AUC".
+FINAL_VAL_ROC_AUC = "val_roc_auc"
 
 
 @dataclass
@@ -242,14 +245,16 @@ def final_fit_figures(final: FinalFit, train: SplitArrays, val: SplitArrays) -> 
     """train.json's figures of the final fit.
 
     best_val_auc / best_epoch: member 0's best epoch (Keras' AUC, as early stopping saw it);
-    val_auc: the saved model's exact val ROC AUC (the members' average when ensemble > 1).
+    val_roc_auc: the saved model's exact val ROC AUC (the members' average when ensemble > 1).
+    Not `val_auc`: that is Keras' per-epoch key, and one value logged under it at step 0 would
+    join the learning curve as a false first point.
     """
-    epoch, val_auc = best_epoch(final.histories[0])
+    epoch, best_val_auc = best_epoch(final.histories[0])
     epochs_run = sum(len(member.history[MONITOR]) for member in final.histories)
     return {
-        "best_val_auc": val_auc,
+        "best_val_auc": best_val_auc,
         "best_epoch": epoch,
-        "val_auc": float(roc_auc_score(val.labels, score(final.model, val.images))),
+        FINAL_VAL_ROC_AUC: float(roc_auc_score(val.labels, score(final.model, val.images))),
         "ensemble_members": len(final.histories),
         "epochs_run": epochs_run,
         "final_fit_seconds": round(final.seconds, 1),

@@ -29,10 +29,15 @@ from pneumonia.config import (
 )
 from pneumonia.errors import PipelineError
 from pneumonia.model.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
-from pneumonia.tracking import StageRun
+from pneumonia.tracking import NOTE_TAG, StageRun
 
 # The trial's user attribute that names its MLflow run.
 MLFLOW_RUN_ATTRIBUTE = "mlflow_run_id"
+# The study's user attribute marking a fresh study (train.tuning.study_name ""): named by this
+# code, run by one train stage, never reopened.
+FRESH_STUDY_ATTRIBUTE = "fresh_study"
+# The objective's name in optuna-dashboard (it is the val ROC AUC, as Keras measures it).
+OBJECTIVE_NAMES = [MONITOR]
 SCHEMA_ATTEMPTS = 5
 
 
@@ -246,10 +251,19 @@ def make_storage(tuning: TuningConfig, project_root: Path) -> optuna.storages.RD
             ) from None
 
 
+def fresh_study_name(prefix: str) -> str:
+    """`<prefix>-<8 hex>`: the prefix is the train run's name (`train@<DVC experiment>` or
+    `train@<commit>`), so optuna-dashboard lists a study under the experiment that ran it; the
+    suffix keeps a re-run of the same experiment from reopening the old study."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
 def create_study(
-    config: TrainConfig, project_root: Path, default_name: str, seed: int | None = None
+    config: TrainConfig, project_root: Path, fresh_prefix: str, seed: int | None = None
 ) -> optuna.Study:
-    """Create the study, or join it when `train.tuning.study_name` names one that exists.
+    """Create the study, or join it when `train.tuning.study_name` names one that exists (that
+    name is kept: tune-workers share the study by it). An empty study_name gets a fresh name
+    (fresh_study_name).
 
     Only the process that creates the study queues the fixed hyperparameters as its first
     trial: the database's unique study name decides which one that is, so workers starting
@@ -258,7 +272,7 @@ def create_study(
     tuning = config.tuning
     arguments = {
         "storage": make_storage(tuning, project_root),
-        "study_name": tuning.study_name or f"{default_name}-{uuid.uuid4().hex[:8]}",
+        "study_name": tuning.study_name or fresh_study_name(fresh_prefix),
         "sampler": optuna.samplers.TPESampler(seed=config.seed if seed is None else seed),
         "pruner": make_pruner(tuning),
     }
@@ -266,6 +280,11 @@ def create_study(
         study = optuna.create_study(direction="maximize", **arguments)
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(**arguments)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(OBJECTIVE_NAMES)
+    if not tuning.study_name:
+        study.set_user_attr(FRESH_STUDY_ATTRIBUTE, True)
     first = fixed_trial_params(config.hyperparameters, tuning.search_space)
     if first is not None:
         study.enqueue_trial(first)
@@ -327,10 +346,11 @@ def make_objective(
                 "optuna_trial": str(trial.number),
                 "optuna_study": trial.study.study_name,
             },
+            description=f"Optuna trial {trial.number} of study {trial.study.study_name}",
         )
         # Recorded first, so a worker that finds this trial stale can end its run.
         trial.set_user_attr(MLFLOW_RUN_ATTRIBUTE, run.info.run_id)
-        state, status = TrialState.FAIL, "FAILED"
+        state, status, outcome = TrialState.FAIL, "FAILED", "failed"
         try:
             mlflow.log_params(hyperparameters.flat())
             callbacks = [MlflowEpochLogger(run.info.run_id), KerasPruningCallback(trial, MONITOR)]
@@ -345,27 +365,35 @@ def make_objective(
             epoch, value = best_epoch(history)
             mlflow.log_metrics({"best_val_auc": value, "best_epoch": epoch})
             state, status = TrialState.COMPLETE, "FINISHED"
+            outcome = f"val AUC {value:.4f} at epoch {epoch}"
             return value
         except optuna.TrialPruned:
-            state, status = TrialState.PRUNED, "KILLED"
+            state, status, outcome = TrialState.PRUNED, "KILLED", "pruned"
             raise
         finally:
             mlflow.set_tag("trial_state", state.name)
+            mlflow.set_tag(
+                NOTE_TAG,
+                f"Optuna trial {trial.number} of study {trial.study.study_name}: {outcome}; "
+                f"{hyperparameters.flat()}",
+            )
             mlflow.end_run(status=status)
 
     return objective
 
 
 def fail_orphaned_trials(
-    storage: optuna.storages.BaseStorage, name_prefix: str
+    storage: optuna.storages.BaseStorage, legacy_prefix: str | None = None
 ) -> list[tuple[str, int]]:
-    """Fail the RUNNING trials of earlier fresh studies (named `<prefix>-<id>`, never reopened,
-    so the heartbeat never reaches them) whose MLflow trial run is no longer RUNNING: its stage
-    was killed (tracking.close_orphaned_runs ended the run). Returns (study, trial number)."""
+    """Fail the RUNNING trials of earlier fresh studies (FRESH_STUDY_ATTRIBUTE; before it, a
+    fresh study was named `<legacy_prefix>-<id>`), never reopened, so the heartbeat never
+    reaches them, whose MLflow trial run is no longer RUNNING: its stage was killed
+    (tracking.close_orphaned_runs ended the run). Returns (study, trial number)."""
     client = mlflow.MlflowClient()
     failed = []
     for summary in storage.get_all_studies():
-        if not summary.study_name.startswith(f"{name_prefix}-"):
+        legacy = legacy_prefix is not None and summary.study_name.startswith(f"{legacy_prefix}-")
+        if not (summary.user_attrs.get(FRESH_STUDY_ATTRIBUTE) or legacy):
             continue
         study_id = storage.get_study_id_from_name(summary.study_name)
         for trial in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
@@ -387,8 +415,9 @@ def run_study(
     val: SplitArrays,
     parent_run_id: str,
     project_root: Path,
+    study_prefix: str = "train",
 ) -> optuna.Study:
-    study = create_study(config, project_root, config.registered_model_name)
+    study = create_study(config, project_root, study_prefix)
     if not config.tuning.study_name:
         storage = make_storage(config.tuning, project_root)
         failed = fail_orphaned_trials(storage, config.registered_model_name)
@@ -463,11 +492,13 @@ def study_for_training(
     val: SplitArrays,
     parent_run_id: str,
     project_root: Path,
+    study_prefix: str = "train",
 ) -> optuna.Study | None:
-    """The study whose best trial the train stage refits: one it runs now (tuning.n_trials > 0),
-    one tuning workers ran (n_trials 0 with a study_name), or None (the fixed params)."""
+    """The study whose best trial the train stage refits: one it runs now (tuning.n_trials > 0;
+    a fresh one is named `<study_prefix>-<id>`, the prefix being the train run's name), one
+    tuning workers ran (n_trials 0 with a study_name), or None (the fixed params)."""
     if config.tuning.n_trials > 0:
-        return run_study(config, train, val, parent_run_id, project_root)
+        return run_study(config, train, val, parent_run_id, project_root, study_prefix)
     if config.tuning.study_name:
         return load_tuned_study(config.tuning, project_root)
     return None

@@ -94,7 +94,8 @@ def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -
             )
     train, val = load_training_splits(config)
     seed = worker_seed(settings.seed)
-    study = create_study(settings, config.project_root, settings.registered_model_name, seed=seed)
+    # study_name is set (checked above): the workers' shared study keeps its name.
+    study = create_study(settings, config.project_root, STAGE, seed=seed)
     if study_trials is not None and finished_trials(study) >= study_trials:
         return WorkerResult(study.study_name, (), finished_trials(study), best_trial(study))
 
@@ -134,4 +135,6 @@ def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -
                 **({"study_best_val_auc": best.value} if best is not None else {}),
             }
         )
-    return WorkerResult(study.study_name, tuple(ran), finished_trials(study), best)
+        result = WorkerResult(study.study_name, tuple(ran), finished_trials(study), best)
+        run.describe(result.describe())
+    return result

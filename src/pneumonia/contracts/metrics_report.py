@@ -1,0 +1,99 @@
+"""reports/metrics.json, evaluate's headline figures, and the detail report beside it.
+
+metrics.json is what `dvc metrics show` prints: flat and few (the threshold, then ROC AUC,
+sensitivity, specificity and accuracy on test and val, each with its confidence interval).
+Everything else evaluate measured (precision, F1, PR AUC, calibration, confusion counts, test at
+0.5, split sizes, bootstrap settings) is in reports/evaluate/metrics_detail.json, nested. The key
+names are defined here only: evaluate writes them, the model card, benchmarks and tests read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pneumonia.contracts.files import read_json_object
+from pneumonia.errors import PipelineError
+
+# The headline: these metrics on these splits, at the threshold chosen on val.
+HEADLINE_SPLITS = ("test", "val")
+HEADLINE_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy")
+THRESHOLD = "threshold"
+# Suffixes of the confidence interval's bounds.
+LOW, HIGH = "low", "high"
+
+# The detail report's sections (evaluation/report.py writes them).
+AT_THRESHOLD = "at_threshold"  # measured at the threshold chosen on val
+AT_0_5 = "at_0_5"  # test at 0.5, for comparison
+VALUE, CI_LOW, CI_HIGH = "value", "ci_low", "ci_high"
+
+
+class MetricsReportError(PipelineError, ValueError):
+    """metrics.json is missing or is not the headline this code writes."""
+
+
+def headline_key(split: str, metric: str, bound: str | None = None) -> str:
+    """`test_roc_auc`, or `test_roc_auc_low` / `test_roc_auc_high` for an interval bound."""
+    if split not in HEADLINE_SPLITS or metric not in HEADLINE_METRICS:
+        raise ValueError(f"not a headline figure: {split} {metric}")
+    if bound not in (None, LOW, HIGH):
+        raise ValueError(f"bound must be None, {LOW!r} or {HIGH!r}, got {bound!r}")
+    return f"{split}_{metric}" + (f"_{bound}" if bound else "")
+
+
+HEADLINE_KEYS = (
+    THRESHOLD,
+    *(
+        headline_key(split, metric, bound)
+        for split in HEADLINE_SPLITS
+        for metric in HEADLINE_METRICS
+        for bound in (None, LOW, HIGH)
+    ),
+)
+
+
+def headline_metrics(detail: dict[str, Any]) -> dict[str, float]:
+    """metrics.json's figures, taken from the detail report (evaluation.report)."""
+    headline = {THRESHOLD: float(detail[THRESHOLD][VALUE])}
+    for split in HEADLINE_SPLITS:
+        section = detail[split][AT_THRESHOLD]
+        for metric in HEADLINE_METRICS:
+            figure = section[metric]
+            headline[headline_key(split, metric)] = float(figure[VALUE])
+            headline[headline_key(split, metric, LOW)] = float(figure[CI_LOW])
+            headline[headline_key(split, metric, HIGH)] = float(figure[CI_HIGH])
+    return headline
+
+
+def read_headline(path: Path) -> dict[str, float]:
+    """metrics.json, checked: every headline key, each a number (NaN where the bootstrap left a
+    bound undefined)."""
+    data = read_json_object(
+        path,
+        MetricsReportError,
+        missing="the evaluate stage writes it (dvc repro)",
+        fix="re-run the evaluate stage",
+    )
+    missing = [key for key in HEADLINE_KEYS if key not in data]
+    if missing:
+        raise MetricsReportError(
+            f"{path}: lacks {', '.join(missing)} (written by an older version?); re-run the "
+            "evaluate stage (dvc repro -f evaluate)"
+        )
+    headline = {}
+    for key in HEADLINE_KEYS:
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MetricsReportError(f"{path}: {key} is {value!r}, not a number")
+        headline[key] = float(value)
+    return headline
+
+
+def read_detail(path: Path) -> dict[str, Any]:
+    """reports/evaluate/metrics_detail.json, every section evaluate measured."""
+    return read_json_object(
+        path,
+        MetricsReportError,
+        missing="the evaluate stage writes it (dvc repro)",
+        fix="re-run the evaluate stage",
+    )

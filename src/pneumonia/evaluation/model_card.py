@@ -1,0 +1,199 @@
+"""The model card a person reads (reports/model_card.md): what the model is for, on whom it was
+measured, how well, at which threshold, and where it is known to fail. Built from evaluate's
+report and train's machine card (models/model.json) only, so every figure in it is one the
+pipeline measured; evaluate writes it, logs it to MLflow and puts it in the registered versions'
+descriptions."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pneumonia.contracts.metrics_report import (
+    AT_THRESHOLD,
+    HEADLINE_METRICS,
+    HIGH,
+    LOW,
+    THRESHOLD,
+    headline_key,
+    headline_metrics,
+)
+from pneumonia.contracts.model_card import card_registry
+
+TITLE = "# Model card: pneumonia from pediatric chest X-rays"
+SECTIONS = (
+    "## Intended use",
+    "## Data",
+    "## Performance on the test split",
+    "## Operating threshold",
+    "## Known limitations",
+    "## The model",
+)
+METRIC_WORDS = {
+    "roc_auc": "ROC AUC",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "accuracy": "Accuracy",
+}
+# Specificity lower on test than on val by more than this is called out as a gap.
+GAP = 0.05
+
+
+def figure(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def with_interval(headline: dict[str, float], split: str, metric: str, confidence: str) -> str:
+    """'ROC AUC 0.949 (95% CI 0.932-0.965)'."""
+    value = headline[headline_key(split, metric)]
+    low, high = (
+        headline[headline_key(split, metric, LOW)],
+        headline[headline_key(split, metric, HIGH)],
+    )
+    return f"{METRIC_WORDS[metric]} {figure(value)} ({confidence} CI {figure(low)}-{figure(high)})"
+
+
+def rule_in_words(rule: str) -> str:
+    if rule == "youden":
+        return "Youden's rule: the threshold that maximises sensitivity + specificity - 1 on val"
+    if rule.startswith("sensitivity:"):
+        target = rule.split(":", 1)[1]
+        return (
+            f"the highest threshold whose val sensitivity reaches {target} (the best "
+            "specificity there)"
+        )
+    return f"a fixed threshold set in params.yaml (evaluate.threshold: {rule})"
+
+
+def split_counts(section: dict[str, Any]) -> str:
+    return (
+        f"{section['images']} images of {section['patients']} patients "
+        f"({section['pneumonia']} pneumonia, {section['normal']} normal)"
+    )
+
+
+def model_card_markdown(
+    report: dict[str, Any],
+    train_card: dict[str, Any],
+    served: dict[str, str] | None = None,
+) -> str:
+    """The card as Markdown, from evaluate's detail report (evaluation.report) and train's
+    model.json; `served` names the served model's registered version when there is one."""
+    headline = headline_metrics(report)
+    confidence = f"{report['bootstrap']['confidence'] * 100:g}%"
+    resamples = report["bootstrap"]["resamples"]
+    rule = str(report[THRESHOLD]["rule"])
+    threshold = headline[THRESHOLD]
+    registry = card_registry(train_card)
+    val_at, test_at = report["val"][AT_THRESHOLD], report["test"][AT_THRESHOLD]
+    confusion = test_at["confusion"]
+
+    val_specificity = headline[headline_key("val", "specificity")]
+    test_specificity = headline[headline_key("test", "specificity")]
+    gap = val_specificity - test_specificity
+    if math.isnan(gap):
+        gap_line = "the val and test specificity could not both be measured"
+    elif gap > GAP:
+        gap_line = (
+            f"specificity is {figure(val_specificity)} on val but {figure(test_specificity)} "
+            "on test, at the same threshold: a large gap"
+        )
+    else:
+        gap_line = (
+            f"specificity is {figure(val_specificity)} on val and {figure(test_specificity)} "
+            "on test, at the same threshold"
+        )
+
+    preprocess = train_card.get("preprocess", {})
+    hyperparameters = train_card.get("hyperparameters", {})
+    lines = [
+        TITLE,
+        "",
+        f"Keras model `{registry.registered_model}` version {registry.version} "
+        f"(model id `{registry.model_id}`, train run `{registry.run_id}`)"
+        + (
+            f", served with its threshold as `{served['registered_model']}` version "
+            f"{served['version']}"
+            if served
+            else ""
+        )
+        + ". Written by the evaluate stage from reports/evaluate/metrics_detail.json and "
+        "models/model.json; the figures below are the ones in reports/metrics.json.",
+        "",
+        SECTIONS[0],
+        "",
+        "- Research use only. Not a medical device; not for diagnosis or treatment decisions.",
+        "- Input: one frontal (anterior-posterior) chest X-ray of a child aged 1 to 5. Output: the "
+        "probability of pneumonia (bacterial or viral) against normal, and a label at the "
+        "operating threshold.",
+        "- Population: pediatric patients aged 1 to 5 at one hospital, Guangzhou Women and "
+        "Children's Medical Center (Kermany et al., Cell 2018). Other ages, hospitals, scanners "
+        "and adult chests are outside what was measured.",
+        "",
+        SECTIONS[1],
+        "",
+        "- Source: the Kermany et al. chest X-ray set (Kaggle `paultimothymooney/"
+        "chest-xray-pneumonia`), JPEGs labelled NORMAL or PNEUMONIA.",
+        "- Split: the official test split is kept as test; the official train and val images are "
+        "re-split into train and val by patient (no child in two splits), stratified by class.",
+        f"- Val (tuning, early stopping, threshold): {split_counts(report['val'])}.",
+        f"- Test (measured once, never used to choose anything): {split_counts(report['test'])}.",
+        "",
+        SECTIONS[2],
+        "",
+        f"At the operating threshold {figure(threshold, 4)}, with {confidence} confidence "
+        f"intervals from {resamples} bootstrap resamples of patients:",
+        "",
+        *(
+            f"- {with_interval(headline, 'test', metric, confidence)}"
+            for metric in HEADLINE_METRICS
+        ),
+        f"- Confusion: {confusion['true_positive']} true positives, "
+        f"{confusion['false_negative']} false negatives (missed pneumonia), "
+        f"{confusion['true_negative']} true negatives, {confusion['false_positive']} false "
+        "positives (normals called pneumonia).",
+        "",
+        "On val, at the same threshold:",
+        "",
+        *(f"- {with_interval(headline, 'val', metric, confidence)}" for metric in HEADLINE_METRICS),
+        "",
+        "Precision, F1, PR AUC, calibration (Brier, ECE) and test at 0.5 are in "
+        "reports/evaluate/metrics_detail.json.",
+        "",
+        SECTIONS[3],
+        "",
+        f"- Threshold {figure(threshold, 4)}: an image is called pneumonia when its probability "
+        "is at or above it.",
+        f"- Chosen on val by {rule_in_words(rule)} (evaluate.threshold: {rule}); test was not "
+        "used to choose it.",
+        f"- On val it gives sensitivity {figure(val_at['sensitivity']['value'])} and specificity "
+        f"{figure(val_at['specificity']['value'])}.",
+        "",
+        SECTIONS[4],
+        "",
+        f"- Val is not test: {gap_line}. Val is carved from the official train "
+        "images, test is the dataset's own test split; a threshold chosen on val carries over "
+        "imperfectly.",
+        "- It over-calls normals: on another population or acquisition (another hospital, "
+        "scanner, exposure, adult patients) expect more normal chests called pneumonia than the "
+        "test figures above, and re-check the threshold on local data first.",
+        "- One hospital, one age band: nothing here measures other sites, ages or devices.",
+        "- Frontal views only: there are no lateral views in the data; a lateral or rotated film "
+        "is out of scope.",
+        "- Labels are image-level pneumonia vs normal; it does not tell bacterial from viral, "
+        "nor find other findings (effusion, nodules, tubes).",
+        "- Research use only, not a medical device.",
+        "",
+        SECTIONS[5],
+        "",
+        f"- Input: {preprocess.get('image_size', '?')} px grayscale, resize "
+        f"`{preprocess.get('resize', '?')}`, CLAHE {preprocess.get('clahe', '?')}; raw uint8 "
+        "pixels, normalisation inside the model.",
+        f"- A CNN ({train_card.get('ensemble_members', 1)} member(s), probabilities "
+        "averaged; architecture and provenance in models/model.json); hyperparameters: "
+        + ", ".join(f"{key} {value}" for key, value in sorted(hyperparameters.items()))
+        + ".",
+        f"- Selection: {train_card.get('selection', 'see models/model.json')}.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -78,6 +78,11 @@ def quiet_console() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name, fragments in NOISE_LOG_MESSAGES.items():
         logging.getLogger(name).addFilter(_DropMessages(fragments))
+    ignore_noise_warnings()
+
+
+def ignore_noise_warnings() -> None:
+    """Ignore the known third-party Python warnings (NOISE_WARNINGS), and only those."""
     for message in NOISE_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
 

@@ -55,7 +55,8 @@ class Progress:
 
     Use as a context manager, call `update(amount, **postfix)` as work is done; the step's
     summary line is printed when it ends (`close(message)` replaces it; "" prints none). A step
-    that raises prints no summary.
+    that raises prints no summary. `interval`: seconds between a log's lines; `bar_interval`:
+    between a bar's redraws; `announce`: a log also gets a line when the step starts.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class Progress:
         *,
         stream: IO[str] | None = None,
         interval: float = INTERVAL_SECONDS,
+        bar_interval: float = 0.1,
         indent: str = "",
         announce: bool = False,
     ):
@@ -86,6 +88,7 @@ class Progress:
                 file=self.stream,
                 leave=False,
                 dynamic_ncols=True,
+                mininterval=bar_interval,
             )
         elif announce:
             say(

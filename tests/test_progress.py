@@ -42,6 +42,19 @@ def test_a_terminal_gets_a_bar_with_an_eta_then_one_summary_line():
     assert text.rstrip("\n").splitlines()[-1].endswith("epoch 1/3: 4 batches in 00:00")
 
 
+def test_a_pseudo_terminal_without_a_size_still_gets_a_bar():
+    # As `script` or a CI runner may give: tqdm alone would draw nothing on it.
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as terminal:
+        with Progress("scoring", 2, "images", stream=terminal, bar_interval=0) as progress:
+            progress.update(2)
+        terminal.flush()
+        output = os.read(master, 65536).decode()
+    os.close(master)
+    assert "\rscoring: 100%" in output and "2/2" in output
+    assert output.endswith("\rscoring: 2 images in 00:00\r\n")
+
+
 def test_a_log_gets_plain_lines_with_elapsed_and_eta_and_no_carriage_returns():
     stream = io.StringIO()
     with Progress("preprocess train", 4, "images", stream=stream, interval=0) as progress:

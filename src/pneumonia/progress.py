@@ -12,6 +12,8 @@ rows. Imports nothing heavy (the data stages use it too).
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -31,6 +33,19 @@ def is_terminal(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):  # no isatty, or closed
         return False
+
+
+def _bar_size(stream: IO[str]) -> dict[str, Any]:
+    """tqdm's size options: follow the terminal's width, or 80x24 where the terminal reports no
+    size (a pseudo-terminal without one, as `script` or some CI runners give), on which tqdm
+    would draw nothing."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        return {"dynamic_ncols": True}
+    if size.columns > 0 and size.lines > 0:
+        return {"dynamic_ncols": True}
+    return {"ncols": 80, "nrows": 24}
 
 
 def duration(seconds: float) -> str:
@@ -87,7 +102,7 @@ class Progress:
                 unit=f" {unit}",
                 file=self.stream,
                 leave=False,
-                dynamic_ncols=True,
+                **_bar_size(self.stream),
                 mininterval=bar_interval,
             )
         elif announce:

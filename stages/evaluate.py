@@ -3,11 +3,11 @@ test split (once, at that threshold and at 0.5) with patient-bootstrap confidenc
 write the DVC metrics and plots, log them to MLflow against the trained model, log and register
 the served model, and mark both registered versions with the `evaluate.alias` alias."""
 
-import os
-
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+from pneumonia.console import quiet_console, start_tensorflow
+
+quiet_console()  # before anything imports TensorFlow, which reads its log level once
 
 import mlflow
 
@@ -38,6 +38,7 @@ from pneumonia.tracking import stage_run
 
 
 def main() -> None:
+    start_tensorflow()
     config = load_config()
     paths, settings = config.paths, config.evaluate
     carded = load_carded_model(paths.model, missing="run the train stage first (dvc repro)")

@@ -2,11 +2,11 @@
 tuning workers ran), refit the best configuration, save, log and register the model. Reads the
 train and val splits only; test is evaluate's."""
 
-import os
-
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+from pneumonia.console import quiet_console, start_tensorflow
+
+quiet_console()  # before anything imports TensorFlow, which reads its log level once
 
 import mlflow
 import pandas as pd
@@ -47,6 +47,7 @@ from pneumonia.tracking import stage_run
 
 
 def main() -> None:
+    start_tensorflow()
     config = load_config()
     paths, settings = config.paths, config.train
     train, val = load_training_splits(config)

@@ -96,7 +96,7 @@ class PruneAfterFirstEpoch(optuna.pruners.BasePruner):
         return True
 
 
-def test_pruner_stops_a_trial_through_the_keras_callback():
+def test_pruner_stops_a_trial_through_the_keras_callback(capsys):
     # Logs to this test's own store (conftest.py's isolated_mlflow).
     mlflow.set_experiment("tuning-test")
     study = optuna.create_study(direction="maximize", pruner=PruneAfterFirstEpoch())
@@ -105,6 +105,11 @@ def test_pruner_stops_a_trial_through_the_keras_callback():
         study.optimize(objective, n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.PRUNED
+    # A header, the epoch's line (printed before the pruning callback stops the fit), the result.
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-3].startswith("trial 1: optimizer ")
+    assert lines[-2].startswith("  epoch 1/3: loss ") and "val_auc" in lines[-2]
+    assert lines[-1].startswith("trial 1: pruned in ")
     assert list(trial.intermediate_values) == [0]  # reported once, then pruned
     children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert children["tags.trial_state"].tolist() == ["PRUNED"]

@@ -12,6 +12,7 @@ import mlflow
 import numpy as np
 from mlflow.models import Model, infer_signature
 
+from pneumonia.console import NODEDEF_LINE, native_stderr_without
 from pneumonia.contracts import registry_tags
 
 MODEL_ARTIFACT = "model"
@@ -50,8 +51,10 @@ def log_and_register(
     if mlflow.active_run() is None:
         raise RuntimeError("log_and_register needs an active MLflow run")
     # The raw (N, 1) float32 output, as the signature must describe it: not `score`'s 1-D float64.
-    signature = infer_signature(example, model.predict(example, verbose=0))
-    with warnings.catch_warnings():
+    # predict_on_batch, not predict: under op determinism predict's tf.data map logs an error.
+    signature = infer_signature(example, np.asarray(model.predict_on_batch(example)))
+    # MLflow checks the logged model by predicting the example with it (through Keras' predict).
+    with warnings.catch_warnings(), native_stderr_without((NODEDEF_LINE,)):
         warnings.simplefilter("ignore", UserWarning)  # pip-requirement inference chatter
         info = Model.log(
             artifact_path=None,

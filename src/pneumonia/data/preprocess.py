@@ -18,6 +18,7 @@ from pneumonia.contracts.paths import META_FILE, Paths
 from pneumonia.data.parallel import parallel_map
 from pneumonia.errors import PipelineError
 from pneumonia.imaging.transforms import model_input_settings, preprocess_file
+from pneumonia.progress import Progress
 
 _ROWS_PER_TASK = 64
 
@@ -55,7 +56,11 @@ def preprocess_split(
         (output, start, paths[start : start + _ROWS_PER_TASK], config)
         for start in range(0, len(paths), _ROWS_PER_TASK)
     ]
-    written = sum(parallel_map(_fill_rows, tasks, config.workers, chunksize=1))
+    written = 0
+    with Progress(f"preprocess {output.parent.name}", len(paths), "images") as progress:
+        for count in parallel_map(_fill_rows, tasks, config.workers, chunksize=1):
+            written += count
+            progress.update(count)
     if written != len(paths):
         raise PreprocessError(f"preprocess: wrote {written} of {len(paths)} images to {output}")
     return binary_labels(frame["label"])

@@ -21,6 +21,7 @@ from pneumonia.evaluation.plots import (
 )
 from pneumonia.evaluation.report import gradcam_examples
 from pneumonia.inference.gradcam import gradcam_heatmaps
+from pneumonia.progress import track
 
 
 def write_tables(tables: dict[str, pd.DataFrame], paths: Paths) -> None:
@@ -68,7 +69,9 @@ def write_gradcam_panels(
     for stale in folder.glob("*.png"):  # a panel from an earlier run must not linger
         stale.unlink()
     shown = {}
-    for outcome, chosen in gradcam_examples(labels, scores, threshold, per_outcome).items():
+    examples = gradcam_examples(labels, scores, threshold, per_outcome)
+    for outcome in track(examples, "Grad-CAM panels", unit="panels"):
+        chosen = examples[outcome]
         shown[outcome] = len(chosen)
         if len(chosen) == 0:
             continue

@@ -34,6 +34,7 @@ from pneumonia.metrics import (
     choose_threshold,
 )
 from pneumonia.model.scoring import score
+from pneumonia.progress import Progress, duration
 
 OUTCOMES = ("true_positive", "false_positive", "true_negative", "false_negative")
 DEFAULT_THRESHOLD = 0.5
@@ -212,11 +213,17 @@ def score_and_measure(
     """Score val and test (`splits` maps each to images, labels and index), choose the threshold
     on val, and measure both: the detail report, and the test scores."""
     started = time.perf_counter()
-    scored = {
-        name: (labels, score(model, images), index["patient_id"].to_numpy())
-        for name, (images, labels, index) in splits.items()
-    }
+    scored = {}
+    for name, (images, labels, index) in splits.items():
+        with Progress(f"scoring {name}", len(images), "images") as progress:
+            scores = score(model, images, on_batch=progress.update)
+        scored[name] = (labels, scores, index["patient_id"].to_numpy())
     threshold = choose_threshold(scored["val"][0], scored["val"][1], settings.threshold)
-    report = evaluation_report(settings, threshold, scored["val"], scored["test"])
+    with Progress("bootstrap", announce=True) as step:
+        report = evaluation_report(settings, threshold, scored["val"], scored["test"])
+        step.close(
+            f"bootstrap: {settings.bootstrap} patient resamples for val and test in "
+            f"{duration(step.elapsed)}"
+        )
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report, scored["test"][1]

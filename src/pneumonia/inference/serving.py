@@ -67,6 +67,10 @@ SERVING_REQUIREMENTS = (
 
 MODEL_CODE = """\
 # Written by pneumonia.inference.serving.log_serving_model: the model's entry point.
+from pneumonia.console import start_tensorflow
+
+start_tensorflow()  # before the model imports TensorFlow: no start-up noise in the server's log
+
 import mlflow
 
 from pneumonia.inference.serving import PneumoniaServingModel

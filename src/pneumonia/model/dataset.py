@@ -132,5 +132,9 @@ def make_dataset(
             pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
             return pixels, target
 
-        dataset = dataset.map(augment, num_parallel_calls=AUTOTUNE, deterministic=True)
+        # A sequential map: the pipeline trains with op determinism on (seed_everything), under
+        # which tf.data runs a map of stateful random ops sequentially anyway. Asked for a
+        # parallel one, it rewrites the map and the rewrite logs `E ... NodeDef mentions
+        # attribute use_unbounded_threadpool` once per fit; the batches are identical.
+        dataset = dataset.map(augment)
     return dataset.prefetch(AUTOTUNE)

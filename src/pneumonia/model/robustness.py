@@ -12,6 +12,7 @@ are used; test is never read.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pneumonia.errors import PipelineError
 from pneumonia.imaging.decode import load_grayscale
 from pneumonia.imaging.transforms import preprocess_image
 from pneumonia.metrics import binary_metrics, choose_threshold
+from pneumonia.progress import Progress, duration, say, track
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 REPORTED = ("roc_auc", "sensitivity", "specificity", "balanced_accuracy")
@@ -121,13 +123,16 @@ def shifted_images(
     """Every condition ("none" and each shift) of the decoded source images, preprocessed to
     the model's (N, S, S, 1) uint8 input. Noise is seeded per condition, so reruns agree."""
     conditions: dict[str, np.ndarray] = {}
-    for index, (name, shift) in enumerate([("none", None), *SHIFTS.items()]):
-        generator = np.random.default_rng([seed, index])
-        rows = []
-        for pixels in sources:
-            changed = pixels if shift is None else shift(pixels, generator)
-            rows.append(preprocess_image(Image.fromarray(changed), config))
-        conditions[name] = np.stack(rows)[..., np.newaxis]
+    named = [("none", None), *SHIFTS.items()]
+    with Progress("rendering", len(named) * len(sources), "images", indent="  ") as progress:
+        for index, (name, shift) in enumerate(named):
+            generator = np.random.default_rng([seed, index])
+            rows = []
+            for pixels in sources:
+                changed = pixels if shift is None else shift(pixels, generator)
+                rows.append(preprocess_image(Image.fromarray(changed), config))
+                progress.update(1, condition=name)
+            conditions[name] = np.stack(rows)[..., np.newaxis]
     return conditions
 
 
@@ -135,7 +140,10 @@ def load_sources(frame: pd.DataFrame, images_dir: Path) -> tuple[list[np.ndarray
     """The val images as decoded grayscale arrays at source resolution, and their labels."""
     if frame.empty:
         raise ShiftCheckError("the acquisition-shift check needs val images; the split is empty")
-    sources = [np.asarray(load_grayscale(images_dir / path)) for path in frame["path"]]
+    sources = [
+        np.asarray(load_grayscale(images_dir / path))
+        for path in track(frame["path"], "reading", unit="images", indent="  ")
+    ]
     labels = binary_labels(frame["label"])
     return sources, labels
 
@@ -149,7 +157,10 @@ def shift_report(
     """Score every condition; the threshold comes from the clean ("none") scores only."""
     if "none" not in conditions:
         raise ShiftCheckError("conditions must include the clean images under 'none'")
-    scores = {name: np.asarray(predict(images)).reshape(-1) for name, images in conditions.items()}
+    scores = {
+        name: np.asarray(predict(conditions[name])).reshape(-1)
+        for name in track(conditions, "scoring", unit="conditions", indent="  ")
+    }
     threshold = choose_threshold(labels, scores["none"], rule)
     rows = []
     for name, values in scores.items():
@@ -185,5 +196,14 @@ def check_model(
     threshold of the clean val images."""
     if not split_csv.is_file():
         raise ShiftCheckError(f"{split_csv}: not found; run the split stage first (dvc repro)")
-    sources, labels = load_sources(pd.read_csv(split_csv), images_dir)
-    return shift_report(predict, shifted_images(sources, preprocess, seed), labels)
+    frame = pd.read_csv(split_csv)
+    say(f"shift check: {len(frame)} val images under {len(SHIFTS)} acquisition shifts")
+    started = time.perf_counter()
+    sources, labels = load_sources(frame, images_dir)
+    report = shift_report(predict, shifted_images(sources, preprocess, seed), labels)
+    say(
+        f"shift check: val AUC {report.summary['val_shift_auc_mean']:.4f} on average under the "
+        f"shifts (lowest {report.summary['val_shift_auc_min']:.4f}) in "
+        f"{duration(time.perf_counter() - started)}"
+    )
+    return report

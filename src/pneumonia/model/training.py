@@ -29,11 +29,14 @@ from pneumonia.contracts.arrays import IMAGES_FILE, ProcessedDataError, load_spl
 from pneumonia.model.dataset import class_weights, make_dataset
 from pneumonia.model.network import average_ensemble, build_model
 from pneumonia.model.scoring import score
+from pneumonia.progress import Progress, duration, say
 
 MONITOR = "val_auc"
 # The saved model's exact val ROC AUC (sklearn, on all of val): train.json's, the train run's and
 # the console's "val ROC AUC".
 FINAL_VAL_ROC_AUC = "val_roc_auc"
+# The figures of each epoch's summary line, in this order, when the logs have them.
+EPOCH_FIGURES = ("loss", "auc", "val_loss", "val_auc")
 
 
 @dataclass
@@ -145,6 +148,50 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             self.client.log_metric(self.run_id, key, value, step=epoch)
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """Keras' per-epoch output as pneumonia.progress shows it: within each epoch a bar (or, off a
+    terminal, periodic lines) over its batches with the ETA and the running loss; then one line
+    with the epoch's loss, AUC, val loss, val AUC and time."""
+
+    def __init__(self, indent: str = "  "):
+        super().__init__()
+        self.indent = indent
+        self.progress: Progress | None = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.close()
+        self.progress = Progress(
+            f"epoch {epoch + 1}/{self.params['epochs']}",
+            self.params.get("steps"),
+            "batches",
+            indent=self.indent,
+        )
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.progress is not None:
+            loss = (logs or {}).get("loss")
+            self.progress.update(1, **({} if loss is None else {"loss": float(loss)}))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.progress is None:
+            return
+        logs = logs or {}
+        figures = ", ".join(
+            f"{name} {float(logs[name]):.4f}" for name in EPOCH_FIGURES if name in logs
+        )
+        self.progress.close(
+            f"{self.indent}epoch {epoch + 1}/{self.params['epochs']}: {figures} "
+            f"({duration(self.progress.elapsed)})"
+        )
+        self.progress = None
+
+    def close(self) -> None:
+        """End an epoch cut short (a pruned trial, an error) without a summary line."""
+        if self.progress is not None:
+            self.progress.close("")
+            self.progress = None
+
+
 def fit(
     hyperparameters: Hyperparameters,
     train: SplitArrays,
@@ -181,15 +228,20 @@ def fit(
         augmentation=augmentation or config.augmentation,
     )
     val_data = make_dataset(val.images, val.labels, 128, training=False, seed=seed)
-    history = model.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=epochs,
-        callbacks=callbacks,
-        class_weight=class_weights(train.labels, config.class_weight),
-        shuffle=False,  # tf.data already shuffles, seeded
-        verbose=2,
-    )
+    # First, so an epoch's line is printed before a pruning callback stops the trial.
+    progress = EpochProgress()
+    try:
+        history = model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=epochs,
+            callbacks=[progress, *callbacks],
+            class_weight=class_weights(train.labels, config.class_weight),
+            shuffle=False,  # tf.data already shuffles, seeded
+            verbose=0,  # EpochProgress shows the progress
+        )
+    finally:
+        progress.close()
     return model, history
 
 
@@ -215,7 +267,13 @@ def fit_ensemble(
     """
     members, histories = [], []
     started = time.perf_counter()
+    say(
+        f"final fit: {config.ensemble} member(s), up to {config.epochs} epoch(s) each, early "
+        f"stopping on {MONITOR} after {config.early_stopping_patience}"
+    )
     for index in range(config.ensemble):
+        if config.ensemble > 1:
+            say(f"member {index + 1}/{config.ensemble} (seed {config.seed + index})")
         stopper = keras.callbacks.EarlyStopping(
             monitor=MONITOR,
             mode="max",
@@ -234,7 +292,9 @@ def fit_ensemble(
         )
         members.append(model)
         histories.append(history)
-    return FinalFit(average_ensemble(members), histories, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    say(f"final fit: {len(members)} member(s) in {duration(seconds)}")
+    return FinalFit(average_ensemble(members), histories, seconds)
 
 
 # Figures of the final fit that vary from run to run on the same weights.

@@ -29,7 +29,12 @@ from pneumonia.config import (
 )
 from pneumonia.errors import PipelineError
 from pneumonia.model.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
+from pneumonia.progress import duration, say
 from pneumonia.tracking import NOTE_TAG, StageRun
+
+# Each trial gets a header and a result line from make_objective; Optuna's own INFO lines
+# (study created, trial finished with its parameters) would repeat them. Its warnings still show.
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # The trial's user attribute that names its MLflow run.
 MLFLOW_RUN_ATTRIBUTE = "mlflow_run_id"
@@ -326,15 +331,34 @@ def require_complete_trial(study: optuna.Study, fix: str) -> None:
         )
 
 
+def _described(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in params.items()
+    )
+
+
 def make_objective(
     config: TrainConfig,
     train: SplitArrays,
     val: SplitArrays,
     parent_run_id: str,
     stage: str = "train",
+    planned: int | None = None,
 ) -> Callable[[optuna.Trial], float]:
+    """The objective; each trial it runs prints a header (`trial 2/4`: the k-th trial of this
+    process, of `planned` when known) and a result line."""
+    started_trials = 0
+
     def objective(trial: optuna.Trial) -> float:
+        nonlocal started_trials
+        started_trials += 1
         hyperparameters = suggest(trial, config.tuning.search_space, config.hyperparameters)
+        name = f"trial {started_trials}" + (f"/{planned}" if planned else "")
+        if trial.number != started_trials - 1:  # a shared study: say which trial of it
+            name += f" (study trial {trial.number})"
+        say(f"{name}: {_described(trial.params)}")
+        started = time.perf_counter()
         # Not a `with` block: a pruned trial must end as KILLED, not FAILED, and leave the parent
         # run active.
         run = mlflow.start_run(
@@ -365,7 +389,7 @@ def make_objective(
             epoch, value = best_epoch(history)
             mlflow.log_metrics({"best_val_auc": value, "best_epoch": epoch})
             state, status = TrialState.COMPLETE, "FINISHED"
-            outcome = f"val AUC {value:.4f} at epoch {epoch}"
+            outcome = f"{MONITOR} {value:.4f} (epoch {epoch + 1})"
             return value
         except optuna.TrialPruned:
             state, status, outcome = TrialState.PRUNED, "KILLED", "pruned"
@@ -378,6 +402,7 @@ def make_objective(
                 f"{hyperparameters.flat()}",
             )
             mlflow.end_run(status=status)
+            say(f"{name}: {outcome} in {duration(time.perf_counter() - started)}")
 
     return objective
 
@@ -423,8 +448,13 @@ def run_study(
         failed = fail_orphaned_trials(storage, config.registered_model_name)
         if failed:
             print(f"train: failed {len(failed)} trial(s) a killed run left RUNNING: {failed}")
+    say(
+        f"tuning: {config.tuning.n_trials} trial(s) of {config.tuning.epochs} epoch(s) on "
+        f"{MONITOR}, study {study.study_name}"
+        + (f", at most {duration(config.tuning.timeout)}" if config.tuning.timeout else "")
+    )
     study.optimize(
-        make_objective(config, train, val, parent_run_id),
+        make_objective(config, train, val, parent_run_id, planned=config.tuning.n_trials),
         n_trials=config.tuning.n_trials,
         timeout=config.tuning.timeout or None,
         gc_after_trial=True,

@@ -118,7 +118,7 @@ def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -
         mlflow.set_tags(configure_runtime(settings.seed, settings.mixed_precision))
         run.log_hashes("input", [config.paths.processed_split(name) for name in ("train", "val")])
         study.optimize(
-            make_objective(settings, train, val, run.run_id, stage=STAGE),
+            make_objective(settings, train, val, run.run_id, stage=STAGE, planned=n_trials),
             n_trials=n_trials,
             timeout=tuning.timeout or None,
             callbacks=callbacks,

@@ -1,0 +1,105 @@
+"""The `pneumonia` command as a newcomer meets it: help for everything, quiet on a closed pipe."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pneumonia
+from pneumonia.cli import build_parser, main
+
+from helpers import tool_environment
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_command_and_option_has_help_and_every_command_an_example():
+    parser = build_parser()
+    assert parser.description and "Tell pneumonia from normal" in parser.description
+    assert "examples:" in parser.epilog
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    summaries = {choice.dest: choice.help for choice in action._choices_actions}
+    commands = _subcommands(parser)
+    assert set(commands) == {"predict", "shift-check", "promote", "check-params", "tune-worker"}
+    missing = []
+    for name, command in commands.items():
+        if not summaries.get(name):
+            missing.append(f"{name}: no summary")
+        if not command.description:
+            missing.append(f"{name}: no description")
+        if not (command.epilog or "").startswith("example:\n  pneumonia " + name):
+            missing.append(f"{name}: no example")
+        for option in command._actions:
+            if not option.help or option.help == argparse.SUPPRESS:
+                missing.append(f"{name} {'/'.join(option.option_strings) or option.dest}")
+    for option in parser._actions:
+        if option is not action and not option.help:
+            missing.append(f"pneumonia {'/'.join(option.option_strings)}")
+    assert not missing, f"without help: {missing}"
+
+
+@pytest.mark.parametrize("command", ["predict", "shift-check", "promote", "check-params"])
+def test_command_help_renders_with_its_example(command, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert f"example:\n  pneumonia {command}" in out
+    assert "%(default)" not in out
+
+
+def test_predict_into_a_closed_pipe_stops_quietly_with_status_zero(tiny_model, monkeypatch, capsys):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone, as `| head -1` does after its line
+    closed = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stdout", closed)
+    arguments = [
+        "predict",
+        *map(str, tiny_model["images"]),
+        "--model",
+        str(tiny_model["model_path"]),
+    ]
+    with pytest.raises(SystemExit) as exit:
+        main(arguments)
+    assert exit.value.code == 0
+    closed.close()  # stdout now points at /dev/null: closing flushes nothing into the pipe
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a real `pneumonia predict ... | head -1`, in a subprocess
+def test_predict_piped_into_head_exits_zero_without_a_traceback(tiny_model, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for index in range(300):  # rows written one by one: most after the reader has gone
+        path = tiny_model["images"][index % len(tiny_model["images"])]
+        (inputs / f"{index:03d}{path.suffix}").write_bytes(path.read_bytes())
+    command = [
+        sys.executable,
+        "-m",
+        "pneumonia.cli",
+        "predict",
+        str(inputs),
+        "--model",
+        str(tiny_model["model_path"]),
+        "--batch-size",
+        "1",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=tool_environment(PYTHONPATH=str(Path(pneumonia.__file__).parents[1])),
+    )
+    first = json.loads(process.stdout.readline())
+    process.stdout.close()
+    _, err = process.communicate(timeout=300)
+    assert first["error"] is None
+    assert process.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err

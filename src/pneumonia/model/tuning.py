@@ -28,6 +28,7 @@ from pneumonia.config import (
     TuningConfig,
 )
 from pneumonia.errors import PipelineError
+from pneumonia.model.backbones import WeightsFile
 from pneumonia.model.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
 from pneumonia.tracking import StageRun
 
@@ -49,17 +50,25 @@ def _with(section: SectionType, changes: dict[str, Any]) -> SectionType:
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace, fixed: Hyperparameters) -> Hyperparameters:
-    """Sample one configuration; rho and momentum exist only when the optimizer is RMSprop."""
+    """Sample one configuration; rho and momentum exist only when the optimizer is RMSprop,
+    base_filters only for the cnn, the fine-tuning rate and depth only for a backbone."""
     optimizer = trial.suggest_categorical("optimizer", list(space.optimizer))
     rmsprop = optimizer == "rmsprop"
+    backbone = fixed.model.is_backbone
+    model = {"dropout": trial.suggest_float("dropout", *space.dropout)}
+    fine_tuning = {}
+    if backbone:
+        fine_tuning = {
+            "learning_rate": trial.suggest_float(
+                "fine_tuning_learning_rate", *space.fine_tuning_learning_rate, log=True
+            ),
+            "unfreeze": trial.suggest_categorical("unfreeze", list(space.unfreeze)),
+        }
+    else:
+        model["base_filters"] = trial.suggest_categorical("base_filters", list(space.base_filters))
     return Hyperparameters(
-        model=_with(
-            fixed.model,
-            {
-                "base_filters": trial.suggest_categorical("base_filters", list(space.base_filters)),
-                "dropout": trial.suggest_float("dropout", *space.dropout),
-            },
-        ),
+        model=_with(fixed.model, model),
+        fine_tuning=_with(fixed.fine_tuning, fine_tuning),
         optimizer=_with(
             fixed.optimizer,
             {
@@ -83,10 +92,18 @@ def suggest(trial: optuna.Trial, space: SearchSpace, fixed: Hyperparameters) -> 
 def hyperparameters_from(params: dict[str, Any], fixed: Hyperparameters) -> Hyperparameters:
     """Rebuild the Hyperparameters a trial's params describe (the inverse of `suggest`)."""
     rmsprop = params["optimizer"] == "rmsprop"
+    model = {"dropout": params["dropout"]}
+    fine_tuning = {}
+    if fixed.model.is_backbone:
+        fine_tuning = {
+            "learning_rate": params["fine_tuning_learning_rate"],
+            "unfreeze": params["unfreeze"],
+        }
+    else:
+        model["base_filters"] = params["base_filters"]
     return Hyperparameters(
-        model=_with(
-            fixed.model, {"base_filters": params["base_filters"], "dropout": params["dropout"]}
-        ),
+        model=_with(fixed.model, model),
+        fine_tuning=_with(fixed.fine_tuning, fine_tuning),
         optimizer=_with(
             fixed.optimizer,
             {
@@ -105,17 +122,30 @@ def fixed_trial_params(fixed: Hyperparameters, space: SearchSpace) -> dict[str, 
     """The fixed hyperparameters as a first trial to enqueue, when they lie in the space."""
     params: dict[str, Any] = {
         "optimizer": fixed.optimizer.name,
-        "base_filters": fixed.model.base_filters,
         "dropout": fixed.model.dropout,
         "learning_rate": fixed.optimizer.learning_rate,
         "weight_decay": fixed.optimizer.weight_decay,
         "batch_size": fixed.batch_size,
     }
+    if fixed.model.is_backbone:
+        params.update(
+            fine_tuning_learning_rate=fixed.fine_tuning.learning_rate,
+            unfreeze=fixed.fine_tuning.unfreeze,
+        )
+        shape_inside = (
+            params["unfreeze"] in space.unfreeze
+            and space.fine_tuning_learning_rate[0]
+            <= params["fine_tuning_learning_rate"]
+            <= space.fine_tuning_learning_rate[1]
+        )
+    else:
+        params["base_filters"] = fixed.model.base_filters
+        shape_inside = params["base_filters"] in space.base_filters
     if fixed.optimizer.name == "rmsprop":
         params.update(rho=fixed.optimizer.rho, momentum=fixed.optimizer.momentum)
     inside = (
         params["optimizer"] in space.optimizer
-        and params["base_filters"] in space.base_filters
+        and shape_inside
         and params["batch_size"] in space.batch_size
         and space.dropout[0] <= params["dropout"] <= space.dropout[1]
         and space.learning_rate[0] <= params["learning_rate"] <= space.learning_rate[1]
@@ -313,6 +343,7 @@ def make_objective(
     val: SplitArrays,
     parent_run_id: str,
     stage: str = "train",
+    weights: WeightsFile | None = None,
 ) -> Callable[[optuna.Trial], float]:
     def objective(trial: optuna.Trial) -> float:
         hyperparameters = suggest(trial, config.tuning.search_space, config.hyperparameters)
@@ -341,6 +372,7 @@ def make_objective(
                 config,
                 epochs=config.tuning.epochs,
                 callbacks=callbacks,
+                weights=weights,
             )
             epoch, value = best_epoch(history)
             mlflow.log_metrics({"best_val_auc": value, "best_epoch": epoch})
@@ -387,6 +419,7 @@ def run_study(
     val: SplitArrays,
     parent_run_id: str,
     project_root: Path,
+    weights: WeightsFile | None = None,
 ) -> optuna.Study:
     study = create_study(config, project_root, config.registered_model_name)
     if not config.tuning.study_name:
@@ -395,7 +428,7 @@ def run_study(
         if failed:
             print(f"train: failed {len(failed)} trial(s) a killed run left RUNNING: {failed}")
     study.optimize(
-        make_objective(config, train, val, parent_run_id),
+        make_objective(config, train, val, parent_run_id, weights=weights),
         n_trials=config.tuning.n_trials,
         timeout=config.tuning.timeout or None,
         gc_after_trial=True,
@@ -463,11 +496,12 @@ def study_for_training(
     val: SplitArrays,
     parent_run_id: str,
     project_root: Path,
+    weights: WeightsFile | None = None,
 ) -> optuna.Study | None:
     """The study whose best trial the train stage refits: one it runs now (tuning.n_trials > 0),
     one tuning workers ran (n_trials 0 with a study_name), or None (the fixed params)."""
     if config.tuning.n_trials > 0:
-        return run_study(config, train, val, parent_run_id, project_root)
+        return run_study(config, train, val, parent_run_id, project_root, weights)
     if config.tuning.study_name:
         return load_tuned_study(config.tuning, project_root)
     return None

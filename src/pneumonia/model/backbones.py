@@ -290,8 +290,9 @@ def _rename_automatic_layers(model: keras.Model, architecture: str) -> None:
     model would save to different bytes after a tuning study of another length. Numbered within
     the model instead."""
     counts: dict[str, int] = {}
-    taken = {operation.name for operation in model.operations}
-    for operation in model.operations:
+    parts = list(_parts(model))
+    taken = {operation.name for operation in parts}
+    for operation in parts:
         kind = _snake_case(type(operation).__name__)
         if operation.name in OWN_LAYERS or not re.fullmatch(
             rf"{re.escape(kind)}(_\d+)?", operation.name
@@ -302,6 +303,16 @@ def _rename_automatic_layers(model: keras.Model, architecture: str) -> None:
         if name in taken:
             raise ValueError(f"layer name {name} is taken in {model.name}")
         operation.name = name
+
+
+def _parts(model: keras.Model):
+    """The layers and operations of a model, and of the models nested in it (ConvNeXt's blocks
+    are Sequential models, whose input layers only `_layers` lists)."""
+    parts = model.operations if hasattr(model, "operations") else model._layers
+    for part in parts:
+        yield part
+        if isinstance(part, keras.Model):
+            yield from _parts(part)
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:

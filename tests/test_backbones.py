@@ -12,6 +12,7 @@ import urllib.error
 
 import h5py
 import keras
+import mlflow
 import numpy as np
 import optuna
 import pytest
@@ -76,6 +77,21 @@ def test_every_backbone_builds_small_and_takes_raw_grey_pixels(tmp_path, archite
     explained = feature_layer(model)
     assert explained.name not in OWN_LAYERS and len(explained.output.shape) == 4
     assert not [layer for layer in model.layers if type(layer).__name__ == "Lambda"]
+
+
+def test_under_mixed_precision_the_backbone_runs_in_float16_and_the_head_in_float32(tmp_path):
+    config = backbone_config(tmp_path, "densenet121")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(SIDE, config.train.model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert feature_layer(model).dtype_policy.compute_dtype == "float16"
+    assert model.get_layer("imagenet_normalization").dtype_policy.compute_dtype == "float16"
+    assert model.get_layer("pneumonia").dtype_policy.compute_dtype == "float32"
+    pixels = np.full((1, SIDE, SIDE, 1), 200, dtype=np.uint8)
+    probability = model(pixels, training=False)
+    assert probability.dtype == "float32" and np.isfinite(np.asarray(probability)).all()
 
 
 def test_a_backbone_model_saves_and_loads_safely_to_the_same_bytes(tmp_path):
@@ -327,14 +343,17 @@ def test_warmup_changes_no_backbone_weight_and_fine_tuning_does(tmp_path):
 
 
 @pytest.mark.slow  # one trial of a MobileNetV3 in a real tune-worker run (~20 s)
-def test_a_tune_worker_tunes_a_backbone(tmp_path):
+def test_a_tune_worker_tunes_a_backbone_and_logs_its_weights_file(tmp_path):
     from pneumonia.model.workers import run_worker
 
+    tmp_path.mkdir(exist_ok=True)
+    reference_application("mobilenetv3small").save_weights(tmp_path / "start.weights.h5")
     params = write_tiny_project(
         tmp_path,
         {
             "preprocess.image_size": SIDE,
             "train.model.architecture": "mobilenetv3small",
+            "train.model.weights": "start.weights.h5",
             "train.fine_tuning.warmup_epochs": 0,
             "train.tuning.storage": "sqlite:///studies/s.db",
             "train.tuning.study_name": "backbone",
@@ -347,3 +366,9 @@ def test_a_tune_worker_tunes_a_backbone(tmp_path):
     assert trial.state.name == "COMPLETE"
     assert {"fine_tuning_learning_rate", "unfreeze"} <= set(trial.params)
     assert "base_filters" not in trial.params
+    (worker,) = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string="tags.mlflow.runName = 'tune-worker'",
+        output_format="list",
+    )
+    assert worker.data.params["weights_sha256"] == file_sha256(tmp_path / "start.weights.h5")

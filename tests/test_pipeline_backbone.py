@@ -1,7 +1,8 @@
 """End to end with a Keras Applications backbone: the real `dvc repro` in a copy of the repo
 with `train.model.architecture: mobilenetv3small` (random weights, 32 px, both fine-tuning
-phases; ensembles of backbones are test_backbones.py's, to keep this short), then evaluate's Grad-CAM and served model, predict, `mlflow models
-serve` over HTTP, and promote on what it made. Kaggle is replaced only at the kagglehub call."""
+phases), then evaluate's Grad-CAM and served model, predict, `mlflow models serve` over HTTP, and
+promote on what it made. Ensembles of backbones are test_backbones.py's, to keep this short.
+Kaggle is replaced only at the kagglehub call."""
 
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ ratio to the baseline.
 
 --architectures needs no data: each architecture (the cnn with params.yaml's shape, a backbone
 with random weights, which cost the same to train as ImageNet's) trains on synthetic uint8
-images through the stage's input pipeline (make_dataset, params.yaml's augmentation), one
-untimed epoch of --steps batches (tracing), then --steps timed batches. A backbone is timed
-twice: in its warm-up phase (backbone frozen) and fine-tuning everything (`unfreeze: all`).
+images through the stage's input pipeline (make_dataset, params.yaml's augmentation): three
+untimed batches (tracing), then --steps timed batches. A backbone is timed twice: in its warm-up
+phase (backbone frozen) and fine-tuning everything (`unfreeze: all`).
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def architecture_rates(
         if change is not None:
             change(model)
         compile_model(model, hyperparameters.optimizer)
-        model.fit(dataset, epochs=1, verbose=0)  # tracing
+        # Tracing and warm-up: a few batches, not a whole untimed epoch.
+        model.fit(dataset, epochs=1, steps_per_epoch=min(3, steps), verbose=0)
         started = time.perf_counter()
         model.fit(dataset, epochs=1, verbose=0)
         rates[phase] = count / (time.perf_counter() - started)

@@ -155,11 +155,17 @@ def test_a_missing_weights_file_is_refused(tmp_path):
 
 
 @pytest.mark.slow  # two backbones built (~4 s)
-def test_a_weights_file_of_another_model_is_refused(tmp_path):
-    reference_application("mobilenetv3small").save_weights(tmp_path / "small.weights.h5")
-    config = backbone_config(tmp_path, "resnet50v2", weights="small.weights.h5")
+@pytest.mark.parametrize("kind", ["weights.h5", "h5"])
+def test_a_weights_file_of_another_model_is_refused(tmp_path, kind):
+    small = reference_application("mobilenetv3small")
+    path = tmp_path / f"small.{kind}"
+    if kind == "weights.h5":
+        small.save_weights(path)
+    else:
+        save_legacy_h5(small, path)
+    config = backbone_config(tmp_path, "resnet50v2", weights=path.name)
     weights = resolve_weights(config.train.model, config.project_root)
-    with pytest.raises(WeightsError, match="does not fit ResNet50V2"):
+    with pytest.raises(WeightsError, match=r"'train\.model\.weights'.* does not fit ResNet50V2"):
         build_model(SIDE, config.train.model, weights)
 
 

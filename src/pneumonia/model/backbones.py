@@ -169,6 +169,12 @@ def imagenet_weights(architecture: str) -> Path:
     keras.utils.get_file when missing; without network and cache, a WeightsError with the fix."""
     backbone = BACKBONES[architecture]
     cache = keras_cache_dir()
+    # get_file re-downloads a cached file whose hash is not Keras's: say which case failed.
+    state = (
+        "is in the Keras cache but not the file Keras expects (its hash differs)"
+        if (cache / backbone.weights_file).is_file()
+        else "is not in the Keras cache"
+    )
     try:
         return Path(
             keras.utils.get_file(
@@ -187,7 +193,7 @@ def imagenet_weights(architecture: str) -> Path:
         )
         raise WeightsError(
             f"params.yaml: 'train.model.weights' is imagenet, but {cache / backbone.weights_file} "
-            f"is not in the Keras cache and could not be downloaded ({detail}). Fetch it on a "
+            f"{state} and could not be downloaded ({detail}). Fetch it on a "
             f"machine with network ({fetch}, or download {backbone.weights_url}) and copy it to "
             f"{cache}/ (KERAS_HOME sets the folder), or set 'train.model.weights' to the path "
             "of that file"
@@ -240,7 +246,16 @@ def build_backbone_model(
     # loads its ImageNet files); a Keras 3 .weights.h5 is matched by name, so it is loaded into a
     # stand-alone copy of the application and its weights taken over in order.
     legacy = weights is not None and not weights.path.name.endswith(".weights.h5")
-    application = _application(backbone, x, image_size, str(weights.path) if legacy else None)
+    try:
+        application = _application(backbone, x, image_size, str(weights.path) if legacy else None)
+    except ValueError as error:  # Keras's message for a file of another model
+        if not legacy:
+            raise
+        raise WeightsError(
+            f"params.yaml: 'train.model.weights' ({weights.setting}): {weights.path} does not fit "
+            f"{backbone.constructor.__name__}(include_top=False) "
+            f"({str(error).splitlines()[0] if str(error) else 'no detail'})"
+        ) from None
     if weights is not None and not legacy:
         _load_weights_file(backbone, application, image_size, weights.path)
     x = layers.GlobalAveragePooling2D(name="pool")(application.output)

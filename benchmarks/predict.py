@@ -117,7 +117,9 @@ def prepare_model(model: Path | None, scratch: Path) -> tuple[Path, str]:
     folder = scratch / "models"
     folder.mkdir(parents=True)
     size = config.preprocess.image_size
-    build_model(size, config.train.model).save(folder / "model.keras")
+    # Untrained: random weights cost the same to run as pretrained ones.
+    untrained = config.train.model.model_copy(update={"weights": "none"})
+    build_model(size, untrained).save(folder / "model.keras")
     card = {"preprocess": model_input_settings(config.preprocess)}  # no registry record
     write_model_card(folder / MODEL_CARD_FILE, card)
     write_operating_point(folder / THRESHOLD_FILE, OperatingPoint(threshold=0.5))

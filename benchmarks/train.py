@@ -1,6 +1,9 @@
-"""Training throughput of our input pipeline against the seed projects' way, same model, same run.
+"""Training throughput of our input pipeline against the seed projects' way, same model, same run;
+or, with --architectures, training images/s of each architecture at each image size.
 
     python benchmarks/train.py [--images 1024] [--batch-size 32]
+    python benchmarks/train.py --architectures cnn,mobilenetv3small,densenet121 --sizes 128,224 \
+        [--steps 20] [--batch-size 32]
 
 Needs `dvc repro` to have run preprocess (data/processed and data/raw/images). Baseline: the seed
 projects' `keras.utils.image_dataset_from_directory`, which decodes and resizes every JPEG from
@@ -9,6 +12,12 @@ disk every epoch. Ours: `pneumonia.model.dataset.make_dataset` over the preproce
 hyperparameters) at the same image size on the same images; each side trains one warm-up epoch,
 then one timed epoch. It prints images/s for the input pipeline alone and for training, and the
 ratio to the baseline.
+
+--architectures needs no data: each architecture (the cnn with params.yaml's shape, a backbone
+with random weights, which cost the same to train as ImageNet's) trains on synthetic uint8
+images through the stage's input pipeline (make_dataset, params.yaml's augmentation): three
+untimed batches (tracing), then --steps timed batches. A backbone is timed twice: in its warm-up
+phase (backbone frozen) and fine-tuning everything (`unfreeze: all`).
 """
 
 from __future__ import annotations
@@ -25,10 +34,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pneumonia.config import load_config
+from pneumonia.config import load_config, resolve_workers
 from pneumonia.contracts.arrays import load_split
+from pneumonia.model.backbones import freeze_backbone, unfreeze_backbone
 from pneumonia.model.dataset import make_dataset
-from pneumonia.model.training import compiled_model, seed_everything
+from pneumonia.model.training import compile_model, compiled_model, seed_everything
 
 
 def seed_projects_dataset(folder: Path, size: int, batch_size: int, seed: int) -> tf.data.Dataset:
@@ -65,11 +75,85 @@ def training_rate(dataset: tf.data.Dataset, images: int, config) -> float:
     return images / (time.perf_counter() - started)
 
 
+def architecture_rates(
+    architecture: str, size: int, steps: int, batch_size: int, config
+) -> dict[str, float]:
+    """Training images/s of one architecture at one size: {phase: rate}."""
+    model_config = config.train.model.model_copy(
+        update={"architecture": architecture, "weights": "none"}
+    )
+    hyperparameters = config.train.hyperparameters.model_copy(
+        update={"model": model_config, "batch_size": batch_size}
+    )
+    count = steps * batch_size
+    generator = np.random.default_rng(0)
+    images = generator.integers(0, 256, (count, size, size, 1), dtype=np.uint8)
+    labels = (np.arange(count) % 2).astype(np.uint8)
+    dataset = make_dataset(
+        images,
+        labels,
+        batch_size,
+        training=True,
+        seed=config.train.seed,
+        augmentation=config.train.augmentation,
+    )
+    seed_everything(config.train.seed)
+    model = compiled_model(size, hyperparameters)
+    phases = {"training": None}
+    if model_config.is_backbone:
+        phases = {
+            "warm-up (frozen)": freeze_backbone,
+            "fine-tuning (all)": lambda model: unfreeze_backbone(model, "all", pretrained=False),
+        }
+    rates = {}
+    for phase, change in phases.items():
+        if change is not None:
+            change(model)
+        compile_model(model, hyperparameters.optimizer)
+        # Tracing and warm-up: a few batches, not a whole untimed epoch.
+        model.fit(dataset, epochs=1, steps_per_epoch=min(3, steps), verbose=0)
+        started = time.perf_counter()
+        model.fit(dataset, epochs=1, verbose=0)
+        rates[phase] = count / (time.perf_counter() - started)
+    return rates
+
+
+def compare_architectures(arguments) -> None:
+    config = load_config()
+    architectures = [name.strip() for name in arguments.architectures.split(",") if name.strip()]
+    sizes = [int(size) for size in arguments.sizes.split(",")]
+    print(
+        f"training images/s, batch {arguments.batch_size}, {arguments.steps} timed steps, "
+        f"{resolve_workers(0)} CPU core(s), device "
+        f"{'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}"
+    )
+    print(f"{'architecture':<18} {'phase':<20} " + " ".join(f"{size:>8}px" for size in sizes))
+    for architecture in architectures:
+        by_size = {
+            size: architecture_rates(
+                architecture, size, arguments.steps, arguments.batch_size, config
+            )
+            for size in sizes
+        }
+        for phase in by_size[sizes[0]]:
+            rates = " ".join(f"{by_size[size][phase]:10.1f}" for size in sizes)
+            print(f"{architecture:<18} {phase:<20} {rates}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--architectures",
+        help="comma-separated: cnn and/or backbones (train.model.architecture values)",
+    )
+    parser.add_argument("--sizes", default="128,224", help="image sides, comma-separated")
+    parser.add_argument("--steps", type=int, default=20, help="timed batches per phase")
     arguments = parser.parse_args()
+    if arguments.architectures:
+        compare_architectures(arguments)
+        return
     config = load_config()
     images, labels, index = load_split(config.paths.processed_split("train"), mmap=False)
     count = min(arguments.images, len(images))

@@ -1,6 +1,6 @@
-"""DVC stage `train`: tune the CNN with Optuna on val AUC (or take the best trial of a study that
-tuning workers ran), refit the best configuration, save, log and register the model. Reads the
-train and val splits only; test is evaluate's."""
+"""DVC stage `train`: tune the network (the CNN or a pretrained backbone) with Optuna on val AUC
+(or take the best trial of a study that tuning workers ran), refit the best configuration, save,
+log and register the model. Reads the train and val splits only; test is evaluate's."""
 
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
@@ -17,6 +17,7 @@ from pneumonia.contracts.files import file_sha256, write_json
 from pneumonia.contracts.model_card import RegistryRecord, build_model_card, write_model_card
 from pneumonia.errors import run_stage
 from pneumonia.imaging.transforms import model_input_settings
+from pneumonia.model.backbones import resolve_weights, weights_params, weights_record
 from pneumonia.model.network import save_model
 from pneumonia.model.robustness import check_model
 from pneumonia.model.scoring import score
@@ -50,10 +51,13 @@ def main() -> None:
     start_tensorflow()
     config = load_config()
     paths, settings = config.paths, config.train
+    # A backbone's weights first: without network or cache it fails here, before reading data.
+    weights = resolve_weights(settings.model, config.project_root)
     train, val = load_training_splits(config)
     params = {
         "train": loggable_train_params(config.params["train"]),
         "preprocess.image_size": train.images.shape[1],
+        **weights_params(weights),
     }
     paths.train_reports.mkdir(parents=True, exist_ok=True)
     with stage_run("train", config, params) as run:
@@ -61,14 +65,20 @@ def main() -> None:
         run.log_hashes("input", [paths.processed_split("train"), paths.processed_split("val")])
         hyperparameters = settings.hyperparameters
         study = study_for_training(
-            settings, train, val, run.run_id, config.project_root, study_prefix=run.name
+            settings,
+            train,
+            val,
+            run.run_id,
+            config.project_root,
+            study_prefix=run.name,
+            weights=weights,
         )
         tuning_summary = log_study(run, study, paths.trials_table)
         if study is not None:
             hyperparameters = hyperparameters_from(study.best_trial.params, hyperparameters)
         mlflow.log_params({f"chosen.{k}": v for k, v in hyperparameters.flat().items()})
 
-        final = fit_ensemble(hyperparameters, train, val, settings, run.run_id)
+        final = fit_ensemble(hyperparameters, train, val, settings, run.run_id, weights)
         model = final.model
         pd.DataFrame(members_table(final.histories, settings.seed)).to_csv(
             paths.members_table, index=False
@@ -111,6 +121,7 @@ def main() -> None:
             image_size=config.preprocess.image_size,
             preprocess=model_input_settings(config.preprocess),
             hyperparameters=hyperparameters.flat(),
+            weights=weights_record(settings.model, weights),
             ensemble_members=settings.ensemble,
             # Timings and a fresh study's random name stay in MLflow: the card, which evaluate
             # depends on, must not change when the model does not.

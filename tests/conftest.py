@@ -92,7 +92,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("tiny-model")
     keras.utils.set_random_seed(0)
     model = build_model(
-        TINY_SIDE, ModelConfig(depth=2, base_filters=8, convolution="plain", dropout=0.0)
+        TINY_SIDE,
+        ModelConfig(
+            architecture="cnn",
+            weights="none",
+            depth=2,
+            base_filters=8,
+            convolution="plain",
+            dropout=0.0,
+        ),
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
     labels = np.arange(128) % 2

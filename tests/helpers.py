@@ -655,3 +655,40 @@ def write_tiny_project(
         split_dir.mkdir(parents=True, exist_ok=True)
         frame.to_csv(split_dir / f"{split}.csv", index=False)
     return root / "params.yaml"
+
+
+@contextlib.contextmanager
+def served_model(uri: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """`mlflow models serve` of `uri` on a free loopback port, with this environment's
+    programs; yields its URL once /ping answers, and always stops it."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("w") as log:
+        # Its own session: the CLI starts uvicorn as a child, and both must be stopped.
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server did not answer /ping:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -49,7 +49,15 @@ def blob_model():
     """A real small CNN of the project's architecture, trained to find the squares."""
     keras.utils.set_random_seed(0)
     model = build_model(
-        SIDE, ModelConfig(depth=2, base_filters=8, convolution="plain", dropout=0.0)
+        SIDE,
+        ModelConfig(
+            architecture="cnn",
+            weights="none",
+            depth=2,
+            base_filters=8,
+            convolution="plain",
+            dropout=0.0,
+        ),
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
     images, labels, _ = blob_images(256, seed=0)

@@ -6,7 +6,14 @@ from pneumonia.model.network import average_ensemble, build_model, ensemble_memb
 
 
 def architecture(**changes):
-    values = {"depth": 3, "base_filters": 8, "convolution": "plain", "dropout": 0.2}
+    values = {
+        "architecture": "cnn",
+        "weights": "none",
+        "depth": 3,
+        "base_filters": 8,
+        "convolution": "plain",
+        "dropout": 0.2,
+    }
     values.update(changes)
     return ModelConfig(**values)
 

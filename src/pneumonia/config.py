@@ -25,6 +25,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -195,11 +196,66 @@ class PreprocessConfig(Section):
         return self
 
 
+# `cnn` is the project's own network (model.network), trained from scratch; the others are Keras
+# Applications backbones (model.backbones), each with Keras's own smallest input side.
+CNN = "cnn"
+BACKBONE_MIN_IMAGE_SIZE = {
+    "densenet121": 32,
+    "efficientnetv2b0": 32,
+    "resnet50v2": 32,
+    "convnext_tiny": 32,
+    "mobilenetv3small": 32,
+}
+Architecture = Literal[
+    "cnn", "densenet121", "efficientnetv2b0", "resnet50v2", "convnext_tiny", "mobilenetv3small"
+]
+IMAGENET, NO_WEIGHTS = "imagenet", "none"
+
+
 class ModelConfig(Section):
+    architecture: Architecture
+    # imagenet (Keras's download and cache), none (random), or a weights file (a backbone only).
+    weights: Name
+    # The cnn's own; a backbone ignores them.
     depth: Annotated[int, Field(ge=1, le=7, description="blocks, each halving the resolution")]
     base_filters: Annotated[int, Field(ge=1, le=512, description="doubled per block, to 8x")]
     convolution: Literal["plain", "separable"]
     dropout: Annotated[float, Field(ge=0, le=0.95)]
+
+    @property
+    def is_backbone(self) -> bool:
+        return self.architecture != CNN
+
+    @model_validator(mode="after")
+    def _weights_fit_architecture(self) -> ModelConfig:
+        if not self.is_backbone and self.weights != NO_WEIGHTS:
+            raise _FieldError(
+                "weights",
+                f"must be none for architecture cnn (trained from scratch), got "
+                f"{self.weights!r}; pretrained weights need a backbone such as "
+                "'train.model.architecture: densenet121'",
+            )
+        return self
+
+
+def _unfreeze(value: Any) -> Any:
+    if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(
+        f"must be all or a number of layers >= 1 (the top N of the backbone), got {value!r}"
+    )
+
+
+Unfreeze = Annotated[str | int, BeforeValidator(_unfreeze)]
+
+
+class FineTuningConfig(Section):
+    """A backbone's two phases (the cnn ignores them): warm-up with the backbone frozen, then
+    fine-tuning with `unfreeze` of it trainable, each early-stopped on val AUC."""
+
+    warmup_epochs: Annotated[int, Field(ge=0, description="backbone frozen; 0 skips")]
+    learning_rate: Annotated[float, Field(gt=0, le=1, description="of the fine-tuning phase")]
+    unfreeze: Unfreeze
 
 
 class OptimizerConfig(Section):
@@ -216,17 +272,32 @@ class Hyperparameters(Section):
     model: ModelConfig
     optimizer: OptimizerConfig
     batch_size: Annotated[int, Field(ge=1)]
+    fine_tuning: FineTuningConfig
 
     def flat(self) -> dict[str, Any]:
-        """`model.depth`, `optimizer.name`, ..., `batch_size`: the names MLflow logs."""
+        """`model.architecture`, `optimizer.name`, ..., `batch_size`: the names MLflow logs,
+        only those that apply (the cnn's shape, or a backbone's fine-tuning)."""
         values = {
             **{f"model.{key}": value for key, value in self.model.model_dump().items()},
             **{f"optimizer.{key}": value for key, value in self.optimizer.model_dump().items()},
             "batch_size": self.batch_size,
         }
+        if self.model.is_backbone:
+            for key in CNN_ONLY:
+                del values[f"model.{key}"]
+            values.update(
+                {
+                    f"fine_tuning.{key}": value
+                    for key, value in self.fine_tuning.model_dump().items()
+                }
+            )
         if self.optimizer.name != "rmsprop":
             del values["optimizer.rho"], values["optimizer.momentum"]
         return values
+
+
+# The model params that only the cnn reads.
+CNN_ONLY = ("depth", "base_filters", "convolution")
 
 
 class AugmentationConfig(Section):
@@ -251,7 +322,15 @@ class SearchSpace(Section):
     weight_decay: Pair  # log scale
     rho: Pair  # rmsprop only
     momentum: Pair  # rmsprop only
-    base_filters: Choices
+    base_filters: Choices  # cnn only
+    # A backbone only: the fine-tuning phase's learning rate (log scale) and unfrozen depth.
+    fine_tuning_learning_rate: Pair
+    unfreeze: Annotated[tuple[Unfreeze, ...], Field(strict=False, min_length=1)]
+
+    @field_validator("fine_tuning_learning_rate")
+    @classmethod
+    def _fine_tuning_learning_rate(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_pair(value, 1e-9, 1.0)
 
     @field_validator("learning_rate")
     @classmethod
@@ -333,13 +412,17 @@ class TrainConfig(Section):
     model: ModelConfig
     optimizer: OptimizerConfig
     batch_size: Annotated[int, Field(ge=1)]
+    fine_tuning: FineTuningConfig
     augmentation: AugmentationConfig
     tuning: TuningConfig
 
     @property
     def hyperparameters(self) -> Hyperparameters:
         return Hyperparameters(
-            model=self.model, optimizer=self.optimizer, batch_size=self.batch_size
+            model=self.model,
+            optimizer=self.optimizer,
+            batch_size=self.batch_size,
+            fine_tuning=self.fine_tuning,
         )
 
 
@@ -453,8 +536,16 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:
-        depth, size = self.train.model.depth, self.preprocess.image_size
-        if size < 2**depth:
+        model, size = self.train.model, self.preprocess.image_size
+        depth = model.depth
+        if model.is_backbone and size < BACKBONE_MIN_IMAGE_SIZE[model.architecture]:
+            minimum = BACKBONE_MIN_IMAGE_SIZE[model.architecture]
+            raise _FieldError(
+                "preprocess.image_size",
+                f"({size}) is too small for 'train.model.architecture' {model.architecture} "
+                f"(needs >= {minimum}, Keras's minimum for it); raise it or use architecture cnn",
+            )
+        if not model.is_backbone and size < 2**depth:
             raise _FieldError(
                 "train.model.depth",
                 f"{depth} halves the image {depth} times; 'preprocess.image_size' {size} is "

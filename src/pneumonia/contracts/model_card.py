@@ -43,6 +43,7 @@ def build_model_card(
     image_size: int,
     preprocess: dict[str, Any],
     hyperparameters: dict[str, Any],
+    weights: dict[str, Any] | None = None,
     ensemble_members: int,
     validation: dict[str, float],
     tuning: dict[str, Any] | None,
@@ -58,6 +59,8 @@ def build_model_card(
         "output": "probability of PNEUMONIA (sigmoid)",
         PREPROCESS: preprocess,
         "hyperparameters": hyperparameters,
+        # The architecture and its starting weights (file name and sha256 for pretrained ones).
+        "weights": weights,
         "selection": (
             "Optuna on val ROC AUC; final fit (train.ensemble members, averaged) early-stopped "
             "on val ROC AUC"

@@ -1,4 +1,5 @@
-"""The CNN, built from scratch (no pretrained weights), as a Keras functional model.
+"""The network of `train.model.architecture`: the project's CNN, built from scratch (no
+pretrained weights), or a Keras Applications backbone (model.backbones); Keras functional models.
 
 Normalisation lives inside the model: it takes raw uint8 pixels (batch, size, size, 1), so
 serving feeds images exactly as preprocess writes them.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -17,6 +19,7 @@ import keras
 from keras import layers
 
 from pneumonia.config import ModelConfig
+from pneumonia.model.backbones import WeightsFile, build_backbone_model
 
 
 def convolution_block(
@@ -37,8 +40,13 @@ def convolution_block(
     return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
 
 
-def build_model(image_size: int, model: ModelConfig) -> keras.Model:
-    """uint8 (size, size, 1) in, probability of pneumonia out."""
+def build_model(
+    image_size: int, model: ModelConfig, weights: WeightsFile | None = None
+) -> keras.Model:
+    """uint8 (size, size, 1) in, probability of pneumonia out; `weights` is the resolved
+    train.model.weights of a backbone (backbones.resolve_weights)."""
+    if model.is_backbone:
+        return build_backbone_model(image_size, model, weights)
     if image_size < 2**model.depth:
         raise ValueError(
             f"preprocess.image_size={image_size} is too small for train.model.depth="
@@ -54,6 +62,10 @@ def build_model(image_size: int, model: ModelConfig) -> keras.Model:
     # float32 output even under mixed precision, so the sigmoid and the loss stay stable.
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(x)
     return keras.Model(inputs, outputs, name="pneumonia_cnn")
+
+
+# The names average_ensemble gives its members.
+_MEMBER_NAME = re.compile(r"member_\d+")
 
 
 def average_ensemble(members: list[keras.Model]) -> keras.Model:
@@ -80,7 +92,12 @@ def average_ensemble(members: list[keras.Model]) -> keras.Model:
 
 def ensemble_members(model: keras.Model) -> list[keras.Model]:
     """The members of an average_ensemble, or [model] for a single network."""
-    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    # By name: a backbone may hold nested models of its own (ConvNeXt's stem and blocks).
+    nested = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.Model) and _MEMBER_NAME.fullmatch(layer.name)
+    ]
     return nested or [model]
 
 

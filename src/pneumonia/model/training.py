@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from pneumonia.config import (
+    NO_WEIGHTS,
     AugmentationConfig,
     Config,
     ConfigError,
@@ -26,6 +28,7 @@ from pneumonia.config import (
     resolve_workers,
 )
 from pneumonia.contracts.arrays import IMAGES_FILE, ProcessedDataError, load_split
+from pneumonia.model.backbones import WeightsFile, freeze_backbone, unfreeze_backbone
 from pneumonia.model.dataset import class_weights, make_dataset
 from pneumonia.model.network import average_ensemble, build_model
 from pneumonia.model.scoring import score
@@ -110,22 +113,35 @@ def make_optimizer(
     raise ConfigError(f"train.optimizer.name must be adam or rmsprop, got {config.name!r}")
 
 
-def compiled_model(
-    image_size: int,
-    hyperparameters: Hyperparameters,
+def compile_model(
+    model: keras.Model,
+    optimizer: OptimizerConfig,
     label_smoothing: float = 0.0,
     schedule: str = "constant",
     decay_steps: int | None = None,
-) -> keras.Model:
-    model = build_model(image_size, hyperparameters.model)
+) -> None:
+    """Compile (again, after a change of what is trainable) with a fresh optimizer."""
     model.compile(
-        optimizer=make_optimizer(hyperparameters.optimizer, schedule, decay_steps),
+        optimizer=make_optimizer(optimizer, schedule, decay_steps),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),
             keras.metrics.AUC(name="auc", num_thresholds=1000),
         ],
     )
+
+
+def compiled_model(
+    image_size: int,
+    hyperparameters: Hyperparameters,
+    label_smoothing: float = 0.0,
+    schedule: str = "constant",
+    decay_steps: int | None = None,
+    weights: WeightsFile | None = None,
+) -> keras.Model:
+    """The model built and compiled with every layer trainable (a backbone as if unfrozen)."""
+    model = build_model(image_size, hyperparameters.model, weights)
+    compile_model(model, hyperparameters.optimizer, label_smoothing, schedule, decay_steps)
     return model
 
 
@@ -202,23 +218,19 @@ def fit(
     callbacks: list[keras.callbacks.Callback],
     augmentation: AugmentationConfig | None = None,
     seed: int | None = None,
+    weights: WeightsFile | None = None,
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """Build, compile and fit a model from fresh seeds, so every run is reproducible alone.
 
     `seed` (default train.seed) seeds the weights, the shuffling and the augmentation: an
-    ensemble's members differ only by it.
+    ensemble's members differ only by it. A backbone (with `weights`, its resolved
+    train.model.weights) trains in two phases (fine_tune); `epochs` is then the second's.
     """
     seed = config.seed if seed is None else seed
     seed_everything(seed)
     image_size = train.images.shape[1]
     steps_per_epoch = math.ceil(len(train.images) / hyperparameters.batch_size)
-    model = compiled_model(
-        image_size,
-        hyperparameters,
-        config.label_smoothing,
-        config.learning_rate_schedule,
-        decay_steps=steps_per_epoch * epochs,
-    )
+    model = build_model(image_size, hyperparameters.model, weights)
     train_data = make_dataset(
         train.images,
         train.labels,
@@ -228,21 +240,81 @@ def fit(
         augmentation=augmentation or config.augmentation,
     )
     val_data = make_dataset(val.images, val.labels, 128, training=False, seed=seed)
+
     # First, so an epoch's line is printed before a pruning callback stops the trial.
     progress = EpochProgress()
-    try:
-        history = model.fit(
+
+    def run(phase_epochs: int, optimizer: OptimizerConfig, initial_epoch: int = 0):
+        compile_model(
+            model,
+            optimizer,
+            config.label_smoothing,
+            config.learning_rate_schedule,
+            decay_steps=steps_per_epoch * phase_epochs,
+        )
+        return model.fit(
             train_data,
             validation_data=val_data,
-            epochs=epochs,
+            initial_epoch=initial_epoch,
+            epochs=initial_epoch + phase_epochs,
             callbacks=[progress, *callbacks],
             class_weight=class_weights(train.labels, config.class_weight),
             shuffle=False,  # tf.data already shuffles, seeded
             verbose=0,  # EpochProgress shows the progress
         )
+
+    try:
+        if not hyperparameters.model.is_backbone:
+            return model, run(epochs, hyperparameters.optimizer)
+        return model, fine_tune(model, hyperparameters, epochs, run)
     finally:
         progress.close()
-    return model, history
+
+
+def fine_tune(
+    model: keras.Model,
+    hyperparameters: Hyperparameters,
+    epochs: int,
+    run: Callable[..., keras.callbacks.History],
+) -> keras.callbacks.History:
+    """Keras's transfer-learning recipe: a warm-up of train.fine_tuning.warmup_epochs with the
+    backbone frozen (only the head learns, at train.optimizer.learning_rate, so its random
+    start does not send large gradients into the pretrained layers), then `epochs` with the
+    backbone (or its top N layers) unfrozen at the lower fine_tuning.learning_rate. Each phase
+    is early-stopped by the caller's callbacks; epochs are numbered on across the phases, and
+    the weights kept are the best val AUC's of either phase. Returns both phases' history."""
+    settings = hyperparameters.fine_tuning
+    histories = []
+    if settings.warmup_epochs:
+        say(f"  warm-up: backbone frozen, up to {settings.warmup_epochs} epoch(s)")
+        freeze_backbone(model)
+        histories.append(run(settings.warmup_epochs, hyperparameters.optimizer))
+        warmup_best = max(histories[0].history[MONITOR])
+        warmup_weights = [(variable, variable.numpy()) for variable in model.weights]
+    pretrained = hyperparameters.model.weights != NO_WEIGHTS
+    unfreeze_backbone(model, settings.unfreeze, pretrained)
+    say(
+        f"  fine-tuning: {settings.unfreeze} backbone layer(s) unfrozen, up to {epochs} "
+        f"epoch(s) at learning rate {settings.learning_rate:g}"
+    )
+    rate = hyperparameters.optimizer.model_copy(update={"learning_rate": settings.learning_rate})
+    done = len(histories[0].epoch) if histories else 0
+    histories.append(run(epochs, rate, initial_epoch=done))
+    if settings.warmup_epochs and max(histories[-1].history[MONITOR]) < warmup_best:
+        for variable, value in warmup_weights:
+            variable.assign(value)
+    return joined_history(histories)
+
+
+def joined_history(histories: list[keras.callbacks.History]) -> keras.callbacks.History:
+    """One History of consecutive fits (the per-epoch figures of each, in order)."""
+    joined = keras.callbacks.History()
+    joined.epoch = [epoch for history in histories for epoch in history.epoch]
+    joined.history = {
+        key: [value for history in histories for value in history.history.get(key, [])]
+        for key in histories[0].history
+    }
+    return joined
 
 
 @dataclass
@@ -258,6 +330,7 @@ def fit_ensemble(
     val: SplitArrays,
     config: TrainConfig,
     run_id: str,
+    weights: WeightsFile | None = None,
 ) -> FinalFit:
     """The final fit: train.ensemble members with seeds seed, seed + 1, ..., each with early
     stopping on val AUC (best weights restored); their probabilities averaged.
@@ -289,6 +362,7 @@ def fit_ensemble(
             epochs=config.epochs,
             callbacks=[stopper, logger],
             seed=config.seed + index,
+            weights=weights,
         )
         members.append(model)
         histories.append(history)

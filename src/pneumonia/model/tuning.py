@@ -28,6 +28,7 @@ from pneumonia.config import (
     TuningConfig,
 )
 from pneumonia.errors import PipelineError
+from pneumonia.model.backbones import WeightsFile
 from pneumonia.model.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
 from pneumonia.progress import duration, say
 from pneumonia.tracking import NOTE_TAG, StageRun
@@ -59,17 +60,25 @@ def _with(section: SectionType, changes: dict[str, Any]) -> SectionType:
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace, fixed: Hyperparameters) -> Hyperparameters:
-    """Sample one configuration; rho and momentum exist only when the optimizer is RMSprop."""
+    """Sample one configuration; rho and momentum exist only when the optimizer is RMSprop,
+    base_filters only for the cnn, the fine-tuning rate and depth only for a backbone."""
     optimizer = trial.suggest_categorical("optimizer", list(space.optimizer))
     rmsprop = optimizer == "rmsprop"
+    backbone = fixed.model.is_backbone
+    model = {"dropout": trial.suggest_float("dropout", *space.dropout)}
+    fine_tuning = {}
+    if backbone:
+        fine_tuning = {
+            "learning_rate": trial.suggest_float(
+                "fine_tuning_learning_rate", *space.fine_tuning_learning_rate, log=True
+            ),
+            "unfreeze": trial.suggest_categorical("unfreeze", list(space.unfreeze)),
+        }
+    else:
+        model["base_filters"] = trial.suggest_categorical("base_filters", list(space.base_filters))
     return Hyperparameters(
-        model=_with(
-            fixed.model,
-            {
-                "base_filters": trial.suggest_categorical("base_filters", list(space.base_filters)),
-                "dropout": trial.suggest_float("dropout", *space.dropout),
-            },
-        ),
+        model=_with(fixed.model, model),
+        fine_tuning=_with(fixed.fine_tuning, fine_tuning),
         optimizer=_with(
             fixed.optimizer,
             {
@@ -93,10 +102,18 @@ def suggest(trial: optuna.Trial, space: SearchSpace, fixed: Hyperparameters) -> 
 def hyperparameters_from(params: dict[str, Any], fixed: Hyperparameters) -> Hyperparameters:
     """Rebuild the Hyperparameters a trial's params describe (the inverse of `suggest`)."""
     rmsprop = params["optimizer"] == "rmsprop"
+    model = {"dropout": params["dropout"]}
+    fine_tuning = {}
+    if fixed.model.is_backbone:
+        fine_tuning = {
+            "learning_rate": params["fine_tuning_learning_rate"],
+            "unfreeze": params["unfreeze"],
+        }
+    else:
+        model["base_filters"] = params["base_filters"]
     return Hyperparameters(
-        model=_with(
-            fixed.model, {"base_filters": params["base_filters"], "dropout": params["dropout"]}
-        ),
+        model=_with(fixed.model, model),
+        fine_tuning=_with(fixed.fine_tuning, fine_tuning),
         optimizer=_with(
             fixed.optimizer,
             {
@@ -115,17 +132,30 @@ def fixed_trial_params(fixed: Hyperparameters, space: SearchSpace) -> dict[str, 
     """The fixed hyperparameters as a first trial to enqueue, when they lie in the space."""
     params: dict[str, Any] = {
         "optimizer": fixed.optimizer.name,
-        "base_filters": fixed.model.base_filters,
         "dropout": fixed.model.dropout,
         "learning_rate": fixed.optimizer.learning_rate,
         "weight_decay": fixed.optimizer.weight_decay,
         "batch_size": fixed.batch_size,
     }
+    if fixed.model.is_backbone:
+        params.update(
+            fine_tuning_learning_rate=fixed.fine_tuning.learning_rate,
+            unfreeze=fixed.fine_tuning.unfreeze,
+        )
+        shape_inside = (
+            params["unfreeze"] in space.unfreeze
+            and space.fine_tuning_learning_rate[0]
+            <= params["fine_tuning_learning_rate"]
+            <= space.fine_tuning_learning_rate[1]
+        )
+    else:
+        params["base_filters"] = fixed.model.base_filters
+        shape_inside = params["base_filters"] in space.base_filters
     if fixed.optimizer.name == "rmsprop":
         params.update(rho=fixed.optimizer.rho, momentum=fixed.optimizer.momentum)
     inside = (
         params["optimizer"] in space.optimizer
-        and params["base_filters"] in space.base_filters
+        and shape_inside
         and params["batch_size"] in space.batch_size
         and space.dropout[0] <= params["dropout"] <= space.dropout[1]
         and space.learning_rate[0] <= params["learning_rate"] <= space.learning_rate[1]
@@ -345,6 +375,7 @@ def make_objective(
     parent_run_id: str,
     stage: str = "train",
     planned: int | None = None,
+    weights: WeightsFile | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """The objective; each trial it runs prints a header (`trial 2/4`: the k-th trial of this
     process, of `planned` when known) and a result line."""
@@ -385,6 +416,7 @@ def make_objective(
                 config,
                 epochs=config.tuning.epochs,
                 callbacks=callbacks,
+                weights=weights,
             )
             epoch, value = best_epoch(history)
             mlflow.log_metrics({"best_val_auc": value, "best_epoch": epoch})
@@ -441,6 +473,7 @@ def run_study(
     parent_run_id: str,
     project_root: Path,
     study_prefix: str = "train",
+    weights: WeightsFile | None = None,
 ) -> optuna.Study:
     study = create_study(config, project_root, study_prefix)
     if not config.tuning.study_name:
@@ -454,7 +487,9 @@ def run_study(
         + (f", at most {duration(config.tuning.timeout)}" if config.tuning.timeout else "")
     )
     study.optimize(
-        make_objective(config, train, val, parent_run_id, planned=config.tuning.n_trials),
+        make_objective(
+            config, train, val, parent_run_id, planned=config.tuning.n_trials, weights=weights
+        ),
         n_trials=config.tuning.n_trials,
         timeout=config.tuning.timeout or None,
         gc_after_trial=True,
@@ -523,12 +558,13 @@ def study_for_training(
     parent_run_id: str,
     project_root: Path,
     study_prefix: str = "train",
+    weights: WeightsFile | None = None,
 ) -> optuna.Study | None:
     """The study whose best trial the train stage refits: one it runs now (tuning.n_trials > 0;
     a fresh one is named `<study_prefix>-<id>`, the prefix being the train run's name), one
     tuning workers ran (n_trials 0 with a study_name), or None (the fixed params)."""
     if config.tuning.n_trials > 0:
-        return run_study(config, train, val, parent_run_id, project_root, study_prefix)
+        return run_study(config, train, val, parent_run_id, project_root, study_prefix, weights)
     if config.tuning.study_name:
         return load_tuned_study(config.tuning, project_root)
     return None

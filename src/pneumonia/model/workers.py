@@ -21,6 +21,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from pneumonia.config import Config, ConfigError
+from pneumonia.model.backbones import resolve_weights, weights_params
 from pneumonia.model.training import configure_runtime, load_training_splits
 from pneumonia.model.tuning import create_study, loggable_train_params, make_objective, redact_url
 from pneumonia.tracking import stage_run
@@ -92,6 +93,8 @@ def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -
                 "params.yaml: 'train.tuning.n_trials' is 0; pass --n-trials or --study-trials "
                 "to say how many trials the worker runs"
             )
+    # A backbone's weights before the data: a missing file is one line, not a failed trial.
+    weights = resolve_weights(settings.model, config.project_root)
     train, val = load_training_splits(config)
     seed = worker_seed(settings.seed)
     # study_name is set (checked above): the workers' shared study keeps its name.
@@ -107,6 +110,7 @@ def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -
         "train": loggable_train_params(config.params["train"]),
         "preprocess.image_size": train.images.shape[1],
         "worker": {"n_trials": n_trials, "study_trials": study_trials, "sampler_seed": seed},
+        **weights_params(weights),
     }
     tags = {
         "optuna_study": study.study_name,
@@ -118,7 +122,9 @@ def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -
         mlflow.set_tags(configure_runtime(settings.seed, settings.mixed_precision))
         run.log_hashes("input", [config.paths.processed_split(name) for name in ("train", "val")])
         study.optimize(
-            make_objective(settings, train, val, run.run_id, stage=STAGE, planned=n_trials),
+            make_objective(
+                settings, train, val, run.run_id, stage=STAGE, planned=n_trials, weights=weights
+            ),
             n_trials=n_trials,
             timeout=tuning.timeout or None,
             callbacks=callbacks,

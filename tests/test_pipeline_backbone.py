@@ -1,0 +1,137 @@
+"""End to end with a Keras Applications backbone: the real `dvc repro` in a copy of the repo
+with `train.model.architecture: mobilenetv3small` (random weights, 32 px, both fine-tuning
+phases), then evaluate's Grad-CAM and served model, predict, `mlflow models serve` over HTTP, and
+promote on what it made. Ensembles of backbones are test_backbones.py's, to keep this short.
+Kaggle is replaced only at the kagglehub call."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import urllib.request
+
+import keras
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from pneumonia.inference.loading import load_classifier
+from pneumonia.inference.serving import INPUT_COLUMN
+from pneumonia.model.network import ensemble_members
+
+from helpers import (
+    PROJECT_ROOT,
+    add_archive_quirks,
+    build_kaggle_tree,
+    commit_baseline,
+    copy_repository,
+    run_command,
+    sample_shared_images,
+    served_model,
+    tool_environment,
+)
+
+pytestmark = pytest.mark.slow
+ARCHITECTURE = "mobilenetv3small"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e-backbone")
+    repo, dataset = base / "repo", base / "kaggle-cache" / "versions" / "2"
+    copy_repository(repo)
+    tree = build_kaggle_tree(dataset / "chest_xray", sample_shared_images())
+    add_archive_quirks(dataset, tree)
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["preprocess"].update(image_size=32, workers=2)
+    train = params["train"]
+    train.update(epochs=1, batch_size=8, ensemble=1)
+    train["model"].update(architecture=ARCHITECTURE, weights="none")
+    train["fine_tuning"].update(warmup_epochs=1, unfreeze="all")
+    train["tuning"].update(n_trials=0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = tool_environment(
+        PYTHONPATH=os.pathsep.join(
+            [str(PROJECT_ROOT / "tests" / "boundary"), os.environ.get("PYTHONPATH", "")]
+        ),
+        FAKE_KAGGLEHUB_DATASET=str(dataset),
+        FAKE_KAGGLEHUB_LOG=str(base / "kaggle-calls.log"),
+    )
+    commit_baseline(repo, env)
+    run_command(["dvc", "repro"], repo, env)
+    return {"repo": repo, "env": env, "base": base}
+
+
+def test_repro_trains_and_evaluates_a_backbone(pipeline):
+    repo = pipeline["repo"]
+    card = json.loads((repo / "models" / "model.json").read_text())
+    assert card["weights"] == {
+        "architecture": ARCHITECTURE,
+        "setting": "none",
+        "file": None,
+        "sha256": None,
+    }
+    chosen = card["hyperparameters"]
+    assert chosen["model.architecture"] == ARCHITECTURE and "model.depth" not in chosen
+    assert chosen["fine_tuning.warmup_epochs"] == 1
+    # A warm-up epoch and a fine-tuning epoch, numbered on.
+    members = pd.read_csv(repo / "reports" / "train" / "members.csv")
+    assert members["epochs_run"].tolist() == [2]
+    history = pd.read_csv(repo / "reports" / "train" / "history.csv")
+    assert history["epoch"].tolist() == [0, 1]
+    model = keras.saving.load_model(repo / "models" / "model.keras", safe_mode=True)
+    assert ensemble_members(model) == [model]
+    assert any(layer.name.startswith(ARCHITECTURE) for layer in model.layers)
+    # The acquisition-shift check and evaluate (Grad-CAM panels included) ran on it.
+    shift = pd.read_csv(repo / "reports" / "train" / "val_shift.csv")
+    assert shift["roc_auc"].between(0, 1).all()
+    report = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert 0 <= report["test"]["at_threshold"]["roc_auc"]["value"] <= 1
+    panels = list((repo / "reports" / "evaluate").rglob("*.png"))
+    assert any("positive" in path.name or "negative" in path.name for path in panels), panels
+
+
+def test_predict_serve_and_promote_a_backbone(pipeline):
+    repo, env = pipeline["repo"], pipeline["env"]
+    command = ["pneumonia", "predict", "data/raw/images/test", "--format", "csv"]
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(io.StringIO(result.stdout))
+    rows["path"] = rows["path"].str.removeprefix("data/raw/images/")
+    evaluated = pd.read_csv(repo / "reports" / "evaluate" / "predictions.csv")
+    merged = evaluated.merge(rows, on="path", suffixes=("_evaluate", "_predict"))
+    assert len(merged) == len(evaluated)
+    assert (merged["probability_predict"] - merged["probability_evaluate"]).abs().max() < 2e-6
+
+    # The served pyfunc from the registry, in this process and over HTTP.
+    uri = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    served = "models:/pneumonia-classifier@candidate"
+    classifier = load_classifier(served)
+    image = repo / "data" / "raw" / "images" / merged["path"].iloc[0]
+    expected = merged["probability_predict"].iloc[0]
+    payload = {
+        "dataframe_split": {
+            "columns": [INPUT_COLUMN],
+            "data": [[base64.b64encode(image.read_bytes()).decode("ascii")]],
+        }
+    }
+    server_env = {**env, "MLFLOW_TRACKING_URI": uri}
+    with served_model(served, server_env, pipeline["base"] / "server.log") as url:
+        request = urllib.request.Request(
+            f"{url}/invocations", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())["predictions"][0]
+    assert answer["error"] is None
+    assert answer["probability"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert answer["threshold"] == pytest.approx(classifier.threshold)
+
+    promoted = run_command(["pneumonia", "promote"], repo, env)
+    assert promoted.stdout.startswith("promoted: pneumonia-classifier v1 (@candidate)")

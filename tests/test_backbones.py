@@ -386,7 +386,7 @@ def test_a_tune_worker_tunes_a_backbone_and_logs_its_weights_file(tmp_path):
     assert "base_filters" not in trial.params
     (worker,) = mlflow.search_runs(
         search_all_experiments=True,
-        filter_string="tags.mlflow.runName = 'tune-worker'",
+        filter_string="tags.mlflow.runName LIKE 'tune-worker@%'",
         output_format="list",
     )
     assert worker.data.params["weights_sha256"] == file_sha256(tmp_path / "start.weights.h5")

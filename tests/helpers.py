@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -397,6 +397,31 @@ def copy_repository(target: Path) -> None:
         if source.is_file():
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / relative)
+
+
+def pipeline_project(
+    base: Path, configure: Callable[[dict[str, Any]], None]
+) -> tuple[Path, dict[str, str]]:
+    """The end-to-end tests' project: a repository copy under `base` whose Kaggle download is
+    faked at the boundary (tests/boundary) by a tree of the shared sample images with the real
+    archive's quirks, with its params.yaml changed by `configure`, committed. Returns the repo
+    and the environment to run `dvc` in."""
+    repo, dataset = base / "repo", base / "kaggle-cache" / "versions" / "2"
+    copy_repository(repo)
+    tree = build_kaggle_tree(dataset / "chest_xray", sample_shared_images())
+    add_archive_quirks(dataset, tree)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    configure(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = tool_environment(
+        PYTHONPATH=os.pathsep.join(
+            [str(PROJECT_ROOT / "tests" / "boundary"), os.environ.get("PYTHONPATH", "")]
+        ),
+        FAKE_KAGGLEHUB_DATASET=str(dataset),
+        FAKE_KAGGLEHUB_LOG=str(base / "kaggle-calls.log"),
+    )
+    commit_baseline(repo, env)
+    return repo, env
 
 
 # --- Scale-out: a throwaway PostgreSQL, an `mlflow server`, a tiny project to tune ----------

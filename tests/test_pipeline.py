@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,14 +30,8 @@ from pneumonia.model.robustness import SHIFTS
 
 from helpers import (
     PATIENT_FILES,
-    PROJECT_ROOT,
-    add_archive_quirks,
-    build_kaggle_tree,
-    commit_baseline,
-    copy_repository,
+    pipeline_project,
     run_command,
-    sample_shared_images,
-    tool_environment,
 )
 
 run = run_command
@@ -53,29 +46,17 @@ IMAGES = sum(len(names) for names in PATIENT_FILES.values())
 def pipeline(tmp_path_factory):
     """A repo copy with tiny params, a fake Kaggle download, and one `dvc repro` done."""
     base = tmp_path_factory.mktemp("e2e")
-    repo, dataset = base / "repo", base / "kaggle-cache" / "versions" / "2"
-    copy_repository(repo)
-    tree = build_kaggle_tree(dataset / "chest_xray", sample_shared_images())
-    add_archive_quirks(dataset, tree)
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["download"]["source"] == "kaggle"
-    params["preprocess"].update(image_size=32, workers=2)
-    train = params["train"]
-    train.update(epochs=2, batch_size=8, ensemble=2)  # the whole pipeline on an ensemble
-    train["model"].update(depth=2, base_filters=4)
-    train["tuning"].update(n_trials=TRIALS, epochs=2)
-    train["tuning"]["search_space"].update(base_filters=[4, 8], batch_size=[8])
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    def configure(params):
+        assert params["download"]["source"] == "kaggle"
+        params["preprocess"].update(image_size=32, workers=2)
+        train = params["train"]
+        train.update(epochs=2, batch_size=8, ensemble=2)  # the whole pipeline on an ensemble
+        train["model"].update(depth=2, base_filters=4)
+        train["tuning"].update(n_trials=TRIALS, epochs=2)
+        train["tuning"]["search_space"].update(base_filters=[4, 8], batch_size=[8])
 
-    env = tool_environment(
-        PYTHONPATH=os.pathsep.join(
-            [str(PROJECT_ROOT / "tests" / "boundary"), os.environ.get("PYTHONPATH", "")]
-        ),
-        FAKE_KAGGLEHUB_DATASET=str(dataset),
-        FAKE_KAGGLEHUB_LOG=str(base / "kaggle-calls.log"),
-    )
-    commit_baseline(repo, env)
+    repo, env = pipeline_project(base, configure)
     first = run(["dvc", "repro"], repo, env)
     return {"repo": repo, "env": env, "base": base, "first": first}
 

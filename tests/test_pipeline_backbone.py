@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import subprocess
 import urllib.request
 
@@ -17,7 +16,6 @@ import keras
 import mlflow
 import pandas as pd
 import pytest
-import yaml
 
 from pneumonia.contracts.metrics_report import headline_key, read_headline
 from pneumonia.inference.loading import load_classifier
@@ -25,15 +23,9 @@ from pneumonia.inference.serving import INPUT_COLUMN
 from pneumonia.model.network import ensemble_members
 
 from helpers import (
-    PROJECT_ROOT,
-    add_archive_quirks,
-    build_kaggle_tree,
-    commit_baseline,
-    copy_repository,
+    pipeline_project,
     run_command,
-    sample_shared_images,
     served_model,
-    tool_environment,
 )
 
 pytestmark = pytest.mark.slow
@@ -43,28 +35,16 @@ ARCHITECTURE = "mobilenetv3small"
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e-backbone")
-    repo, dataset = base / "repo", base / "kaggle-cache" / "versions" / "2"
-    copy_repository(repo)
-    tree = build_kaggle_tree(dataset / "chest_xray", sample_shared_images())
-    add_archive_quirks(dataset, tree)
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["preprocess"].update(image_size=32, workers=2)
-    train = params["train"]
-    train.update(epochs=1, batch_size=8, ensemble=1)
-    train["model"].update(architecture=ARCHITECTURE, weights="none")
-    train["fine_tuning"].update(warmup_epochs=1, unfreeze="all")
-    train["tuning"].update(n_trials=0)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    def configure(params):
+        params["preprocess"].update(image_size=32, workers=2)
+        train = params["train"]
+        train.update(epochs=1, batch_size=8, ensemble=1)
+        train["model"].update(architecture=ARCHITECTURE, weights="none")
+        train["fine_tuning"].update(warmup_epochs=1, unfreeze="all")
+        train["tuning"].update(n_trials=0)
 
-    env = tool_environment(
-        PYTHONPATH=os.pathsep.join(
-            [str(PROJECT_ROOT / "tests" / "boundary"), os.environ.get("PYTHONPATH", "")]
-        ),
-        FAKE_KAGGLEHUB_DATASET=str(dataset),
-        FAKE_KAGGLEHUB_LOG=str(base / "kaggle-calls.log"),
-    )
-    commit_baseline(repo, env)
+    repo, env = pipeline_project(base, configure)
     run_command(["dvc", "repro"], repo, env)
     return {"repo": repo, "env": env, "base": base}
 

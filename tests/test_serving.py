@@ -5,11 +5,8 @@ URI, loaded in a fresh process from its own copy of the code, and served over re
 import base64
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,6 +31,7 @@ from helpers import (
     chest_like_pixels,
     image_bytes,
     mlflow_store,
+    served_model,
 )
 
 KERAS_NAME, SERVING_NAME, ALIAS = "pneumonia-cnn", "pneumonia-classifier", "candidate"
@@ -223,12 +221,6 @@ def test_served_model_runs_its_own_copy_of_the_code(tiny_model, registry, tmp_pa
     assert float(probability) == pytest.approx(registry["local"][1].probability, rel=1e-5)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def post(url: str, payload: dict) -> tuple[int, str]:
     request = urllib.request.Request(
         url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
@@ -243,55 +235,8 @@ def post(url: str, payload: dict) -> tuple[int, str]:
 @pytest.fixture
 def server(registry, tmp_path):
     """`mlflow models serve` of the registry alias on a free loopback port; always stopped."""
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        SERVED_URI,
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with log_path.open("w") as log:
-        # Its own session: the CLI starts uvicorn as a child, and both must be stopped.
-        process = subprocess.Popen(
-            command,
-            env=served_environment(registry),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited ({process.returncode}):\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /ping:\n{log_path.read_text()}")
-            time.sleep(0.5)
+    with served_model(SERVED_URI, served_environment(registry), tmp_path / "server.log") as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def encoded(data: bytes) -> str:

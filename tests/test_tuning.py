@@ -40,6 +40,20 @@ def test_rmsprop_only_params_are_sampled_only_for_rmsprop():
     assert not {"rho", "momentum"} & seen["adam"]
 
 
+def test_the_cnn_draws_its_params_in_their_historical_order():
+    """The seeded sampler hands out random numbers in call order: the CNN's order is what makes
+    a default study draw the trials docs/experiments.md records (and ship that model)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    orders = set()
+    for _ in range(20):
+        trial = study.ask()
+        suggest(trial, SPACE, CONFIG.hyperparameters)
+        orders.add(tuple(trial.params))
+        study.tell(trial, 0.5)
+    head = ("optimizer", "base_filters", "dropout", "learning_rate", "weight_decay")
+    assert orders == {(*head, "batch_size"), (*head, "rho", "momentum", "batch_size")}
+
+
 def test_suggest_and_hyperparameters_from_are_inverse():
     params = {**BASE, "optimizer": "rmsprop", "rho": 0.85, "momentum": 0.5}
     hyperparameters = suggest(FixedTrial(params), SPACE, CONFIG.hyperparameters)

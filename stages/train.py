@@ -141,7 +141,7 @@ def main() -> None:
             run.log_artifact(path)
         summary = (
             f"train: val ROC AUC {metrics[FINAL_VAL_ROC_AUC]:.4f} ({len(final.histories)} "
-            f"member(s), best epoch {metrics['best_epoch']}); registered "
+            f"member(s), best epoch {metrics['best_epoch'] + 1}); registered "
             f"{settings.registered_model_name} version {logged.version} ({logged.model_uri})"
         )
         run.describe(
@@ -151,7 +151,8 @@ def main() -> None:
         )
         describe_model(
             settings.registered_model_name,
-            "The CNN trained by the train stage (Keras; raw uint8 grayscale pixels in, the "
+            "The network trained by the train stage (Keras: the project's CNN or a pretrained "
+            "backbone, train.model.architecture; raw uint8 grayscale pixels in, the "
             "probability of pneumonia out). The evaluate stage puts each version's model card "
             "in its description. Research use only, not a medical device.",
             version=logged.version if registered is None else None,

@@ -27,6 +27,7 @@ from pneumonia.model.backbones import (
     WeightsError,
     backbone_layers,
     resolve_weights,
+    unfreeze_backbone,
 )
 from pneumonia.model.network import average_ensemble, build_model, ensemble_members, save_model
 from pneumonia.model.training import SplitArrays, fit
@@ -306,6 +307,21 @@ def changed(before, after):
 
 
 @pytest.mark.slow  # two fits of a MobileNetV3 (Keras traces each phase's step: ~30 s)
+def test_unfreezing_the_top_layers_freezes_the_rest_without_a_warm_up(tmp_path):
+    """warmup_epochs 0: nothing froze the backbone before fine-tuning, so unfreezing the top N
+    must itself freeze the layers below them (and pretrained BatchNorm)."""
+    model = build_model(SIDE, backbone_config(tmp_path).train.model)
+    unfreeze_backbone(model, 12, pretrained=True)
+    top = backbone_layers(model)[-12:]
+    expected = {
+        layer.name for layer in top if not isinstance(layer, keras.layers.BatchNormalization)
+    }
+    trainable = {layer.name for layer in backbone_layers(model) if layer.trainable}
+    assert trainable == expected and expected
+    unfreeze_backbone(model, "all", pretrained=False)
+    assert all(layer.trainable for layer in backbone_layers(model))
+
+
 def test_warmup_changes_no_backbone_weight_and_fine_tuning_does(tmp_path):
     keras.utils.set_random_seed(3)
     path = tmp_path / "start.weights.h5"

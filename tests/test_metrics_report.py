@@ -17,7 +17,12 @@ from pneumonia.contracts.metrics_report import (
     headline_metrics,
     read_headline,
 )
-from pneumonia.evaluation.model_card import SECTIONS, TITLE, model_card_markdown
+from pneumonia.evaluation.model_card import (
+    SECTIONS,
+    TITLE,
+    model_card_markdown,
+    network_in_words,
+)
 from pneumonia.evaluation.report import evaluation_report
 
 from helpers import write_params
@@ -153,3 +158,14 @@ def test_model_card_names_the_rule_that_chose_the_threshold(report):
     card = model_card_markdown(report, TRAIN_CARD)
     assert "val sensitivity reaches 0.95" in card
     assert "served" not in card.split("\n\n")[1]  # no served version named when there is none
+
+
+def test_the_card_names_the_network_it_describes():
+    assert network_in_words({}) == "The project's CNN, trained from scratch"
+    card = {"weights": {"architecture": "densenet121", "setting": "imagenet", "file": "w.h5"}}
+    card["weights"]["sha256"] = "ab12"
+    assert network_in_words(card) == (
+        "A densenet121 backbone from imagenet weights (file `w.h5`, sha256 `ab12`)"
+    )
+    random = {"weights": {"architecture": "mobilenetv3small", "setting": "none"}}
+    assert network_in_words(random) == "A mobilenetv3small backbone from random weights"

@@ -7,6 +7,8 @@ from optuna.trial import FixedTrial, TrialState
 from pneumonia.config import load_config
 from pneumonia.model.training import MONITOR, SplitArrays, best_epoch, fit
 from pneumonia.model.tuning import (
+    TuningError,
+    create_study,
     fixed_trial_params,
     hyperparameters_from,
     make_objective,
@@ -14,7 +16,7 @@ from pneumonia.model.tuning import (
     suggest,
 )
 
-from helpers import FIXTURE_PARAMS
+from helpers import FIXTURE_PARAMS, write_params
 
 CONFIG = load_config(FIXTURE_PARAMS).train
 SPACE = CONFIG.tuning.search_space
@@ -185,8 +187,6 @@ def test_a_fresh_study_is_named_after_the_train_run_and_a_named_one_keeps_its_na
 
     from pneumonia.model.tuning import FRESH_STUDY_ATTRIBUTE, create_study
 
-    from helpers import write_params
-
     storage = "sqlite:///studies/optuna.db"  # under the project root
     fresh = load_config(write_params(tmp_path, {"train.tuning.storage": storage}))
     first = create_study(fresh.train, fresh.project_root, "train@q7-depth5")
@@ -207,3 +207,24 @@ def test_a_fresh_study_is_named_after_the_train_run_and_a_named_one_keeps_its_na
     assert joined.metric_names == ["val_auc"]
     assert FRESH_STUDY_ATTRIBUTE not in joined.user_attrs
     assert len(joined.trials) == 1  # the fixed params, queued once by the creator
+
+
+def test_a_named_study_refuses_another_architecture(tmp_path):
+    shared = {"train.tuning.storage": "sqlite:///s.db", "train.tuning.study_name": "shared"}
+    cnn = load_config(write_params(tmp_path, shared))
+    create_study(cnn.train, cnn.project_root, "train")
+    backbone = load_config(
+        write_params(
+            tmp_path,
+            {
+                **shared,
+                "preprocess.image_size": 32,
+                "train.model.architecture": "mobilenetv3small",
+            },
+        )
+    )
+    with pytest.raises(TuningError, match=r"architecture 'cnn', not 'mobilenetv3small'"):
+        create_study(backbone.train, backbone.project_root, "train")
+    # A study from before the architecture was recorded: its best trial's params say it.
+    with pytest.raises(TuningError, match="no fine_tuning_learning_rate, unfreeze"):
+        hyperparameters_from(BASE, backbone.train.hyperparameters)

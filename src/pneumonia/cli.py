@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         "join a shared Optuna study and run trials (start any number, on any machines)",
         "Run Optuna trials on the shared study named by train.tuning.study_name in "
         "train.tuning.storage, on this machine's processed train and val arrays. Each trial is "
-        "a nested MLflow run under this worker's `tune-worker` run; set MLFLOW_TRACKING_URI to "
+        "a nested MLflow run under this worker's `tune-worker@...` run; set MLFLOW_TRACKING_URI to "
         "log to a shared tracking server. The train stage then refits the study's best trial "
         "(train.tuning.n_trials: 0 with the study name).",
         "  pneumonia tune-worker --storage postgresql://user@host/optuna --study cnn-1 \\\n"

@@ -65,6 +65,21 @@ def rule_in_words(rule: str) -> str:
     return f"a fixed threshold set in params.yaml (evaluate.threshold: {rule})"
 
 
+def network_in_words(train_card: dict[str, Any]) -> str:
+    """'The project's CNN, trained from scratch' or 'A densenet121 backbone from imagenet
+    weights (file ..., sha256 ...)', from train's machine card."""
+    weights = train_card.get("weights") or {}
+    architecture = weights.get("architecture", "cnn")
+    if architecture == "cnn":
+        return "The project's CNN, trained from scratch"
+    if weights.get("setting") == "none":
+        return f"A {architecture} backbone from random weights"
+    return (
+        f"A {architecture} backbone from {weights.get('setting')} weights (file "
+        f"`{weights.get('file')}`, sha256 `{weights.get('sha256')}`)"
+    )
+
+
 def split_counts(section: dict[str, Any]) -> str:
     return (
         f"{section['images']} images of {section['patients']} patients "
@@ -189,8 +204,8 @@ def model_card_markdown(
         f"- Input: {preprocess.get('image_size', '?')} px grayscale, resize "
         f"`{preprocess.get('resize', '?')}`, CLAHE {preprocess.get('clahe', '?')}; raw uint8 "
         "pixels, normalisation inside the model.",
-        f"- A CNN ({train_card.get('ensemble_members', 1)} member(s), probabilities "
-        "averaged; architecture and provenance in models/model.json); hyperparameters: "
+        f"- {network_in_words(train_card)} ({train_card.get('ensemble_members', 1)} member(s), "
+        "probabilities averaged; provenance in models/model.json); hyperparameters: "
         + ", ".join(f"{key} {value}" for key, value in sorted(hyperparameters.items()))
         + ".",
         f"- Selection: {train_card.get('selection', 'see models/model.json')}.",

@@ -127,7 +127,7 @@ def describe_models(settings: EvaluateConfig, point: OperatingPoint, card_markdo
     served one), and a one-line description of the served model's registry entry."""
     describe_model(
         settings.serving_model_name,
-        "The trained CNN with its operating threshold, served by `mlflow models serve`: PNG or "
+        "The trained network with its operating threshold, served by `mlflow models serve`: PNG or "
         "JPEG chest X-ray bytes in, the probability of pneumonia and a label out. Each version's "
         "description is its model card. Research use only, not a medical device.",
         version=point.serving_model["version"],

@@ -346,10 +346,10 @@ def unfreeze_backbone(model: keras.Model, unfreeze: str | int, pretrained: bool)
     BatchNorm layers stay frozen, so in inference mode, as Keras's transfer-learning guide does:
     their ImageNet statistics are kept, and small batches cannot wreck what was learnt. Random
     weights (`none`) have no statistics to keep, so their BatchNorm layers train."""
-    chosen = backbone_layers(model)
-    if unfreeze != "all":
-        chosen = chosen[-int(unfreeze) :]
-    for layer in chosen:
-        if pretrained and isinstance(layer, layers.BatchNormalization):
-            continue
-        layer.trainable = True
+    backbone = backbone_layers(model)
+    chosen = backbone if unfreeze == "all" else backbone[-int(unfreeze) :]
+    # Every layer set, not only the chosen ones: without a warm-up (warmup_epochs 0) nothing has
+    # frozen the layers below the top N yet.
+    for layer in backbone:
+        pretrained_batch_norm = pretrained and isinstance(layer, layers.BatchNormalization)
+        layer.trainable = layer in chosen and not pretrained_batch_norm

@@ -42,6 +42,9 @@ MLFLOW_RUN_ATTRIBUTE = "mlflow_run_id"
 # The study's user attribute marking a fresh study (train.tuning.study_name ""): named by this
 # code, run by one train stage, never reopened.
 FRESH_STUDY_ATTRIBUTE = "fresh_study"
+# The study's user attribute naming the train.model.architecture its trials train: a CNN's and a
+# backbone's trials have different hyperparameters, so one study must not hold both.
+ARCHITECTURE_ATTRIBUTE = "architecture"
 # The objective's name in optuna-dashboard (it is the val ROC AUC, as Keras measures it).
 OBJECTIVE_NAMES = [MONITOR]
 SCHEMA_ATTEMPTS = 5
@@ -105,6 +108,17 @@ def suggest(trial: optuna.Trial, space: SearchSpace, fixed: Hyperparameters) -> 
 
 def hyperparameters_from(params: dict[str, Any], fixed: Hyperparameters) -> Hyperparameters:
     """Rebuild the Hyperparameters a trial's params describe (the inverse of `suggest`)."""
+    needed = (
+        ["fine_tuning_learning_rate", "unfreeze"] if fixed.model.is_backbone else ["base_filters"]
+    )
+    missing = [name for name in needed if name not in params]
+    if missing:
+        # A study from before studies recorded their architecture, tuned for another one.
+        raise TuningError(
+            f"the study's best trial has no {', '.join(missing)}: it was tuned for another "
+            f"train.model.architecture than {fixed.model.architecture!r}; name another study "
+            "(train.tuning.study_name) or set the architecture it was tuned for"
+        )
     rmsprop = params["optimizer"] == "rmsprop"
     model = {"dropout": params["dropout"]}
     fine_tuning = {}
@@ -318,7 +332,10 @@ def create_study(
     try:
         study = optuna.create_study(direction="maximize", **arguments)
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(**arguments)
+        study = optuna.load_study(**arguments)
+        check_study_architecture(study, config.model.architecture)
+        return study
+    study.set_user_attr(ARCHITECTURE_ATTRIBUTE, config.model.architecture)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(OBJECTIVE_NAMES)
@@ -328,6 +345,17 @@ def create_study(
     if first is not None:
         study.enqueue_trial(first)
     return study
+
+
+def check_study_architecture(study: optuna.Study, architecture: str) -> None:
+    """Refuse to join or refit a study whose trials train another architecture."""
+    recorded = study.user_attrs.get(ARCHITECTURE_ATTRIBUTE)
+    if recorded is not None and recorded != architecture:
+        raise TuningError(
+            f"train.tuning.study_name {study.study_name!r}: its trials train "
+            f"train.model.architecture {recorded!r}, not {architecture!r}, and have other "
+            f"hyperparameters; name another study, or set train.model.architecture: {recorded}"
+        )
 
 
 def load_tuned_study(tuning: TuningConfig, project_root: Path) -> optuna.Study:
@@ -570,7 +598,9 @@ def study_for_training(
     if config.tuning.n_trials > 0:
         return run_study(config, train, val, parent_run_id, project_root, study_prefix, weights)
     if config.tuning.study_name:
-        return load_tuned_study(config.tuning, project_root)
+        study = load_tuned_study(config.tuning, project_root)
+        check_study_architecture(study, config.model.architecture)
+        return study
     return None
 
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from helpers import (
+    TINY_CNN,
     TINY_PREPROCESS,
     TINY_SIDE,
     PostgresCluster,
@@ -84,7 +85,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     so both labels occur), plus sample image files (PNG and JPEG, various sizes)."""
     import keras
 
-    from pneumonia.config import ModelConfig
     from pneumonia.contracts.files import file_sha256
     from pneumonia.imaging.transforms import config_from_settings, preprocess_file
     from pneumonia.model.network import build_model
@@ -93,14 +93,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     keras.utils.set_random_seed(0)
     model = build_model(
         TINY_SIDE,
-        ModelConfig(
-            architecture="cnn",
-            weights="none",
-            depth=2,
-            base_filters=8,
-            convolution="plain",
-            dropout=0.0,
-        ),
+        TINY_CNN,
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
     labels = np.arange(128) % 2

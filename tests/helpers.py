@@ -38,6 +38,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from pneumonia.config import ModelConfig
 from pneumonia.contracts.arrays import write_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -397,6 +398,17 @@ def copy_repository(target: Path) -> None:
         if source.is_file():
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / relative)
+
+
+# The small real CNN the unit tests train and score (two plain blocks, 8 filters).
+TINY_CNN = ModelConfig(
+    architecture="cnn",
+    weights="none",
+    depth=2,
+    base_filters=8,
+    convolution="plain",
+    dropout=0.0,
+)
 
 
 def pipeline_project(

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumonia.config import ModelConfig, load_config
+from pneumonia.config import load_config
 from pneumonia.contracts.model_card import ModelCardError, read_model_card
 from pneumonia.evaluation.outputs import write_figures, write_gradcam_panels
 from pneumonia.evaluation.report import (
@@ -25,7 +25,7 @@ from pneumonia.inference.gradcam import feature_layer, gradcam_heatmaps, overlay
 from pneumonia.inference.loading import load_carded_model
 from pneumonia.model.network import build_model
 
-from helpers import write_params
+from helpers import TINY_CNN, write_params
 
 SIDE = 32
 
@@ -50,14 +50,7 @@ def blob_model():
     keras.utils.set_random_seed(0)
     model = build_model(
         SIDE,
-        ModelConfig(
-            architecture="cnn",
-            weights="none",
-            depth=2,
-            base_filters=8,
-            convolution="plain",
-            dropout=0.0,
-        ),
+        TINY_CNN,
     )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
     images, labels, _ = blob_images(256, seed=0)

@@ -229,6 +229,10 @@ def _positive_int(text: str) -> int:
 PARAMS_HELP = "the project's params.yaml (default: %(default)s)"
 
 
+def _params_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help=PARAMS_HELP)
+
+
 def _command(
     commands: argparse._SubParsersAction, name: str, summary: str, description: str, example: str
 ) -> argparse.ArgumentParser:
@@ -341,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one JSON document with a summary, or a CSV table of the conditions "
         "(default: %(default)s)",
     )
-    shift.add_argument("--params", type=Path, default=Path("params.yaml"), help=PARAMS_HELP)
+    _params_option(shift)
     shift.set_defaults(handler=_shift_check)
 
     promote = _command(
@@ -373,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument(
         "--force", action="store_true", help="promote even if the candidate is worse"
     )
-    promote.add_argument("--params", type=Path, default=Path("params.yaml"), help=PARAMS_HELP)
+    _params_option(promote)
     promote.set_defaults(handler=_promote)
 
     check = _command(
@@ -384,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         "defaults filled in, as JSON. A bad value is one error line naming the key and the fix.",
         "  pneumonia check-params --params experiments/params.yaml",
     )
-    check.add_argument("--params", type=Path, default=Path("params.yaml"), help=PARAMS_HELP)
+    _params_option(check)
     check.set_defaults(handler=_check_params)
 
     worker = _command(
@@ -399,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  pneumonia tune-worker --storage postgresql://user@host/optuna --study cnn-1 \\\n"
         "      --study-trials 40",
     )
-    worker.add_argument("--params", type=Path, default=Path("params.yaml"), help=PARAMS_HELP)
+    _params_option(worker)
     worker.add_argument(
         "--storage",
         help="Optuna RDB URL, e.g. postgresql://user@host/optuna (train.tuning.storage)",

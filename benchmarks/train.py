@@ -4,6 +4,7 @@ or, with --architectures, training images/s of each architecture at each image s
     python benchmarks/train.py [--images 1024] [--batch-size 32]
     python benchmarks/train.py --architectures cnn,mobilenetv3small,densenet121 --sizes 128,224 \
         [--steps 20] [--batch-size 32]
+    python benchmarks/train.py --levers [--steps 40] [--images 2048]
 
 Needs `dvc repro` to have run preprocess (data/processed and data/raw/images). Baseline: the seed
 projects' `keras.utils.image_dataset_from_directory`, which decodes and resizes every JPEG from
@@ -18,12 +19,23 @@ with random weights, which cost the same to train as ImageNet's) trains on synth
 images through the stage's input pipeline (make_dataset, params.yaml's augmentation): three
 untimed batches (tracing), then --steps timed batches. A backbone is timed twice: in its warm-up
 phase (backbone frozen) and fine-tuning everything (`unfreeze: all`).
+
+--levers measures the training stage against this machine's limit, in one run: the peak fp32
+GFLOP/s of a large TensorFlow matrix multiply; then, for the default network and each lever
+(the input pipeline, XLA, batch size, plain vs separable convolutions, thread settings),
+FLOPs per image, training images/s, the GFLOP/s they achieve and their share of the peak, and
+the ratio to "before" (the pipeline as it was: three Keras resampling layers, no XLA). Then the
+epoch boundary (a fresh tf.data iterator per epoch vs one repeated iterator) and scoring
+(predict_on_batch vs model.predict). Needs preprocess's train and val arrays.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,11 +45,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import layers
 
 from pneumonia.config import load_config, resolve_workers
 from pneumonia.contracts.arrays import load_split
 from pneumonia.model.backbones import freeze_backbone, unfreeze_backbone
 from pneumonia.model.dataset import make_dataset
+from pneumonia.model.flops import forward_flops, training_flops
+from pneumonia.model.network import build_model
+from pneumonia.model.scoring import score
 from pneumonia.model.training import compile_model, compiled_model, seed_everything
 
 
@@ -140,6 +156,231 @@ def compare_architectures(arguments) -> None:
             print(f"{architecture:<18} {phase:<20} {rates}")
 
 
+def peak_gflops(size: int = 4096, repeats: int = 5) -> float:
+    """The best fp32 GFLOP/s of a size x size matrix multiply in TensorFlow (this machine's
+    practical peak: all cores, the widest vector units TensorFlow's kernels use)."""
+    first = tf.random.normal([size, size], seed=1)
+    second = tf.random.normal([size, size], seed=2)
+    multiply = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    multiply(first, second).numpy()
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        multiply(first, second).numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def keras_layers_augmentation(config, seed: int) -> list:
+    """The augmentation as it was before the fused affine: one Keras layer (and one bilinear
+    resampling of the batch) per geometric jitter."""
+    chosen = []
+    if config.rotation > 0:
+        chosen.append(layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed))
+    if config.shift > 0:
+        chosen.append(
+            layers.RandomTranslation(
+                config.shift, config.shift, fill_mode="constant", seed=seed + 1
+            )
+        )
+    if config.zoom > 0:
+        chosen.append(layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 2))
+    if config.contrast > 0:
+        chosen.append(layers.RandomContrast(config.contrast, value_range=(0, 255), seed=seed + 3))
+    return chosen
+
+
+def before_dataset(images, labels, batch_size: int, seed: int, augmentation) -> tf.data.Dataset:
+    jitter = keras_layers_augmentation(augmentation, seed)
+
+    def augment(batch, target):
+        pixels = tf.cast(batch, tf.float32)
+        for layer in jitter:
+            pixels = layer(pixels, training=True)
+        return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8), target
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype("float32")))
+    dataset = dataset.shuffle(len(images), seed=seed).batch(batch_size).repeat()
+    return dataset.map(augment).prefetch(tf.data.AUTOTUNE)
+
+
+def steady_rate(model, dataset, steps: int, batch_size: int, jit: bool, config) -> float:
+    """Training images/s over `steps` batches after 3 untimed ones (tracing, XLA compiling)."""
+    compile_model(model, config.train.optimizer, jit_compile=jit)
+    model.fit(dataset, epochs=1, steps_per_epoch=3, verbose=0)
+    started = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    return steps * batch_size / (time.perf_counter() - started)
+
+
+def lever_rate(lever: str, images, labels, steps: int, config) -> tuple[float, int]:
+    """(training images/s, training FLOPs per image) of the default network with one lever."""
+    seed = config.train.seed
+    batch_size = {"batch 16": 16, "batch 64": 64}.get(lever, config.train.batch_size)
+    model_config = config.train.model
+    if lever.startswith("plain"):
+        filters = int(lever.rsplit(" ", 1)[1])
+        model_config = model_config.model_copy(
+            update={"convolution": "plain", "base_filters": filters}
+        )
+    seed_everything(seed)
+    model = build_model(images.shape[1], model_config)
+    augmentation = None if lever == "no augmentation" else config.train.augmentation
+    if lever.startswith("before"):
+        dataset = before_dataset(images, labels, batch_size, seed, augmentation)
+    else:
+        dataset = make_dataset(
+            images,
+            labels,
+            batch_size,
+            training=True,
+            seed=seed,
+            augmentation=augmentation,
+            repeat=True,
+        )
+    jit = not lever.startswith(("before", "fused affine, no XLA"))
+    return steady_rate(model, dataset, steps, batch_size, jit, config), training_flops(model)
+
+
+LEVERS = (
+    "before: 3 Keras resampling layers, no XLA",
+    "fused affine, no XLA",
+    "fused affine + XLA (the stage)",
+    "no augmentation",
+    "batch 16",
+    "batch 64",
+    "plain convolutions 16",
+    "plain convolutions 8",
+)
+# (intra-op, inter-op) threads; 0 is TensorFlow's default (one per core).
+THREADS = ((1, 1), (2, 1), (1, 2), (4, 4))
+
+
+def epoch_boundary_rates(images, labels, epochs: int, steps: int, config) -> dict[str, float]:
+    """Images/s over `epochs` short epochs: a fresh iterator per epoch (the dataset ends after
+    `steps` batches) against one repeated iterator (steps_per_epoch), the stage's way."""
+    seed, batch_size = config.train.seed, config.train.batch_size
+    count = steps * batch_size
+    rates = {}
+    for name, repeat in (("a fresh iterator per epoch", False), ("one repeated iterator", True)):
+        seed_everything(seed)
+        model = build_model(images.shape[1], config.train.model)
+        compile_model(model, config.train.optimizer, jit_compile=True)
+        dataset = make_dataset(
+            images[:count],
+            labels[:count],
+            batch_size,
+            training=True,
+            seed=seed,
+            augmentation=config.train.augmentation,
+            repeat=repeat,
+        )
+        model.fit(dataset, epochs=1, steps_per_epoch=3, verbose=0)
+        started = time.perf_counter()
+        model.fit(dataset, epochs=epochs, steps_per_epoch=steps if repeat else None, verbose=0)
+        rates[name] = epochs * count / (time.perf_counter() - started)
+    return rates
+
+
+def scoring_rates(images, config) -> dict[str, float]:
+    """Images/s of scoring val: the project's score() (predict_on_batch) and model.predict."""
+    model = build_model(images.shape[1], config.train.model)
+    rates = {}
+    for name, run in (
+        ("score(): predict_on_batch, batches of 128", lambda: score(model, images)),
+        ("model.predict(batch_size=128)", lambda: model.predict(images, 128, verbose=0)),
+    ):
+        run()
+        started = time.perf_counter()
+        run()
+        rates[name] = len(images) / (time.perf_counter() - started)
+    return rates
+
+
+def threads_rate(intra: int, inter: int, steps: int, count: int) -> float:
+    """The stage's rate in a fresh process with these thread settings (they must be set before
+    TensorFlow starts)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--threads-row",
+            f"{intra},{inter}",
+            "--steps",
+            str(steps),
+            "--images",
+            str(count),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def training_sample(count: int, config) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random subset of train (the arrays are sorted by path: a prefix is one class)."""
+    images, labels, _ = load_split(config.paths.processed_split("train"), mmap=False)
+    count = min(count, len(images))
+    chosen = np.sort(np.random.default_rng(0).choice(len(images), count, replace=False))
+    return images[chosen], labels[chosen]
+
+
+def compare_levers(arguments) -> None:
+    config = load_config()
+    images, labels = training_sample(arguments.images, config)
+    val_images, _, _ = load_split(config.paths.processed_split("val"), mmap=False)
+    peak = peak_gflops()
+    size = images.shape[1]
+    network = build_model(size, config.train.model)
+    print(
+        f"{resolve_workers(0)} CPU core(s); peak {peak:.1f} GFLOP/s (4096x4096 fp32 matmul, "
+        f"TensorFlow {tf.__version__}); default network at {size}px: "
+        f"{forward_flops(network) / 1e6:.1f} MFLOPs forward, "
+        f"{training_flops(network) / 1e6:.1f} MFLOPs per training image"
+    )
+    print(f"training, {arguments.steps} timed batches after 3 untimed, {len(images)} train images")
+    header = f"{'lever':<44} {'MFLOPs':>7} {'img/s':>7} {'GFLOP/s':>8} {'of peak':>8} {'ratio':>6}"
+    print(header)
+    baseline = None
+    for lever in LEVERS:
+        rate, flops = lever_rate(lever, images, labels, arguments.steps, config)
+        baseline = baseline or rate
+        achieved = rate * flops / 1e9
+        print(
+            f"{lever:<44} {flops / 1e6:7.1f} {rate:7.1f} {achieved:8.1f} "
+            f"{achieved / peak:8.1%} {rate / baseline:5.2f}x"
+        )
+    stage_flops = training_flops(network)
+    for intra, inter in THREADS:
+        rate = threads_rate(intra, inter, arguments.steps, len(images))
+        achieved = rate * stage_flops / 1e9
+        print(
+            f"{f'the stage, threads intra {intra} inter {inter}':<44} {stage_flops / 1e6:7.1f} "
+            f"{rate:7.1f} {achieved:8.1f} {achieved / peak:8.1%} {rate / baseline:5.2f}x"
+        )
+    epochs, steps = 8, 20
+    print(f"epoch boundary: {epochs} epochs of {steps} batches, the stage's pipeline and XLA")
+    rates = epoch_boundary_rates(images, labels, epochs, steps, config)
+    first = next(iter(rates.values()))
+    for name, rate in rates.items():
+        print(f"  {name:<42} {rate:7.1f} img/s {rate / first:5.2f}x")
+    print(f"scoring {len(val_images)} val images")
+    rates = scoring_rates(val_images, config)
+    first = next(iter(rates.values()))
+    for name, rate in rates.items():
+        print(f"  {name:<42} {rate:7.1f} img/s {rate / first:5.2f}x")
+
+
+def threads_row(arguments) -> None:
+    intra, inter = (int(value) for value in arguments.threads_row.split(","))
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+    config = load_config()
+    images, labels = training_sample(arguments.images, config)
+    print(lever_rate("fused affine + XLA (the stage)", images, labels, arguments.steps, config)[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024)
@@ -150,7 +391,15 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="128,224", help="image sides, comma-separated")
     parser.add_argument("--steps", type=int, default=20, help="timed batches per phase")
+    parser.add_argument("--levers", action="store_true", help="FLOP utilisation and the levers")
+    parser.add_argument("--threads-row", help=argparse.SUPPRESS)  # one --levers row, own process
     arguments = parser.parse_args()
+    if arguments.threads_row:
+        threads_row(arguments)
+        return
+    if arguments.levers:
+        compare_levers(arguments)
+        return
     if arguments.architectures:
         compare_architectures(arguments)
         return

@@ -226,3 +226,75 @@ def test_train_stage_keeps_the_epoch_curves_apart_from_the_saved_models_val_auc(
     )
     assert "Not yet evaluated" in version.description
     assert client.get_registered_model(card["mlflow"]["registered_model"]).description
+
+
+def test_geometric_jitter_is_one_seeded_affine_within_its_ranges():
+    from pneumonia.model.dataset import RandomAffine, augmentation_layers
+
+    # Rotation, shift, zoom and aspect are one resampling; contrast stays a layer of its own.
+    jitter = augmentation_layers(augmentation(rotation=0.1, shift=0.1, zoom=0.1, contrast=0.1), 0)
+    assert [type(layer).__name__ for layer in jitter] == ["RandomAffine", "RandomContrast"]
+
+    # A bright dot at the centre of a 33 px image: a shift of +-0.1 moves it at most 3.3 px
+    # along each axis, and the dots of a batch land in different places.
+    image = np.zeros((64, 33, 33, 1), dtype=np.float32)
+    image[:, 16, 16] = 255
+    shifted = RandomAffine(0.0, 0.1, 0.0, 0.0, seed=1)(image).numpy()[..., 0]
+    rows, columns = np.unravel_index(shifted.reshape(64, -1).argmax(axis=1), (33, 33))
+    assert np.abs(rows - 16).max() <= 4 and np.abs(columns - 16).max() <= 4
+    assert len(set(zip(rows, columns, strict=True))) > 10
+
+    # Rotation (+-0.05 of a turn, 18 degrees) and zoom turn about the centre: it stays put.
+    turned = RandomAffine(0.05, 0.0, 0.2, 0.0, seed=2)(image).numpy()[..., 0]
+    np.testing.assert_allclose(turned[:, 16, 16], 255, rtol=1e-5)
+    # A horizontal bar through the centre tilts by up to 18 degrees: its end rows move by up to
+    # tan(18 deg) * 12 ~ 3.9 px, and by more than one pixel in some images.
+    bar = np.zeros((64, 33, 33, 1), dtype=np.float32)
+    bar[:, 16, 4:29] = 255
+    tilted = RandomAffine(0.05, 0.0, 0.0, 0.0, seed=3)(bar).numpy()[..., 0]
+    end_rows = tilted[:, :, 28].argmax(axis=1)
+    assert np.abs(end_rows - 16).max() <= 5 and (np.abs(end_rows - 16) >= 2).sum() >= 8
+
+    # The same seed draws the same transforms; another seed others.
+    again = RandomAffine(0.0, 0.1, 0.0, 0.0, seed=1)(image).numpy()[..., 0]
+    np.testing.assert_array_equal(again, shifted)
+    other = RandomAffine(0.0, 0.1, 0.0, 0.0, seed=9)(image).numpy()[..., 0]
+    assert not np.array_equal(other, shifted)
+
+
+def test_a_repeated_training_dataset_reshuffles_every_pass_and_is_seeded():
+
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    labels = np.arange(10) % 2
+
+    def passes(seed: int) -> list[list[int]]:
+        dataset = make_dataset(images, labels, 5, training=True, seed=seed, repeat=True)
+        pixels = np.concatenate([batch.numpy().reshape(-1) for batch, _ in dataset.take(6)])
+        return pixels.reshape(3, 10).tolist()
+
+    first = passes(4)
+    assert all(sorted(one) == list(range(10)) for one in first)  # each pass: every image once
+    assert len({tuple(one) for one in first}) == 3  # in a new order each pass
+    assert passes(4) == first and passes(5) != first
+
+
+def test_flops_count_convolutions_and_dense_layers():
+    import keras
+    from keras import layers
+
+    from pneumonia.model.flops import forward_flops, training_flops
+
+    inputs = keras.Input((8, 8, 1))
+    x = layers.Conv2D(4, 3, padding="same")(inputs)  # 2 * 64 positions * 9 * 1 * 4
+    x = layers.SeparableConv2D(6, 3, padding="same")(x)  # 2 * 64 * 9 * 4 + 2 * 64 * 4 * 6
+    x = layers.DepthwiseConv2D(3, padding="valid")(x)  # 2 * 36 positions * 9 * 6
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(2)(x)  # 2 * 6 * 2
+    model = keras.Model(inputs, outputs)
+    expected = 4608 + (4608 + 3072) + 3888 + 24
+    assert forward_flops(model) == expected
+    assert training_flops(model) == 3 * expected
+    # A nested model counts as its layers.
+    outer_inputs = keras.Input((8, 8, 1))
+    outer = keras.Model(outer_inputs, layers.Dense(1)(model(outer_inputs)))
+    assert forward_flops(outer) == expected + 2 * 2 * 1

@@ -44,6 +44,54 @@ class ReflectPadded:
         return self.layer(padded, training=training)[:, pad:-pad, pad:-pad, :]
 
 
+class RandomAffine:
+    """Rotation, shift, zoom and aspect jitter as one affine resampling of each image.
+
+    Keras' RandomRotation, RandomTranslation and RandomZoom resample the batch once each, with
+    bilinear interpolation every time: three passes over the pixels, and three blurs of them.
+    Composed into one output-to-input matrix per image, the same jitter costs one pass and one
+    interpolation. The draws follow Keras' ranges: an angle of +-rotation of a full turn, a
+    shift of +-shift of the side, an input-coordinate scale of 1 +- zoom (both axes), times
+    1 +- aspect on the width only. Black fill, like the letterbox bars. Seeded: a
+    tf.random.Generator, so the same seed gives the same batches.
+    """
+
+    def __init__(self, rotation: float, shift: float, zoom: float, aspect: float, seed: int):
+        self.rotation, self.shift, self.zoom, self.aspect = rotation, shift, zoom, aspect
+        self.generator = tf.random.Generator.from_seed(seed)
+
+    def _uniform(self, count: tf.Tensor, bound: float) -> tf.Tensor:
+        return self.generator.uniform([count], -bound, bound) if bound > 0 else tf.zeros([count])
+
+    def transforms(self, count: tf.Tensor, height: int, width: int) -> tf.Tensor:
+        """(count, 8) rows [a0, a1, a2, b0, b1, b2, 0, 0]: output pixel (x, y) samples the input
+        at (a0 x + a1 y + a2, b0 x + b1 y + b2)."""
+        angle = self._uniform(count, self.rotation * 2 * np.pi)
+        shift_x = self._uniform(count, self.shift) * width
+        shift_y = self._uniform(count, self.shift) * height
+        scale_y = 1.0 + self._uniform(count, self.zoom)
+        scale_x = scale_y * (1.0 + self._uniform(count, self.aspect))
+        cos, sin = tf.cos(angle), tf.sin(angle)
+        a0, a1 = cos * scale_x, -sin * scale_y
+        b0, b1 = sin * scale_x, cos * scale_y
+        centre_x, centre_y = (width - 1) / 2.0, (height - 1) / 2.0
+        a2 = centre_x - a0 * centre_x - a1 * centre_y - shift_x
+        b2 = centre_y - b0 * centre_x - b1 * centre_y - shift_y
+        zeros = tf.zeros_like(angle)
+        return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+    def __call__(self, pixels: tf.Tensor, training: bool = True) -> tf.Tensor:
+        height, width = pixels.shape[1], pixels.shape[2]
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=pixels,
+            transforms=self.transforms(tf.shape(pixels)[0], height, width),
+            output_shape=tf.constant([height, width], tf.int32),
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+        )
+
+
 def augmentation_layers(config: AugmentationConfig, seed: int) -> list[Augmentation]:
     """Geometric, contrast, exposure and sharpness jitter; black fill matches the letterbox bars.
 
@@ -54,26 +102,9 @@ def augmentation_layers(config: AugmentationConfig, seed: int) -> list[Augmentat
     film was framed, not the lungs.
     """
     chosen: list[Augmentation] = []
-    if config.rotation > 0:
+    if max(config.rotation, config.shift, config.zoom, config.aspect) > 0:
         chosen.append(
-            layers.RandomRotation(config.rotation, fill_mode="constant", seed=seed, name="rotate")
-        )
-    if config.shift > 0:
-        chosen.append(
-            layers.RandomTranslation(
-                config.shift, config.shift, fill_mode="constant", seed=seed + 1, name="shift"
-            )
-        )
-    if config.zoom > 0:
-        chosen.append(
-            layers.RandomZoom(config.zoom, fill_mode="constant", seed=seed + 2, name="zoom")
-        )
-    if config.aspect > 0:
-        # height_factor 0: only the width is scaled, which changes the aspect ratio.
-        chosen.append(
-            layers.RandomZoom(
-                0.0, config.aspect, fill_mode="constant", seed=seed + 6, name="aspect"
-            )
+            RandomAffine(config.rotation, config.shift, config.zoom, config.aspect, seed=seed)
         )
     if config.contrast > 0:
         chosen.append(
@@ -110,8 +141,15 @@ def make_dataset(
     training: bool,
     seed: int,
     augmentation: AugmentationConfig | None = None,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
-    """Batches of (uint8 images, float32 labels); shuffled and augmented when training."""
+    """Batches of (uint8 images, float32 labels); shuffled and augmented when training.
+
+    `repeat`: endless, reshuffled each pass (fit with steps_per_epoch). One iterator then serves
+    every epoch: a fresh one per epoch tears down the last one's prefetch thread first, which
+    on a 2-core machine stalled the first batch of about one epoch in four by ~40 s of idle CPU
+    (docs/experiments.md, "Training at the CPU's limit").
+    """
     if len(images) == 0:
         raise ValueError("cannot build a dataset from an empty split")
     if len(images) != len(labels):
@@ -122,6 +160,8 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
+    if repeat:
+        dataset = dataset.repeat()
     jitter = augmentation_layers(augmentation, seed) if training and augmentation else []
     if jitter:
 

@@ -1,7 +1,18 @@
-"""Model quality of the default pipeline: a fresh clone of HEAD, `dvc repro` on the local copy
-of the dataset, the test metrics with their patient-bootstrap 95% intervals, and the wall time.
+"""Model quality of the default pipeline: a fresh clone of a commit, `dvc repro` on the local copy
+of the dataset, the test metrics with their patient-bootstrap 95% intervals, the wall time and
+where it went (a stage time profile read from the times of the log's lines).
 
     python benchmarks/quality.py [--source ../shared/data/chest_xray] [--set key=value ...]
+    python benchmarks/quality.py --seeds 3 --json quality-seeds.json   # train.seed 42, 43, 44
+    python benchmarks/quality.py --rev 28e4e62 --keep                   # an older commit
+
+Each run (one per seed, one after the other) clones the commit named by --rev (default HEAD)
+into its own temporary folder, links the dataset folder to data/chest_xray there and sets
+`download.source: data/chest_xray`, so the clone's dvc.lock records a relative path as the
+committed one does (--no-link-source writes the absolute path instead). With --seeds N the runs
+use the params' train.seed + 0, 1, ..., N - 1 (after any --set), and a seed table ends the output:
+each run's test figures with their intervals, then the mean, the sample sd and the range over
+the runs.
 
 Nothing here chooses anything: the pipeline picks the threshold on val and reads test once, in
 evaluate; this script only reports. The runs are logged to this project's MLflow store.
@@ -12,11 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -32,7 +46,6 @@ from pneumonia.contracts.metrics_report import (
     read_detail,
     read_headline,
 )
-from pneumonia.model.training import FINAL_VAL_ROC_AUC
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BUDGET_SECONDS = 30 * 60
@@ -41,6 +54,42 @@ GOALS = {"roc_auc": 0.975, "accuracy": 0.93, "sensitivity": 0.96, "specificity":
 # Kermany et al. 2018 (Cell), ImageNet transfer learning, same test split.
 BOUNDS = (None, LOW, HIGH)
 KERMANY = {"roc_auc": 0.968, "accuracy": 0.928, "sensitivity": 0.932, "specificity": 0.901}
+# Where a linked dataset lives in the clone; the repository's .gitignore ignores it.
+LINKED_SOURCE = "data/chest_xray"
+
+# The seed table: the test metrics (with their intervals), then figures without one.
+SEED_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy")
+VAL_ROC_AUC, WALL_SECONDS = "val_roc_auc", "wall_seconds"
+SUMMARY_COLUMNS = (
+    *(headline_key("test", name) for name in SEED_METRICS),
+    VAL_ROC_AUC,
+    THRESHOLD,
+    WALL_SECONDS,
+)
+
+# The log lines the profile reads. DVC's own (dvc/stage/run.py, dvc/stage/__init__.py,
+# dvc/stage/cache.py): a stage that runs, or one that is skipped, which ends the one before it.
+STAGE_RUNS = re.compile(r"^Running stage '(?P<name>[^']+)':")
+STAGE_BOUNDARY = re.compile(r"^(Running stage|Stage) '[^']+'")
+# Steps that print a header and a summary line, timed from one to the other (the first line
+# matching the start, then the first after it matching the end): train's (model/tuning.py,
+# model/training.py, model/robustness.py) and evaluate's bootstrap (evaluation/report.py).
+SPANS = (
+    ("tuning", re.compile(r"^tuning: \d+ trial"), re.compile(r"^final fit: ")),
+    (
+        "final fit",
+        re.compile(r"^final fit: \d+ member\(s\), up to"),
+        re.compile(r"^final fit: \d+ member\(s\) in "),
+    ),
+    ("shift check", re.compile(r"^shift check: \d+ val images"), re.compile(r"^shift check: val")),
+    ("bootstrap", re.compile(r"^bootstrap: started"), re.compile(r"^bootstrap: \d+ patient")),
+)
+# A step with no header off a terminal (pneumonia.progress's default summary, at no indent:
+# `scoring val: 624 images in 00:12`, `Grad-CAM panels: 4 panels in 00:09`, `preprocess train:
+# ...`): timed by the duration it reports, the only start it gives.
+SUMMARY_ONLY = re.compile(
+    r"^(?P<name>[A-Za-z][^:]*): \d+ [\w-]+ in (?P<duration>\d+(?::\d\d){1,2})$"
+)
 
 
 def override(params: dict, assignment: str) -> None:
@@ -52,42 +101,203 @@ def override(params: dict, assignment: str) -> None:
     section[leaf] = yaml.safe_load(text)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="../shared/data/chest_xray")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--keep", action="store_true", help="keep the clone for inspection")
-    arguments = parser.parse_args()
-    source = (PROJECT_ROOT / arguments.source).resolve()
-    if not source.is_dir():
-        sys.exit(f"error: {source} is not a folder in the Kaggle layout; pass --source")
+def parse_duration(text: str) -> float:
+    """Seconds in pneumonia.progress.duration's format: `00:42`, `12:03`, `1:02:03`."""
+    seconds = 0
+    for part in text.split(":"):
+        seconds = seconds * 60 + int(part)
+    return float(seconds)
 
-    workdir = Path(tempfile.mkdtemp(prefix="pneumonia-quality-"))
-    clone = workdir / "repo"
-    subprocess.run(["git", "clone", "--quiet", str(PROJECT_ROOT), str(clone)], check=True)
-    params_file = clone / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["download"]["source"] = str(source)
-    for assignment in arguments.set:
-        override(params, assignment)
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
-    environment = dict(os.environ)
-    store = PROJECT_ROOT / "mlruns"
-    store.mkdir(exist_ok=True)
-    environment.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True
-    ).stdout.strip()
-    print(f"commit {commit}; dvc repro in {clone} (logs: {workdir / 'repro.log'})", flush=True)
-    started = time.perf_counter()
-    with (workdir / "repro.log").open("w") as log:
-        result = subprocess.run(
-            ["dvc", "repro"], cwd=clone, env=environment, stdout=log, stderr=subprocess.STDOUT
+def profile(lines: list[tuple[float, str]]) -> list[tuple[str, float]]:
+    """Where a `dvc repro` log's wall time went: one row per stage that ran (from its
+    `Running stage` line to the next stage's line, or to the last line: the caller adds an empty
+    line at the end of the process), each followed by its steps as indented rows in the order
+    they ended (see SPANS and SUMMARY_ONLY).
+
+    `lines`: (time.perf_counter() when the line was read, the line without its newline).
+    """
+    starts = [index for index, (_, text) in enumerate(lines) if STAGE_BOUNDARY.match(text)]
+    rows: list[tuple[str, float]] = []
+    for position, start in enumerate(starts):
+        match = STAGE_RUNS.match(lines[start][1])
+        if match is None:  # a stage DVC skipped
+            continue
+        end = starts[position + 1] if position + 1 < len(starts) else len(lines) - 1
+        stage = lines[start : end + 1]
+        rows.append((match["name"], stage[-1][0] - stage[0][0]))
+        steps: list[tuple[int, str, float]] = []
+        for name, opens, closes in SPANS:
+            first = next((i for i, (_, text) in enumerate(stage) if opens.match(text)), None)
+            if first is None:
+                continue
+            last = next(
+                (i for i in range(first + 1, len(stage)) if closes.match(stage[i][1])), None
+            )
+            if last is not None:
+                steps.append((last, name, stage[last][0] - stage[first][0]))
+        for index, (_, text) in enumerate(stage):
+            summary = SUMMARY_ONLY.match(text)
+            if summary is not None:
+                steps.append((index, summary["name"], parse_duration(summary["duration"])))
+        rows += [(f"  {name}", seconds) for _, name, seconds in sorted(steps)]
+    return rows
+
+
+def mean_profile(profiles: list[list[tuple[str, float]]]) -> list[tuple[str, float]]:
+    """The runs' profiles averaged row by row (a step is told apart by its stage), in the order
+    the rows first appear; a row some runs lack is averaged over the runs that have it."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    for rows in profiles:
+        stage = ""
+        for label, seconds in rows:
+            if not label.startswith(" "):
+                stage = label
+            totals.setdefault((stage, label), []).append(seconds)
+    return [(label, statistics.fmean(values)) for (_, label), values in totals.items()]
+
+
+def profile_table(rows: list[tuple[str, float]], title: str) -> list[str]:
+    """The profile as printed: seconds, minutes and, for a stage, its share of all stages."""
+    total = sum(seconds for label, seconds in rows if not label.startswith(" "))
+    lines = [title, f"{'stage / step':<24} {'seconds':>8} {'min':>6} {'share':>6}"]
+    for label, seconds in rows:
+        share = "" if label.startswith(" ") or not total else f"{seconds / total:.0%}"
+        lines.append(f"{label:<24} {seconds:>8.1f} {seconds / 60:>6.1f} {share:>6}".rstrip())
+    return lines
+
+
+def seed_row(seed: int, headline: dict[str, float], val_roc_auc: float, seconds: float) -> dict:
+    """One run's row of the seed table: metrics.json's test figures with their bounds, train's
+    final val ROC AUC, the threshold (chosen on val) and the wall time of the whole repro."""
+    row: dict[str, Any] = {"seed": seed}
+    for name in SEED_METRICS:
+        for bound in BOUNDS:
+            row[headline_key("test", name, bound)] = headline[headline_key("test", name, bound)]
+    row.update({VAL_ROC_AUC: val_roc_auc, THRESHOLD: headline[THRESHOLD], WALL_SECONDS: seconds})
+    return row
+
+
+def seed_summary(rows: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Mean, sample sd (ddof=1; None for a single run) and range of each summary column over the
+    runs: the spread that comes from the seed alone, to set beside the bootstrap intervals."""
+    if not rows:
+        raise ValueError("seed_summary needs at least one run's row")
+    summary: dict[str, dict[str, float | None]] = {}
+    for column in SUMMARY_COLUMNS:
+        values = [float(row[column]) for row in rows]
+        summary[column] = {
+            "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) >= 2 else None,
+            "min": min(values),
+            "max": max(values),
+        }
+    return summary
+
+
+def seed_table(rows: list[dict], summary: dict[str, dict[str, float | None]]) -> list[str]:
+    """The seed table as printed: a row per run, then mean, sd and range under each column."""
+    lines = [
+        f"{'seed':>5}  "
+        + " ".join(f"{name + ' [95% CI]':<22}" for name in SEED_METRICS)
+        + f" {'val AUC':>13} {'threshold':>13} {'wall min':>9}"
+    ]
+    for row in rows:
+        cells = []
+        for name in SEED_METRICS:
+            value, low, high = (row[headline_key("test", name, bound)] for bound in BOUNDS)
+            cells.append(f"{value:.4f} [{low:.3f}, {high:.3f}]")
+        lines.append(
+            f"{row['seed']:>5}  "
+            + " ".join(f"{cell:<22}" for cell in cells)
+            + f" {row[VAL_ROC_AUC]:>13.4f} {row[THRESHOLD]:>13.4f} {row[WALL_SECONDS] / 60:>9.1f}"
         )
-    seconds = time.perf_counter() - started
+
+    def cell(column: str, statistic: str) -> str:
+        figures = summary[column]
+        if statistic == "range":
+            return f"{figures['min']:.4f}-{figures['max']:.4f}"
+        value = figures[statistic]
+        return "-" if value is None else f"{value:.4f}"
+
+    for statistic in ("mean", "sd", "range"):
+        metrics = " ".join(
+            f"{cell(headline_key('test', name), statistic):<22}" for name in SEED_METRICS
+        )
+        wall = summary[WALL_SECONDS]
+        if statistic == "range":
+            wall_cell = f"{wall['min'] / 60:.1f}-{wall['max'] / 60:.1f}"
+        else:
+            wall_cell = "-" if wall[statistic] is None else f"{wall[statistic] / 60:.1f}"
+        lines.append(
+            f"{statistic:>5}  {metrics} {cell(VAL_ROC_AUC, statistic):>13} "
+            f"{cell(THRESHOLD, statistic):>13} {wall_cell:>9}"
+        )
+    return lines
+
+
+def resolve_commit(rev: str) -> str:
+    """The full hash of `rev` in this checkout (HEAD: this checkout's commit)."""
+    result = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
-        sys.exit(f"error: dvc repro failed after {seconds:.0f} s; see {workdir / 'repro.log'}")
+        sys.exit(
+            f"error: --rev {rev}: not a commit of {PROJECT_ROOT}; pass a commit, branch or tag"
+        )
+    return result.stdout.strip()
+
+
+def link_source(clone: Path, source: Path) -> str:
+    """Link the dataset folder into the clone and return the relative download.source for it,
+    making sure git ignores the link (a commit from before the .gitignore rule gets it in the
+    clone's .git/info/exclude, which changes no tracked file)."""
+    link = clone / LINKED_SOURCE
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(source, target_is_directory=True)
+    ignored = subprocess.run(["git", "check-ignore", "--quiet", LINKED_SOURCE], cwd=clone)
+    if ignored.returncode != 0:
+        with (clone / ".git" / "info" / "exclude").open("a") as exclude:
+            exclude.write(f"/{LINKED_SOURCE}\n")
+        print(f"note: this commit's .gitignore misses {LINKED_SOURCE}; excluded in the clone")
+    return LINKED_SOURCE
+
+
+def repro(clone: Path, log_path: Path, environment: dict[str, str]) -> tuple[int, list]:
+    """`dvc repro` in the clone, its output written to log_path as it comes; returns the exit
+    status and every line with the time it was read (then an empty line at the exit)."""
+    lines: list[tuple[float, str]] = []
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(
+            ["dvc", "repro"],
+            cwd=clone,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        ) as process,
+    ):
+        for line in process.stdout:  # type: ignore[union-attr]  (stdout=PIPE)
+            lines.append((time.perf_counter(), line.rstrip("\r\n")))
+            log.write(line)
+            log.flush()
+        returncode = process.wait()
+    lines.append((time.perf_counter(), ""))
+    return returncode, lines
+
+
+def print_report(clone: Path, seconds: float) -> tuple[dict[str, float], float]:
+    """The run's table (one line per test metric with its 95% interval); returns metrics.json's
+    headline and train's final val ROC AUC."""
+    # Imported here, not at the top: it loads TensorFlow, which the seed and profile functions
+    # (and their unit test) do not need.
+    from pneumonia.model.training import FINAL_VAL_ROC_AUC
 
     paths = project_paths(clone / "params.yaml")
     headline = read_headline(paths.metrics)
@@ -126,8 +336,114 @@ def main() -> None:
         f"wall time {seconds / 60:.1f} min for the whole dvc repro "
         f"({seconds / BUDGET_SECONDS:.2f}x the 30-minute budget)"
     )
-    if not arguments.keep:
-        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    return headline, float(train[FINAL_VAL_ROC_AUC])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--source", default="../shared/data/chest_xray", help="dataset folder")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a params.yaml override"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=1, metavar="N", help="runs, with train.seed + 0 .. N - 1"
+    )
+    parser.add_argument("--rev", default="HEAD", help="the commit to clone (default HEAD)")
+    parser.add_argument(
+        "--link-source",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"link the source to {LINKED_SOURCE} in the clone (default) so dvc.lock records a "
+        "relative path; --no-link-source writes the absolute path into params.yaml",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the seed table here")
+    parser.add_argument("--keep", action="store_true", help="keep every clone for inspection")
+    arguments = parser.parse_args()
+    if arguments.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    source = (PROJECT_ROOT / arguments.source).resolve()
+    if not source.is_dir():
+        sys.exit(f"error: {source} is not a folder in the Kaggle layout; pass --source")
+    commit = resolve_commit(arguments.rev)
+
+    environment = dict(os.environ)
+    # `dvc` and the stages' `python` from this interpreter's environment, activated or not.
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    # Each line reaches the log when it is written, so its time is the step's.
+    environment["PYTHONUNBUFFERED"] = "1"
+    store = PROJECT_ROOT / "mlruns"
+    store.mkdir(exist_ok=True)
+    environment.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
+
+    rows: list[dict] = []
+    profiles: list[list[tuple[str, float]]] = []
+    for run in range(arguments.seeds):
+        workdir = Path(tempfile.mkdtemp(prefix="pneumonia-quality-"))
+        clone = workdir / "repo"
+        subprocess.run(["git", "clone", "--quiet", str(PROJECT_ROOT), str(clone)], check=True)
+        subprocess.run(["git", "checkout", "--quiet", commit], cwd=clone, check=True)
+        params_file = clone / "params.yaml"
+        params = yaml.safe_load(params_file.read_text())
+        for assignment in arguments.set:
+            override(params, assignment)
+        seed = params["train"]["seed"] + run
+        params["train"]["seed"] = seed
+        params["download"]["source"] = (
+            link_source(clone, source) if arguments.link_source else str(source)
+        )
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+        log_path = workdir / "repro.log"
+        if run:
+            print()
+        print(
+            f"run {run + 1}/{arguments.seeds}: commit {commit[:7]}, "
+            f"train.seed {seed}; dvc repro in {clone} (log: {log_path})",
+            flush=True,
+        )
+        started = time.perf_counter()
+        returncode, lines = repro(clone, log_path, environment)
+        seconds = time.perf_counter() - started
+        if returncode != 0:
+            sys.exit(f"error: dvc repro failed after {seconds:.0f} s; see {log_path}")
+
+        headline, val_roc_auc = print_report(clone, seconds)
+        rows.append(seed_row(seed, headline, val_roc_auc, seconds))
+        profiles.append(profile(lines))
+        print()
+        print("\n".join(profile_table(profiles[-1], "stage time profile (from the log's lines)")))
+        if arguments.json:
+            runs = [
+                {**row, "profile": [list(entry) for entry in rows_profile]}
+                for row, rows_profile in zip(rows, profiles, strict=True)
+            ]
+            document = {
+                "rev": arguments.rev,
+                "commit": commit,
+                "set": arguments.set,
+                "source": arguments.source,  # as given: no absolute path in a committed file
+                "runs": runs,
+                "summary": seed_summary(rows),
+                "profile_mean": [list(entry) for entry in mean_profile(profiles)],
+            }
+            arguments.json.write_text(json.dumps(document, indent=2) + "\n")
+        if arguments.keep:
+            print(f"kept: {clone} (log: {log_path})")
+        else:
+            subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+    if len(rows) >= 2:
+        seeds = f"{rows[0]['seed']}-{rows[-1]['seed']}"
+        print(f"\n{len(rows)} runs of commit {commit[:7]}, train.seed {seeds}; test at the val")
+        print("threshold; summary rows over the runs, beside each run's patient-bootstrap interval")
+        print("\n".join(seed_table(rows, seed_summary(rows))))
+        print()
+        title = f"stage time profile, mean over {len(profiles)} runs"
+        print("\n".join(profile_table(mean_profile(profiles), title)))
+    if arguments.json:
+        print(f"seed table: {arguments.json}")
 
 
 if __name__ == "__main__":

@@ -406,7 +406,6 @@ class TrainConfig(Section):
     label_smoothing: Annotated[float, Field(ge=0, le=0.5)]
     learning_rate_schedule: Literal["constant", "cosine"]
     mixed_precision: Literal["auto", "off"]
-    jit_compile: bool
     registered_model_name: Name
     # The fixed hyperparameters: used as they are when tuning.n_trials is 0, and as the first
     # trial.

@@ -119,16 +119,13 @@ def compile_model(
     label_smoothing: float = 0.0,
     schedule: str = "constant",
     decay_steps: int | None = None,
-    jit_compile: bool = False,
 ) -> None:
     """Compile (again, after a change of what is trainable) with a fresh optimizer.
 
-    `jit_compile` (train.jit_compile): XLA for the train and test steps. Keras' own default
-    turns it off on a machine without a GPU; on 2 CPU cores it trains the default network
-    1.2x faster (benchmarks/train.py --levers).
+    No XLA: with op determinism on (seed_everything), Keras turns jit_compile off, and forced on
+    it fails, TensorFlow having no deterministic XLA gradient of max pooling.
     """
     model.compile(
-        jit_compile=jit_compile,
         optimizer=make_optimizer(optimizer, schedule, decay_steps),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
         metrics=[
@@ -259,7 +256,6 @@ def fit(
             config.label_smoothing,
             config.learning_rate_schedule,
             decay_steps=steps_per_epoch * phase_epochs,
-            jit_compile=config.jit_compile,
         )
         return model.fit(
             train_data,

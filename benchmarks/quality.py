@@ -83,7 +83,13 @@ SPANS = (
     ),
     ("shift check", re.compile(r"^shift check: \d+ val images"), re.compile(r"^shift check: val")),
     ("bootstrap", re.compile(r"^bootstrap: started"), re.compile(r"^bootstrap: \d+ patient")),
+    # Train's end: saving the model, its MLflow logging and registration.
+    ("save, log, register", re.compile(r"^shift check: val"), re.compile(r"^train: val ROC AUC")),
 )
+# A tuning trial's closing line: `trial 2/4: val_auc 0.9729 (epoch 2) in 00:49`, `... pruned in`.
+TRIAL = re.compile(r"^(?P<name>trial \d+/\d+): .* in (?P<duration>\d+(?::\d\d){1,2})$")
+# The stage's command echoed by DVC; the line after it is the stage's own first output.
+COMMAND = re.compile(r"^> ")
 # A step with no header off a terminal (pneumonia.progress's default summary, at no indent:
 # `scoring val: 624 images in 00:12`, `Grad-CAM panels: 4 panels in 00:09`, `preprocess train:
 # ...`): timed by the duration it reports, the only start it gives.
@@ -137,9 +143,14 @@ def profile(lines: list[tuple[float, str]]) -> list[tuple[str, float]]:
             if last is not None:
                 steps.append((last, name, stage[last][0] - stage[first][0]))
         for index, (_, text) in enumerate(stage):
-            summary = SUMMARY_ONLY.match(text)
+            summary = SUMMARY_ONLY.match(text) or TRIAL.match(text)
             if summary is not None:
                 steps.append((index, summary["name"], parse_duration(summary["duration"])))
+        # Start-up: Python, the imports (TensorFlow's take seconds) and loading, up to the
+        # stage's first line of its own.
+        first = next((i for i in range(1, len(stage) - 1) if not COMMAND.match(stage[i][1])), None)
+        if first is not None and first + 1 < len(stage):
+            steps.append((-1, "start-up", stage[first][0] - stage[0][0]))
         rows += [(f"  {name}", seconds) for _, name, seconds in sorted(steps)]
     return rows
 

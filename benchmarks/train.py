@@ -4,7 +4,8 @@ or, with --architectures, training images/s of each architecture at each image s
     python benchmarks/train.py [--images 1024] [--batch-size 32]
     python benchmarks/train.py --architectures cnn,mobilenetv3small,densenet121 --sizes 128,224 \
         [--steps 20] [--batch-size 32]
-    python benchmarks/train.py --levers [--steps 40] [--images 2048]
+    python benchmarks/train.py --levers [--steps 20] [--rounds 4] [--images 1024]
+    python benchmarks/train.py --op-profile [--steps 20]
 
 Needs `dvc repro` to have run preprocess (data/processed and data/raw/images). Baseline: the seed
 projects' `keras.utils.image_dataset_from_directory`, which decodes and resizes every JPEG from
@@ -22,11 +23,13 @@ phase (backbone frozen) and fine-tuning everything (`unfreeze: all`).
 
 --levers measures the training stage against this machine's limit, in one run: the peak fp32
 GFLOP/s of a large TensorFlow matrix multiply; then, for the default network and each lever
-(the input pipeline, XLA, batch size, plain vs separable convolutions, thread settings),
-FLOPs per image, training images/s, the GFLOP/s they achieve and their share of the peak, and
-the ratio to "before" (the pipeline as it was: three Keras resampling layers, no XLA). Then the
-epoch boundary (a fresh tf.data iterator per epoch vs one repeated iterator) and scoring
-(predict_on_batch vs model.predict). Needs preprocess's train and val arrays.
+(the augmentation, batch size, plain vs separable convolutions; XLA and thread settings in
+processes of their own), FLOPs per image, training images/s, the GFLOP/s they achieve and their
+share of the peak, and the ratio to "before" (three Keras resampling layers, as the stage had).
+The levers are timed in rounds, interleaved in one process, best round kept: this machine's
+speed changes by up to 1.7x from one minute to the next. Then the epoch boundary (a fresh
+tf.data iterator per epoch vs one repeated iterator) and scoring (predict_on_batch vs
+model.predict). Needs preprocess's train and val arrays.
 """
 
 from __future__ import annotations
@@ -204,55 +207,73 @@ def before_dataset(images, labels, batch_size: int, seed: int, augmentation) -> 
     return dataset.map(augment).prefetch(tf.data.AUTOTUNE)
 
 
-def steady_rate(model, dataset, steps: int, batch_size: int, jit: bool, config) -> float:
-    """Training images/s over `steps` batches after 3 untimed ones (tracing, XLA compiling)."""
-    compile_model(model, config.train.optimizer, jit_compile=jit)
-    model.fit(dataset, epochs=1, steps_per_epoch=3, verbose=0)
-    started = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
-    return steps * batch_size / (time.perf_counter() - started)
+class Lever:
+    """One variant of the training stage, built once, timed in rounds alternating with the
+    others (this machine's speed changes from minute to minute: only a comparison inside one
+    process, interleaved, gives a ratio worth printing)."""
+
+    def __init__(self, name: str, images, labels, config, determinism: bool = True):
+        self.name, self.rates = name, []
+        seed = config.train.seed
+        self.batch_size = {"batch 16": 16, "batch 64": 64}.get(name, config.train.batch_size)
+        model_config = config.train.model
+        if name.startswith("plain"):
+            filters = int(name.rsplit(" ", 1)[1])
+            model_config = model_config.model_copy(
+                update={"convolution": "plain", "base_filters": filters}
+            )
+        if determinism:
+            seed_everything(seed)
+        else:
+            keras.utils.set_random_seed(seed)
+        self.model = build_model(images.shape[1], model_config)
+        compile_model(self.model, config.train.optimizer)
+        if name.endswith("+ XLA"):
+            self.model.jit_compile = True  # Keras allows it only with op determinism off
+        augmentation = None if name == "no augmentation" else config.train.augmentation
+        if name.startswith("before"):
+            self.dataset = before_dataset(images, labels, self.batch_size, seed, augmentation)
+        else:
+            self.dataset = make_dataset(
+                images,
+                labels,
+                self.batch_size,
+                training=True,
+                seed=seed,
+                augmentation=augmentation,
+                repeat=True,
+            )
+        self.flops = training_flops(self.model)
+        # Tracing (and XLA compiling): three untimed batches.
+        self.model.fit(self.dataset, epochs=1, steps_per_epoch=3, verbose=0)
+
+    def time(self, steps: int) -> None:
+        started = time.perf_counter()
+        self.model.fit(self.dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+        self.rates.append(steps * self.batch_size / (time.perf_counter() - started))
+
+    @property
+    def best(self) -> float:
+        return max(self.rates)
 
 
-def lever_rate(lever: str, images, labels, steps: int, config) -> tuple[float, int]:
-    """(training images/s, training FLOPs per image) of the default network with one lever."""
-    seed = config.train.seed
-    batch_size = {"batch 16": 16, "batch 64": 64}.get(lever, config.train.batch_size)
-    model_config = config.train.model
-    if lever.startswith("plain"):
-        filters = int(lever.rsplit(" ", 1)[1])
-        model_config = model_config.model_copy(
-            update={"convolution": "plain", "base_filters": filters}
-        )
-    seed_everything(seed)
-    model = build_model(images.shape[1], model_config)
-    augmentation = None if lever == "no augmentation" else config.train.augmentation
-    if lever.startswith("before"):
-        dataset = before_dataset(images, labels, batch_size, seed, augmentation)
-    else:
-        dataset = make_dataset(
-            images,
-            labels,
-            batch_size,
-            training=True,
-            seed=seed,
-            augmentation=augmentation,
-            repeat=True,
-        )
-    jit = not lever.startswith(("before", "fused affine, no XLA"))
-    return steady_rate(model, dataset, steps, batch_size, jit, config), training_flops(model)
+def interleaved(levers: list[Lever], rounds: int, steps: int) -> list[Lever]:
+    for _ in range(rounds):
+        for lever in levers:
+            lever.time(steps)
+    return levers
 
 
 LEVERS = (
-    "before: 3 Keras resampling layers, no XLA",
-    "fused affine, no XLA",
-    "fused affine + XLA (the stage)",
+    "before: 3 Keras resampling layers",
+    "the stage: one fused affine",
     "no augmentation",
     "batch 16",
     "batch 64",
     "plain convolutions 16",
     "plain convolutions 8",
 )
-# (intra-op, inter-op) threads; 0 is TensorFlow's default (one per core).
+# (intra-op, inter-op) threads; TensorFlow's default is one per core for both.
 THREADS = ((1, 1), (2, 1), (1, 2), (4, 4))
 
 
@@ -265,7 +286,7 @@ def epoch_boundary_rates(images, labels, epochs: int, steps: int, config) -> dic
     for name, repeat in (("a fresh iterator per epoch", False), ("one repeated iterator", True)):
         seed_everything(seed)
         model = build_model(images.shape[1], config.train.model)
-        compile_model(model, config.train.optimizer, jit_compile=True)
+        compile_model(model, config.train.optimizer)
         dataset = make_dataset(
             images[:count],
             labels[:count],
@@ -275,47 +296,52 @@ def epoch_boundary_rates(images, labels, epochs: int, steps: int, config) -> dic
             augmentation=config.train.augmentation,
             repeat=repeat,
         )
-        model.fit(dataset, epochs=1, steps_per_epoch=3, verbose=0)
+        model.fit(dataset, epochs=1, steps_per_epoch=3 if repeat else None, verbose=0)
         started = time.perf_counter()
         model.fit(dataset, epochs=epochs, steps_per_epoch=steps if repeat else None, verbose=0)
         rates[name] = epochs * count / (time.perf_counter() - started)
     return rates
 
 
-def scoring_rates(images, config) -> dict[str, float]:
-    """Images/s of scoring val: the project's score() (predict_on_batch) and model.predict."""
+def scoring_rates(images, config, rounds: int = 3) -> dict[str, float]:
+    """Best images/s of scoring val: the project's score() (predict_on_batch) and predict."""
     model = build_model(images.shape[1], config.train.model)
-    rates = {}
-    for name, run in (
-        ("score(): predict_on_batch, batches of 128", lambda: score(model, images)),
-        ("model.predict(batch_size=128)", lambda: model.predict(images, 128, verbose=0)),
-    ):
+    runs = {
+        "score(): predict_on_batch, batches of 128": lambda: score(model, images),
+        "model.predict(batch_size=128)": lambda: model.predict(images, 128, verbose=0),
+    }
+    rates = {name: 0.0 for name in runs}
+    for run in runs.values():
         run()
-        started = time.perf_counter()
-        run()
-        rates[name] = len(images) / (time.perf_counter() - started)
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            rates[name] = max(rates[name], len(images) / (time.perf_counter() - started))
     return rates
 
 
-def threads_rate(intra: int, inter: int, steps: int, count: int) -> float:
-    """The stage's rate in a fresh process with these thread settings (they must be set before
-    TensorFlow starts)."""
+def subprocess_row(option: str, value: str, arguments) -> list[float]:
+    """A row measured in a fresh process (thread settings and op determinism are set once per
+    process, before TensorFlow runs anything): the numbers it prints on its last line."""
     result = subprocess.run(
         [
             sys.executable,
             __file__,
-            "--threads-row",
-            f"{intra},{inter}",
+            option,
+            value,
             "--steps",
-            str(steps),
+            str(arguments.steps),
             "--images",
-            str(count),
+            str(arguments.images),
+            "--rounds",
+            str(arguments.rounds),
         ],
         capture_output=True,
         text=True,
         check=True,
     )
-    return float(result.stdout.strip().splitlines()[-1])
+    return [float(number) for number in result.stdout.strip().splitlines()[-1].split()]
 
 
 def training_sample(count: int, config) -> tuple[np.ndarray, np.ndarray]:
@@ -324,6 +350,14 @@ def training_sample(count: int, config) -> tuple[np.ndarray, np.ndarray]:
     count = min(count, len(images))
     chosen = np.sort(np.random.default_rng(0).choice(len(images), count, replace=False))
     return images[chosen], labels[chosen]
+
+
+def print_row(name: str, flops: int, rate: float, peak: float, baseline: float) -> None:
+    achieved = rate * flops / 1e9
+    print(
+        f"{name:<44} {flops / 1e6:7.1f} {rate:7.1f} {achieved:8.1f} {achieved / peak:8.1%} "
+        f"{rate / baseline:5.2f}x"
+    )
 
 
 def compare_levers(arguments) -> None:
@@ -335,41 +369,101 @@ def compare_levers(arguments) -> None:
     network = build_model(size, config.train.model)
     print(
         f"{resolve_workers(0)} CPU core(s); peak {peak:.1f} GFLOP/s (4096x4096 fp32 matmul, "
-        f"TensorFlow {tf.__version__}); default network at {size}px: "
+        f"best of 5, TensorFlow {tf.__version__}); the default network at {size}px: "
         f"{forward_flops(network) / 1e6:.1f} MFLOPs forward, "
         f"{training_flops(network) / 1e6:.1f} MFLOPs per training image"
     )
-    print(f"training, {arguments.steps} timed batches after 3 untimed, {len(images)} train images")
-    header = f"{'lever':<44} {'MFLOPs':>7} {'img/s':>7} {'GFLOP/s':>8} {'of peak':>8} {'ratio':>6}"
-    print(header)
-    baseline = None
-    for lever in LEVERS:
-        rate, flops = lever_rate(lever, images, labels, arguments.steps, config)
-        baseline = baseline or rate
-        achieved = rate * flops / 1e9
-        print(
-            f"{lever:<44} {flops / 1e6:7.1f} {rate:7.1f} {achieved:8.1f} "
-            f"{achieved / peak:8.1%} {rate / baseline:5.2f}x"
-        )
-    stage_flops = training_flops(network)
+    print(
+        f"training images/s: best of {arguments.rounds} rounds of {arguments.steps} batches, "
+        f"the levers interleaved in one process; {len(images)} train images"
+    )
+    print(f"{'lever':<44} {'MFLOPs':>7} {'img/s':>7} {'GFLOP/s':>8} {'of peak':>8} {'ratio':>6}")
+    levers = [Lever(name, images, labels, config) for name in LEVERS]
+    interleaved(levers, arguments.rounds, arguments.steps)
+    baseline = levers[0].best
+    for lever in levers:
+        print_row(lever.name, lever.flops, lever.best, peak, baseline)
+    stage = levers[1]
+    without, with_xla = subprocess_row("--xla-row", "1", arguments)
+    print_row("the stage, op determinism off", stage.flops, without, peak, without)
+    print_row("the stage, op determinism off, + XLA", stage.flops, with_xla, peak, without)
+    print(
+        "  (XLA needs op determinism off: Keras turns jit_compile off under it, and TensorFlow "
+        "has no deterministic XLA max-pool gradient; ratios against the row above)"
+    )
     for intra, inter in THREADS:
-        rate = threads_rate(intra, inter, arguments.steps, len(images))
-        achieved = rate * stage_flops / 1e9
-        print(
-            f"{f'the stage, threads intra {intra} inter {inter}':<44} {stage_flops / 1e6:7.1f} "
-            f"{rate:7.1f} {achieved:8.1f} {achieved / peak:8.1%} {rate / baseline:5.2f}x"
+        (rate,) = subprocess_row("--threads-row", f"{intra},{inter}", arguments)
+        print_row(
+            f"the stage, threads intra {intra} inter {inter}", stage.flops, rate, peak, stage.best
         )
+    print("  (thread rows: each its own process, ratios against the stage's row above)")
     epochs, steps = 8, 20
-    print(f"epoch boundary: {epochs} epochs of {steps} batches, the stage's pipeline and XLA")
+    print(f"epoch boundary: {epochs} epochs of {steps} batches, the stage's pipeline")
     rates = epoch_boundary_rates(images, labels, epochs, steps, config)
     first = next(iter(rates.values()))
     for name, rate in rates.items():
         print(f"  {name:<42} {rate:7.1f} img/s {rate / first:5.2f}x")
-    print(f"scoring {len(val_images)} val images")
+    print(f"scoring {len(val_images)} val images (best of 3)")
     rates = scoring_rates(val_images, config)
     first = next(iter(rates.values()))
     for name, rate in rates.items():
         print(f"  {name:<42} {rate:7.1f} img/s {rate / first:5.2f}x")
+
+
+# What an op of the training step belongs to, from its name in the trace (the layer's name, then
+# the op's type): the first match wins.
+OP_GROUPS = (
+    ("augmentation (tf.data thread)", lambda path, kind, line: line.startswith("tf_data")),
+    ("depthwise convolutions", lambda path, kind, line: "Depthwise" in kind),
+    ("first convolution (3x3, one channel)", lambda path, kind, line: "block1_conv1" in path),
+    ("pointwise convolutions (1x1)", lambda path, kind, line: "Conv2D" in kind),
+    ("batch norm", lambda path, kind, line: "_bn" in path),
+    ("ReLU", lambda path, kind, line: "Relu" in kind),
+    ("max pooling", lambda path, kind, line: "MaxPool" in kind),
+    ("optimizer (Adam)", lambda path, kind, line: "adam" in path.lower()),
+)
+
+
+def op_profile(arguments) -> None:
+    """Where the training step's op time goes, by the TensorFlow profiler: op time summed by
+    layer kind over --steps batches of the stage's pipeline and network (XLA off, as trained)."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    config = load_config()
+    images, labels = training_sample(arguments.images, config)
+    lever = Lever("the stage: one fused affine", images, labels, config)
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        started = time.perf_counter()
+        lever.time(arguments.steps)
+        seconds = time.perf_counter() - started
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        (trace,) = Path(logdir).rglob("*.xplane.pb")
+        space.ParseFromString(trace.read_bytes())
+    totals: dict[str, float] = {}
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith(("tf_Compute", "tf_data_private")):
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                path, _, kind = name.rpartition(":")
+                # Op events are `layer/.../op:Type`; the executor's and calls' wrap other ops.
+                if not path or "::" in name or "Call" in kind:
+                    continue
+                group = next(
+                    (label for label, test in OP_GROUPS if test(path, kind, line.name)),
+                    "other (loss, metrics, casts, copies)",
+                )
+                totals[group] = totals.get(group, 0.0) + event.duration_ps / 1e12
+    total = sum(totals.values())
+    print(
+        f"op time of {arguments.steps} training batches of {lever.batch_size} "
+        f"({seconds:.1f} s wall, {resolve_workers(0)} core(s)), by the TensorFlow profiler"
+    )
+    for group, op_seconds in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {group:<40} {op_seconds:7.2f} s {op_seconds / total:6.1%}")
 
 
 def threads_row(arguments) -> None:
@@ -378,7 +472,20 @@ def threads_row(arguments) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     config = load_config()
     images, labels = training_sample(arguments.images, config)
-    print(lever_rate("fused affine + XLA (the stage)", images, labels, arguments.steps, config)[0])
+    lever = Lever("the stage: one fused affine", images, labels, config)
+    interleaved([lever], arguments.rounds, arguments.steps)
+    print(lever.best)
+
+
+def xla_row(arguments) -> None:
+    config = load_config()
+    images, labels = training_sample(arguments.images, config)
+    levers = [
+        Lever(name, images, labels, config, determinism=False)
+        for name in ("the stage", "the stage + XLA")
+    ]
+    interleaved(levers, arguments.rounds, arguments.steps)
+    print(" ".join(str(lever.best) for lever in levers))
 
 
 def main() -> None:
@@ -392,10 +499,21 @@ def main() -> None:
     parser.add_argument("--sizes", default="128,224", help="image sides, comma-separated")
     parser.add_argument("--steps", type=int, default=20, help="timed batches per phase")
     parser.add_argument("--levers", action="store_true", help="FLOP utilisation and the levers")
+    parser.add_argument("--rounds", type=int, default=4, help="--levers: timed rounds per lever")
+    parser.add_argument(
+        "--op-profile", action="store_true", help="op time of the training step by layer kind"
+    )
     parser.add_argument("--threads-row", help=argparse.SUPPRESS)  # one --levers row, own process
+    parser.add_argument("--xla-row", help=argparse.SUPPRESS)  # the XLA rows, own process
     arguments = parser.parse_args()
     if arguments.threads_row:
         threads_row(arguments)
+        return
+    if arguments.xla_row:
+        xla_row(arguments)
+        return
+    if arguments.op_profile:
+        op_profile(arguments)
         return
     if arguments.levers:
         compare_levers(arguments)

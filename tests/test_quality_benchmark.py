@@ -59,11 +59,16 @@ LOG = [
 def test_profile_times_each_stage_that_ran_and_its_steps():
     assert quality.profile(LOG) == [
         ("validate", 4.0),  # to the skipped stage's line
+        ("  start-up", 2.0),  # to the stage's first line of its own, after DVC's "> command"
         ("train", 235.0),
+        ("  start-up", 5.0),
+        ("  trial 1/4", 29.0),  # the duration its closing line reports
         ("  tuning", 60.0),  # from its header to the final fit's
         ("  final fit", 120.0),
         ("  shift check", 30.0),
+        ("  save, log, register", 9.0),
         ("evaluate", 100.0),  # to the process's exit
+        ("  start-up", 2.0),
         ("  scoring val", 12.0),  # no header: the duration its summary reports
         ("  scoring test", 8.0),
         ("  bootstrap", 30.5),
@@ -75,7 +80,10 @@ def test_profile_leaves_out_a_step_that_never_ended():
     cut = LOG[:12]  # train fails during the final fit
     assert quality.profile([*cut, (200.0, "")]) == [
         ("validate", 4.0),
+        ("  start-up", 2.0),
         ("train", 195.0),
+        ("  start-up", 5.0),
+        ("  trial 1/4", 29.0),
         ("  tuning", 60.0),
     ]
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 from pneumonia.config import AugmentationConfig, ConfigError, load_config
 from pneumonia.contracts.arrays import ProcessedDataError, write_split
@@ -298,3 +299,28 @@ def test_flops_count_convolutions_and_dense_layers():
     outer_inputs = keras.Input((8, 8, 1))
     outer = keras.Model(outer_inputs, layers.Dense(1)(model(outer_inputs)))
     assert forward_flops(outer) == expected + 2 * 2 * 1
+
+
+def test_datasets_run_without_tf_data_autotuning_and_give_the_same_batches():
+    from pneumonia.model.training import seed_everything
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 1), dtype=np.uint8)
+    labels = np.arange(40) % 2
+    jitter = augmentation(rotation=0.1, shift=0.1, zoom=0.1, contrast=0.1)
+
+    def batches(dataset) -> list[np.ndarray]:
+        return [batch.numpy() for batch, _ in dataset.take(10)]
+
+    seed_everything(0)
+    dataset = make_dataset(
+        images, labels, 8, training=True, seed=0, augmentation=jitter, repeat=True
+    )
+    assert dataset.options().autotune.enabled is False
+    # Autotuning would only change buffer sizes and threads, never the batches: the same
+    # pipeline with it on gives them byte for byte.
+    options = tf.data.Options()
+    options.autotune.enabled = True
+    seed_everything(0)
+    tuned = make_dataset(images, labels, 8, training=True, seed=0, augmentation=jitter, repeat=True)
+    for one, other in zip(batches(dataset), batches(tuned.with_options(options)), strict=True):
+        np.testing.assert_array_equal(one, other)

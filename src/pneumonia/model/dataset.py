@@ -145,10 +145,14 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of (uint8 images, float32 labels); shuffled and augmented when training.
 
-    `repeat`: endless, reshuffled each pass (fit with steps_per_epoch). One iterator then serves
-    every epoch: a fresh one per epoch tears down the last one's prefetch thread first, which
-    on a 2-core machine stalled the first batch of about one epoch in four by ~40 s of idle CPU
-    (docs/experiments.md, "Training at the CPU's limit").
+    `repeat`: endless, reshuffled each pass (fit with steps_per_epoch), so one iterator serves
+    every epoch of a fit.
+
+    tf.data's autotuning is off (the prefetch buffer still adapts). Its optimisation thread
+    sleeps for growing periods, and tearing an iterator down waited for it: on 2 cores the
+    first batch of an epoch, or the end of a fit, stalled for up to ~40 s of idle CPU
+    (docs/experiments.md, round 4). It tunes nothing here that matters: the map is sequential
+    (op determinism), and the batches are the same either way.
     """
     if len(images) == 0:
         raise ValueError("cannot build a dataset from an empty split")
@@ -177,4 +181,6 @@ def make_dataset(
         # parallel one, it rewrites the map and the rewrite logs `E ... NodeDef mentions
         # attribute use_unbounded_threadpool` once per fit; the batches are identical.
         dataset = dataset.map(augment)
-    return dataset.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(AUTOTUNE).with_options(options)

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from pneumonia.config import project_paths
+from pneumonia.console import quiet_console
 from pneumonia.contracts.metrics_report import (
     AT_0_5,
     AT_THRESHOLD,
@@ -351,6 +352,7 @@ def print_report(clone: Path, seconds: float) -> tuple[dict[str, float], float]:
 
 
 def main() -> None:
+    quiet_console()  # before TensorFlow is imported (print_report reads train's keys)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

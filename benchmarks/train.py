@@ -245,11 +245,11 @@ class Lever:
             )
         self.flops = training_flops(self.model)
         # Tracing (and XLA compiling): three untimed batches.
-        self.model.fit(self.dataset, epochs=1, steps_per_epoch=3, verbose=0)
+        self.model.fit(self.dataset, epochs=1, steps_per_epoch=3, verbose=0, shuffle=False)
 
     def time(self, steps: int) -> None:
         started = time.perf_counter()
-        self.model.fit(self.dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+        self.model.fit(self.dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
         self.rates.append(steps * self.batch_size / (time.perf_counter() - started))
 
     @property
@@ -278,12 +278,18 @@ THREADS = ((1, 1), (2, 1), (1, 2), (4, 4))
 
 
 def epoch_boundary_rates(images, labels, epochs: int, steps: int, config) -> dict[str, float]:
-    """Images/s over `epochs` short epochs: a fresh iterator per epoch (the dataset ends after
-    `steps` batches) against one repeated iterator (steps_per_epoch), the stage's way."""
+    """Images/s over `epochs` short epochs, epoch boundaries included: as before (tf.data's
+    autotuning on, a fresh iterator per epoch) against the stage (autotuning off, one repeated
+    iterator). Tearing down an autotuned iterator could wait for the autotuner's thread."""
     seed, batch_size = config.train.seed, config.train.batch_size
     count = steps * batch_size
+    autotuned = tf.data.Options()
+    autotuned.autotune.enabled = True
     rates = {}
-    for name, repeat in (("a fresh iterator per epoch", False), ("one repeated iterator", True)):
+    for name, repeat in (
+        ("before: autotuning on, an iterator per epoch", False),
+        ("the stage: autotuning off, one iterator", True),
+    ):
         seed_everything(seed)
         model = build_model(images.shape[1], config.train.model)
         compile_model(model, config.train.optimizer)
@@ -296,9 +302,12 @@ def epoch_boundary_rates(images, labels, epochs: int, steps: int, config) -> dic
             augmentation=config.train.augmentation,
             repeat=repeat,
         )
-        model.fit(dataset, epochs=1, steps_per_epoch=3 if repeat else None, verbose=0)
+        if not repeat:
+            dataset = dataset.with_options(autotuned)
+        per_epoch = steps if repeat else None
+        model.fit(dataset, epochs=1, steps_per_epoch=per_epoch, verbose=0, shuffle=False)
         started = time.perf_counter()
-        model.fit(dataset, epochs=epochs, steps_per_epoch=steps if repeat else None, verbose=0)
+        model.fit(dataset, epochs=epochs, steps_per_epoch=per_epoch, verbose=0, shuffle=False)
         rates[name] = epochs * count / (time.perf_counter() - started)
     return rates
 

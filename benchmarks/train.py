@@ -47,6 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from keras import layers
 
@@ -353,12 +354,13 @@ def subprocess_row(option: str, value: str, arguments) -> list[float]:
     return [float(number) for number in result.stdout.strip().splitlines()[-1].split()]
 
 
-def training_sample(count: int, config) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random subset of train (the arrays are sorted by path: a prefix is one class)."""
-    images, labels, _ = load_split(config.paths.processed_split("train"), mmap=False)
+def training_sample(count: int, config) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """A seeded random subset of train (the arrays are sorted by path: a prefix is one class):
+    images, labels and their index rows."""
+    images, labels, index = load_split(config.paths.processed_split("train"), mmap=False)
     count = min(count, len(images))
     chosen = np.sort(np.random.default_rng(0).choice(len(images), count, replace=False))
-    return images[chosen], labels[chosen]
+    return images[chosen], labels[chosen], index.iloc[chosen]
 
 
 def print_row(name: str, flops: int, rate: float, peak: float, baseline: float) -> None:
@@ -371,7 +373,7 @@ def print_row(name: str, flops: int, rate: float, peak: float, baseline: float) 
 
 def compare_levers(arguments) -> None:
     config = load_config()
-    images, labels = training_sample(arguments.images, config)
+    images, labels, _ = training_sample(arguments.images, config)
     val_images, _, _ = load_split(config.paths.processed_split("val"), mmap=False)
     peak = peak_gflops()
     size = images.shape[1]
@@ -439,7 +441,7 @@ def op_profile(arguments) -> None:
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     config = load_config()
-    images, labels = training_sample(arguments.images, config)
+    images, labels, _ = training_sample(arguments.images, config)
     lever = Lever("the stage: one fused affine", images, labels, config)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
@@ -480,7 +482,7 @@ def threads_row(arguments) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(intra)
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     config = load_config()
-    images, labels = training_sample(arguments.images, config)
+    images, labels, _ = training_sample(arguments.images, config)
     lever = Lever("the stage: one fused affine", images, labels, config)
     interleaved([lever], arguments.rounds, arguments.steps)
     print(lever.best)
@@ -488,7 +490,7 @@ def threads_row(arguments) -> None:
 
 def xla_row(arguments) -> None:
     config = load_config()
-    images, labels = training_sample(arguments.images, config)
+    images, labels, _ = training_sample(arguments.images, config)
     levers = [
         Lever(name, images, labels, config, determinism=False)
         for name in ("the stage", "the stage + XLA")
@@ -531,11 +533,8 @@ def main() -> None:
         compare_architectures(arguments)
         return
     config = load_config()
-    images, labels, index = load_split(config.paths.processed_split("train"), mmap=False)
-    count = min(arguments.images, len(images))
-    # A seeded random subset: the arrays are sorted by path, so a prefix would be one class.
-    chosen = np.sort(np.random.default_rng(0).choice(len(images), count, replace=False))
-    images, labels, index = images[chosen], labels[chosen], index.iloc[chosen]
+    images, labels, index = training_sample(arguments.images, config)
+    count = len(images)
     ours = make_dataset(
         images,
         labels,

@@ -23,9 +23,10 @@ phase (backbone frozen) and fine-tuning everything (`unfreeze: all`).
 
 --levers measures the training stage against this machine's limit, in one run: the peak fp32
 GFLOP/s of a large TensorFlow matrix multiply; then, for the default network and each lever
-(the augmentation, batch size, plain vs separable convolutions; XLA and thread settings in
-processes of their own), FLOPs per image, training images/s, the GFLOP/s they achieve and their
-share of the peak, and the ratio to "before" (three Keras resampling layers, as the stage had).
+(the augmentation, Keras' batch norm vs TensorFlow's fused kernel, batch size, plain vs
+separable convolutions; XLA and thread settings in processes of their own), FLOPs per image,
+training images/s, the GFLOP/s they achieve and their share of the peak, and the ratio to
+"before" (three Keras resampling layers and Keras' batch norm, as the stage had).
 The levers are timed in rounds, interleaved in one process, best round kept: this machine's
 speed changes by up to 1.7x from one minute to the next. Then the epoch boundary (a fresh
 tf.data iterator per epoch vs one repeated iterator) and scoring (predict_on_batch vs
@@ -227,7 +228,8 @@ class Lever:
             seed_everything(seed)
         else:
             keras.utils.set_random_seed(seed)
-        self.model = build_model(images.shape[1], model_config)
+        fused = "Keras batch norm" not in name
+        self.model = build_model(images.shape[1], model_config, fused_batch_norm=fused)
         compile_model(self.model, config.train.optimizer)
         if name.endswith("+ XLA"):
             self.model.jit_compile = True  # Keras allows it only with op determinism off
@@ -265,9 +267,12 @@ def interleaved(levers: list[Lever], rounds: int, steps: int) -> list[Lever]:
     return levers
 
 
+# The stage's training step as it is now; the rows before it are what it was.
+STAGE = "the stage: fused affine, fused batch norm"
 LEVERS = (
-    "before: 3 Keras resampling layers",
-    "the stage: one fused affine",
+    "before: 3 Keras resampling layers, Keras batch norm",
+    "one fused affine, Keras batch norm",
+    STAGE,
     "no augmentation",
     "batch 16",
     "batch 64",
@@ -292,7 +297,7 @@ def epoch_boundary_rates(images, labels, epochs: int, steps: int, config) -> dic
         ("the stage: autotuning off, one iterator", True),
     ):
         seed_everything(seed)
-        model = build_model(images.shape[1], config.train.model)
+        model = build_model(images.shape[1], config.train.model, fused_batch_norm=True)
         compile_model(model, config.train.optimizer)
         dataset = make_dataset(
             images[:count],
@@ -366,7 +371,7 @@ def training_sample(count: int, config) -> tuple[np.ndarray, np.ndarray, pd.Data
 def print_row(name: str, flops: int, rate: float, peak: float, baseline: float) -> None:
     achieved = rate * flops / 1e9
     print(
-        f"{name:<44} {flops / 1e6:7.1f} {rate:7.1f} {achieved:8.1f} {achieved / peak:8.1%} "
+        f"{name:<52} {flops / 1e6:7.1f} {rate:7.1f} {achieved:8.1f} {achieved / peak:8.1%} "
         f"{rate / baseline:5.2f}x"
     )
 
@@ -388,13 +393,13 @@ def compare_levers(arguments) -> None:
         f"training images/s: best of {arguments.rounds} rounds of {arguments.steps} batches, "
         f"the levers interleaved in one process; {len(images)} train images"
     )
-    print(f"{'lever':<44} {'MFLOPs':>7} {'img/s':>7} {'GFLOP/s':>8} {'of peak':>8} {'ratio':>6}")
+    print(f"{'lever':<52} {'MFLOPs':>7} {'img/s':>7} {'GFLOP/s':>8} {'of peak':>8} {'ratio':>6}")
     levers = [Lever(name, images, labels, config) for name in LEVERS]
     interleaved(levers, arguments.rounds, arguments.steps)
     baseline = levers[0].best
     for lever in levers:
         print_row(lever.name, lever.flops, lever.best, peak, baseline)
-    stage = levers[1]
+    stage = levers[LEVERS.index(STAGE)]
     without, with_xla = subprocess_row("--xla-row", "1", arguments)
     print_row("the stage, op determinism off", stage.flops, without, peak, without)
     print_row("the stage, op determinism off, + XLA", stage.flops, with_xla, peak, without)
@@ -442,7 +447,7 @@ def op_profile(arguments) -> None:
 
     config = load_config()
     images, labels, _ = training_sample(arguments.images, config)
-    lever = Lever("the stage: one fused affine", images, labels, config)
+    lever = Lever(STAGE, images, labels, config)
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
         started = time.perf_counter()
@@ -483,7 +488,7 @@ def threads_row(arguments) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(inter)
     config = load_config()
     images, labels, _ = training_sample(arguments.images, config)
-    lever = Lever("the stage: one fused affine", images, labels, config)
+    lever = Lever(STAGE, images, labels, config)
     interleaved([lever], arguments.rounds, arguments.steps)
     print(lever.best)
 

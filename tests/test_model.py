@@ -89,3 +89,82 @@ def test_ensemble_refuses_members_with_different_inputs():
         average_ensemble([build_model(32, architecture()), build_model(64, architecture())])
     with pytest.raises(ValueError, match="at least one member"):
         average_ensemble([])
+
+
+def test_fused_batch_norm_trains_as_keras_batch_norm_does():
+    """Same weights, one training step's forward and backward: the same outputs, moving
+    statistics and (to float32 rounding) gradients as Keras' own layer."""
+    import keras
+    import tensorflow as tf
+
+    from pneumonia.model.network import FusedBatchNormalization
+
+    config = architecture(dropout=0.0)  # dropout's draws would differ between the two calls
+    keras_model = build_model(32, config)
+    fused_model = build_model(32, config, fused_batch_norm=True)
+    fused_model.set_weights(keras_model.get_weights())
+    assert any(isinstance(layer, FusedBatchNormalization) for layer in fused_model.layers)
+    generator = np.random.default_rng(0)
+    pixels = tf.constant(generator.integers(0, 256, (16, 32, 32, 1), dtype=np.uint8))
+    labels = tf.constant(generator.integers(0, 2, (16, 1)).astype("float32"))
+    loss = keras.losses.BinaryCrossentropy()
+    results = []
+    for model in (keras_model, fused_model):
+        with tf.GradientTape() as tape:
+            outputs = model(pixels, training=True)
+            value = loss(labels, outputs)
+        gradients = tape.gradient(value, model.trainable_weights)
+        results.append((outputs.numpy(), gradients, model.non_trainable_weights))
+    (keras_out, keras_gradients, keras_stats), (fused_out, fused_gradients, fused_stats) = results
+    np.testing.assert_allclose(fused_out, keras_out, atol=1e-5)
+    for keras_stat, fused_stat in zip(keras_stats, fused_stats, strict=True):
+        # Keras keeps the biased batch variance in its moving average; so must the fused layer.
+        np.testing.assert_allclose(fused_stat.numpy(), keras_stat.numpy(), rtol=1e-5, atol=1e-6)
+    for keras_gradient, fused_gradient in zip(keras_gradients, fused_gradients, strict=True):
+        difference = tf.norm(fused_gradient - keras_gradient) / tf.norm(keras_gradient)
+        assert float(difference) < 1e-2
+    # Inference runs Keras' own code: the same weights give the same numbers, bit for bit.
+    fused_model.set_weights(keras_model.get_weights())
+    np.testing.assert_array_equal(
+        fused_model.predict_on_batch(pixels), keras_model.predict_on_batch(pixels)
+    )
+
+
+def test_a_trained_model_is_saved_with_keras_own_batch_norm(tmp_path):
+    """fit returns the CNN with Keras' BatchNormalization layers: its file loads with plain
+    Keras, predicts what the trained model did and names no class of this project."""
+    import json
+    import zipfile
+
+    import keras
+
+    from pneumonia.config import load_config
+    from pneumonia.model.network import FusedBatchNormalization, save_model
+    from pneumonia.model.training import SplitArrays, fit
+
+    from helpers import FIXTURE_PARAMS
+
+    config = load_config(FIXTURE_PARAMS).train
+    hyperparameters = config.hyperparameters.model_copy(
+        update={"batch_size": 8, "model": architecture(depth=2, base_filters=4)}
+    )
+    generator = np.random.default_rng(0)
+    images = generator.integers(0, 255, (20, 16, 16, 1), dtype=np.uint8)
+    split = SplitArrays(images, np.arange(20) % 2)
+    model, _ = fit(hyperparameters, split, split, config, epochs=1, callbacks=[])
+    assert not any(isinstance(layer, FusedBatchNormalization) for layer in model.layers)
+    batch_norms = [layer for layer in model.layers if "_bn" in layer.name]
+    assert batch_norms
+    assert {type(layer) for layer in batch_norms} == {keras.layers.BatchNormalization}
+    # Training moved the moving statistics away from their initial values.
+    assert not np.allclose(batch_norms[0].moving_mean.numpy(), 0.0)
+
+    path = tmp_path / "model.keras"
+    save_model(model, path)
+    with zipfile.ZipFile(path) as archive:
+        saved_config = archive.read("config.json").decode()
+    assert "FusedBatchNormalization" not in saved_config
+    modules = {layer["module"] for layer in json.loads(saved_config)["config"]["layers"]}
+    assert all(module.startswith("keras") for module in modules), modules
+    loaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_array_equal(loaded.predict_on_batch(images), model.predict_on_batch(images))

@@ -30,7 +30,7 @@ from pneumonia.config import (
 from pneumonia.contracts.arrays import IMAGES_FILE, ProcessedDataError, load_split
 from pneumonia.model.backbones import WeightsFile, freeze_backbone, unfreeze_backbone
 from pneumonia.model.dataset import class_weights, make_dataset
-from pneumonia.model.network import average_ensemble, build_model
+from pneumonia.model.network import average_ensemble, build_model, with_keras_batch_norm
 from pneumonia.model.scoring import score
 from pneumonia.progress import Progress, duration, say
 
@@ -143,8 +143,9 @@ def compiled_model(
     decay_steps: int | None = None,
     weights: WeightsFile | None = None,
 ) -> keras.Model:
-    """The model built and compiled with every layer trainable (a backbone as if unfrozen)."""
-    model = build_model(image_size, hyperparameters.model, weights)
+    """The model built to train (fused batch norm) and compiled with every layer trainable (a
+    backbone as if unfrozen)."""
+    model = build_model(image_size, hyperparameters.model, weights, fused_batch_norm=True)
     compile_model(model, hyperparameters.optimizer, label_smoothing, schedule, decay_steps)
     return model
 
@@ -228,13 +229,14 @@ def fit(
 
     `seed` (default train.seed) seeds the weights, the shuffling and the augmentation: an
     ensemble's members differ only by it. A backbone (with `weights`, its resolved
-    train.model.weights) trains in two phases (fine_tune); `epochs` is then the second's.
+    train.model.weights) trains in two phases (fine_tune); `epochs` is then the second's. The
+    CNN trains with TensorFlow's fused batch norm and comes back with Keras' own layers.
     """
     seed = config.seed if seed is None else seed
     seed_everything(seed)
     image_size = train.images.shape[1]
     steps_per_epoch = math.ceil(len(train.images) / hyperparameters.batch_size)
-    model = build_model(image_size, hyperparameters.model, weights)
+    model = build_model(image_size, hyperparameters.model, weights, fused_batch_norm=True)
     train_data = make_dataset(
         train.images,
         train.labels,
@@ -271,7 +273,8 @@ def fit(
 
     try:
         if not hyperparameters.model.is_backbone:
-            return model, run(epochs, hyperparameters.optimizer)
+            history = run(epochs, hyperparameters.optimizer)
+            return with_keras_batch_norm(model), history
         return model, fine_tune(model, hyperparameters, epochs, run)
     finally:
         progress.close()

@@ -44,6 +44,9 @@ class FusedBatchNormalization(layers.BatchNormalization):
             and not (self.renorm or self.synchronized)
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
+            # The kernel computes in float32 (half-precision inputs are cast up, as Keras does).
+            and inputs.dtype in (tf.float16, tf.bfloat16, tf.float32)
+            and self.moving_mean.dtype == "float32"
             and keras.backend.backend() == "tensorflow"
         )
         if not fusable:
@@ -57,7 +60,7 @@ class FusedBatchNormalization(layers.BatchNormalization):
             epsilon=self.epsilon,
             is_training=True,
         )
-        count = tf.cast(tf.size(inputs) // channels, tf.float32)
+        count = tf.cast(tf.size(inputs, out_type=tf.int64) // channels, tf.float32)
         variance = variance * (count - 1.0) / count
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(
@@ -71,7 +74,8 @@ def with_keras_batch_norm(model: keras.Model) -> keras.Model:
     FusedBatchNormalization: what training returns and what gets saved, so a model file
     loads with plain Keras (and MLflow's Keras flavor). The fused layer adds no state and
     infers with Keras' code, so the layer is the same one under its parent class: weights,
-    predictions and the compiled optimizer are untouched."""
+    predictions and the compiled optimizer are untouched. (A train_function Keras traced before
+    keeps the fused kernel if the model is fitted again: the same computation.)"""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             with_keras_batch_norm(layer)
@@ -199,7 +203,9 @@ def _renumbered_shared_objects(config: Any, numbers: dict | None = None) -> Any:
 
 
 def save_model(model: keras.Model, path: Path) -> None:
-    """model.save, then the .keras archive rewritten without the time it was saved at."""
+    """model.save (with Keras' own batch norm layers, so the file loads with plain Keras), then
+    the .keras archive rewritten without the time it was saved at."""
+    with_keras_batch_norm(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         saved = Path(scratch) / path.name

@@ -1,8 +1,22 @@
+import json
+import zipfile
+
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from pneumonia.config import ModelConfig
-from pneumonia.model.network import average_ensemble, build_model, ensemble_members
+from pneumonia.config import ModelConfig, load_config
+from pneumonia.model.network import (
+    FusedBatchNormalization,
+    average_ensemble,
+    build_model,
+    ensemble_members,
+    save_model,
+)
+from pneumonia.model.training import SplitArrays, fit
+
+from helpers import FIXTURE_PARAMS
 
 
 def architecture(**changes):
@@ -59,8 +73,6 @@ def test_image_too_small_for_depth():
 
 
 def test_ensemble_averages_its_members_and_survives_a_save(tmp_path):
-    import keras
-
     members = []
     for seed in (1, 2, 3):
         keras.utils.set_random_seed(seed)
@@ -94,11 +106,6 @@ def test_ensemble_refuses_members_with_different_inputs():
 def test_fused_batch_norm_trains_as_keras_batch_norm_does():
     """Same weights, one training step's forward and backward: the same outputs, moving
     statistics and (to float32 rounding) gradients as Keras' own layer."""
-    import keras
-    import tensorflow as tf
-
-    from pneumonia.model.network import FusedBatchNormalization
-
     config = architecture(dropout=0.0)  # dropout's draws would differ between the two calls
     keras_model = build_model(32, config)
     fused_model = build_model(32, config, fused_batch_norm=True)
@@ -145,17 +152,6 @@ def test_fused_batch_norm_trains_as_keras_batch_norm_does():
 def test_a_trained_model_is_saved_with_keras_own_batch_norm(tmp_path):
     """fit returns the CNN with Keras' BatchNormalization layers: its file loads with plain
     Keras, predicts what the trained model did and names no class of this project."""
-    import json
-    import zipfile
-
-    import keras
-
-    from pneumonia.config import load_config
-    from pneumonia.model.network import FusedBatchNormalization, save_model
-    from pneumonia.model.training import SplitArrays, fit
-
-    from helpers import FIXTURE_PARAMS
-
     config = load_config(FIXTURE_PARAMS).train
     hyperparameters = config.hyperparameters.model_copy(
         update={"batch_size": 8, "model": architecture(depth=2, base_filters=4)}
@@ -186,12 +182,9 @@ def test_fused_batch_norm_keeps_keras_biased_variance_in_its_moving_average():
     """The kernel returns the unbiased batch variance; Keras' moving average keeps the biased
     one. With momentum 0 the moving statistics are the batch's, and 8 values per channel make
     the n / (n - 1) factor large enough to see."""
-    from keras import layers
-
-    from pneumonia.model.network import FusedBatchNormalization
-
     values = np.random.default_rng(1).normal(3.0, 2.0, (2, 2, 2, 3)).astype("float32")
-    fused, plain = FusedBatchNormalization(momentum=0.0), layers.BatchNormalization(momentum=0.0)
+    fused = FusedBatchNormalization(momentum=0.0)
+    plain = keras.layers.BatchNormalization(momentum=0.0)
     fused_out, plain_out = fused(values, training=True), plain(values, training=True)
     np.testing.assert_allclose(fused_out, plain_out, atol=1e-5)
     biased = values.reshape(-1, 3).var(axis=0)
@@ -211,10 +204,6 @@ def test_fused_batch_norm_keeps_keras_biased_variance_in_its_moving_average():
 
 
 def test_save_model_writes_keras_own_batch_norm_even_for_a_model_built_to_train(tmp_path):
-    import keras
-
-    from pneumonia.model.network import FusedBatchNormalization, save_model
-
     model = build_model(32, architecture(), fused_batch_norm=True)
     save_model(model, tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)

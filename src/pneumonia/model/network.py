@@ -52,7 +52,6 @@ class FusedBatchNormalization(layers.BatchNormalization):
         if not fusable:
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
-        # float32 statistics under mixed precision, as Keras computes them.
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             tf.cast(inputs, tf.float32),
             tf.cast(self.gamma, tf.float32) if self.scale else tf.ones(channels),

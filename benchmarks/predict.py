@@ -53,7 +53,7 @@ import numpy as np
 from PIL import Image
 
 from pneumonia.config import find_project_root, load_config, project_paths
-from pneumonia.contracts.model_card import write_model_card
+from pneumonia.contracts.model_card import ModelCard, write_model_card
 from pneumonia.contracts.operating_point import OperatingPoint, write_operating_point
 from pneumonia.contracts.paths import MODEL_CARD_FILE, THRESHOLD_FILE
 from pneumonia.imaging.transforms import model_input_settings, preprocess_file
@@ -120,7 +120,7 @@ def prepare_model(model: Path | None, scratch: Path) -> tuple[Path, str]:
     # Untrained: random weights cost the same to run as pretrained ones.
     untrained = config.train.model.model_copy(update={"weights": "none"})
     build_model(size, untrained).save(folder / "model.keras")
-    card = {"preprocess": model_input_settings(config.preprocess)}  # no registry record
+    card = ModelCard(preprocess=model_input_settings(config.preprocess))  # no registry record
     write_model_card(folder / MODEL_CARD_FILE, card)
     write_operating_point(folder / THRESHOLD_FILE, OperatingPoint(threshold=0.5))
     return folder / "model.keras", f"untrained model of params.yaml's architecture at {size}px"

@@ -50,16 +50,24 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from flops import forward_flops, training_flops  # benchmarks/flops.py, beside this script
 from keras import layers
 
-from pneumonia.config import load_config, resolve_workers
+from pneumonia.config import Hyperparameters, load_config, resolve_workers
 from pneumonia.contracts.arrays import load_split
 from pneumonia.model.backbones import freeze_backbone, unfreeze_backbone
 from pneumonia.model.dataset import make_dataset
-from pneumonia.model.flops import forward_flops, training_flops
 from pneumonia.model.network import build_model
 from pneumonia.model.scoring import score
-from pneumonia.model.training import compile_model, compiled_model, seed_everything
+from pneumonia.model.training import compile_model, seed_everything
+
+
+def compiled_model(image_size: int, hyperparameters: Hyperparameters) -> keras.Model:
+    """The model built as the train stage builds it to train (fused batch norm), compiled with
+    every layer trainable (a backbone as if unfrozen)."""
+    model = build_model(image_size, hyperparameters.model, fused_batch_norm=True)
+    compile_model(model, hyperparameters.optimizer)
+    return model
 
 
 def seed_projects_dataset(folder: Path, size: int, batch_size: int, seed: int) -> tf.data.Dataset:

@@ -3,10 +3,11 @@
     python benchmarks/tune_scaling.py [--trials 6] [--image-size 32] [--images 192] [--epochs 2]
                                       [--storage postgresql://...] [--tracking-uri http://...]
 
-Starts a throwaway PostgreSQL on loopback (tests/helpers.py; as the `postgres` user when run as
-root) unless --storage names a database, and an `mlflow server` on it unless --tracking-uri names
-one, exactly as the README's "Scaling out" sets them up. The data is synthetic (tiny toy X-rays
-written as the preprocess stage writes them), so it needs neither the dataset nor `dvc repro`.
+Starts a throwaway PostgreSQL on loopback (tests/helpers/services.py; as the `postgres` user when
+run as root) unless --storage names a database, and an `mlflow server` on it unless
+--tracking-uri names one, exactly as the README's "Scaling out" sets them up. The data is
+synthetic (tiny toy X-rays written as the preprocess stage writes them), so it needs neither the
+dataset nor `dvc repro`.
 
 Both configurations run the same number of trials on a fresh study each: 1 worker runs them
 all, then 2 workers started together run half each. It prints trials per minute two ways: over
@@ -110,7 +111,7 @@ def main() -> None:
                 folder / "project",
                 changes,
                 images=arguments.images,
-                # The project as configured, not the tests' frozen copy of its params.
+                # The project as configured, without the tests' speed overrides.
                 base_params=PROJECT_ROOT / "params.yaml",
             )
             print(

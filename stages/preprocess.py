@@ -4,7 +4,7 @@ arrays, plus a sample grid per split."""
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
 from pneumonia.config import SPLITS, load_config
-from pneumonia.contracts.files import read_csv, write_json
+from pneumonia.contracts.files import check_writable, read_csv, write_json
 from pneumonia.data.preprocess import run_preprocess, write_sample_grids
 from pneumonia.errors import run_stage
 from pneumonia.tracking import stage_run
@@ -14,6 +14,8 @@ def main() -> None:
     config = load_config()
     paths = config.paths
     with stage_run("preprocess", config, {"preprocess": config.params["preprocess"]}) as run:
+        # A read-only or unwritable output folder fails now, not after the images are done.
+        check_writable([paths.processed, paths.samples, paths.reports])
         split_files = [paths.split_csv(name) for name in SPLITS]
         run.log_hashes("input", split_files)
         frames = {name: read_csv(paths.split_csv(name), "split") for name in SPLITS}

@@ -3,7 +3,7 @@
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)
 
 from pneumonia.config import load_config
-from pneumonia.contracts.files import read_csv, write_json
+from pneumonia.contracts.files import check_writable, read_csv, write_csv, write_json
 from pneumonia.data.split import split_manifest, summarize
 from pneumonia.errors import run_stage
 from pneumonia.tracking import stage_run
@@ -13,11 +13,11 @@ def main() -> None:
     config = load_config()
     paths = config.paths
     with stage_run("split", config, {"split": config.params["split"]}) as run:
+        check_writable([paths.split, paths.reports])  # a read-only folder fails in a second
         run.log_hashes("input", [paths.manifest])
         result = split_manifest(read_csv(paths.manifest, "download"), config.split)
-        paths.split.mkdir(parents=True, exist_ok=True)
         for name, frame in result.splits.items():
-            frame.to_csv(paths.split_csv(name), index=False)
+            write_csv(paths.split_csv(name), frame)
             run.log_dataset(frame, paths.split_csv(name), name, name)
         summary = summarize(result.report)
         write_json(paths.stage_summary("split"), summary)

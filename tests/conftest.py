@@ -1,12 +1,15 @@
-"""Fixtures only: MLflow isolation for every test, small real inputs (Kaggle-layout folders and
-archives, a tiny trained model) and a throwaway PostgreSQL. Plain helpers live in helpers.py."""
+"""Fixtures, and how the suite is spread over pytest-xdist workers: MLflow isolation for every
+test, small real inputs (Kaggle-layout folders and archives, a tiny trained model) and a
+throwaway PostgreSQL. Plain helpers live in the helpers package."""
 
 from __future__ import annotations
 
-import json
+import os
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +26,82 @@ from helpers import (
     build_kaggle_tree,
     mlflow_store,
 )
+
+# A worker imports TensorFlow and its slow tests start more processes that do: past 4 workers
+# memory grows faster than the suite speeds up.
+MAX_WORKERS = 4
+
+
+def visible_gpus() -> int:
+    import tensorflow as tf  # only when a collected test needs a GPU
+
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject's addopts): one worker per core, at most MAX_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+# A test module defining a fixture of one of these scopes builds it once per worker that runs
+# its tests: one `dvc repro`, one PostgreSQL study, one trained model.
+SHARED_FIXTURE = re.compile(r"@pytest\.fixture\(scope=\"(?:class|module|package)\"")
+
+
+def modules_sharing_a_fixture(folder: Path) -> frozenset[str]:
+    """The test modules (as their node ids start, `tests/test_x.py`) that define a fixture built
+    once for several tests. Read from the source: the controller process does not collect."""
+    root = folder.parent
+    return frozenset(
+        path.relative_to(root).as_posix()
+        for path in folder.glob("test_*.py")
+        if SHARED_FIXTURE.search(path.read_text(encoding="utf-8"))
+    )
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` (pyproject's addopts), done here: the tests of a module that shares a
+    fixture go to one worker together, every other test on its own, so a module of slow unit
+    tests does not leave one worker alone on it. pytest-xdist 3.8's own grouping (the
+    xdist_group mark) does nothing under pytest 9.2, which no longer reads the node id it sets."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    grouped = modules_sharing_a_fixture(Path(__file__).parent)
+
+    class SharedFixtureScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in grouped else super()._split_scope(nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks what each test needs (needs_postgres from its fixtures; needs_gpu skipped without a
+    GPU), then orders the modules with the most slow tests first, each module's own order kept,
+    so the longest start first."""
+    for item in items:
+        if "postgres" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_postgres)
+    gpu_tests = [item for item in items if item.get_closest_marker("needs_gpu")]
+    if gpu_tests and not visible_gpus():
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason="needs a GPU; TensorFlow sees none here"))
+    slow_counts: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        slow_counts[module] = slow_counts.get(module, 0) + (
+            item.get_closest_marker("slow") is not None
+        )
+    first_seen = {module: index for index, module in enumerate(dict.fromkeys(slow_counts))}
+    items.sort(
+        key=lambda item: (
+            -slow_counts[item.nodeid.split("::")[0]],
+            first_seen[item.nodeid.split("::")[0]],
+        )
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +140,7 @@ def kaggle_zip(kaggle_folder: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresCluster]:
-    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (helpers.py).
+    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (helpers.services).
 
     Skips, saying why, only where PostgreSQL cannot run here: its server programs are missing,
     or this is root and there is no `postgres` user to run them. A server that is there but
@@ -86,6 +165,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import keras
 
     from pneumonia.contracts.files import file_sha256
+    from pneumonia.contracts.model_card import ModelCard, write_model_card
+    from pneumonia.contracts.model_reference import ModelReference
+    from pneumonia.contracts.operating_point import OperatingPoint, write_operating_point
     from pneumonia.imaging.transforms import config_from_settings, preprocess_file
     from pneumonia.model.network import build_model
 
@@ -119,12 +201,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     # The sections readers rely on (pneumonia.contracts.model_card), as train writes them.
     registered = {"registered_model": "pneumonia-cnn", "version": "1", "model_id": "m-tiny"}
     registry = {**registered, "run_id": "r-tiny", "model_uri": "models:/m-tiny"}
-    card = {"preprocess": TINY_PREPROCESS, "mlflow": registry}
-    (folder / "model.json").write_text(json.dumps(card))
+    card = ModelCard(preprocess=TINY_PREPROCESS, mlflow=registry)
+    write_model_card(folder / "model.json", card)
     # The operating point names its model file by content, as evaluate writes it.
-    model_file = {**registered, "sha256": file_sha256(folder / "model.keras")}
-    operating_point = {"threshold": threshold, "model": model_file}
-    (folder / "threshold.json").write_text(json.dumps(operating_point))
+    model_file = ModelReference(**registered, sha256=file_sha256(folder / "model.keras"))
+    point = OperatingPoint(threshold=threshold, model=model_file)
+    write_operating_point(folder / "threshold.json", point)
     return {
         "folder": folder,
         "model_path": folder / "model.keras",

@@ -45,7 +45,85 @@ def test_every_command_and_option_has_help_and_every_command_an_example():
     assert not missing, f"without help: {missing}"
 
 
-@pytest.mark.parametrize("command", ["predict", "shift-check", "promote", "check-params"])
+# Each command's options as cli.py declared them before it became one module per command
+# (recorded from that parser): flags, dest, action, type, default, nargs, choices, metavar. The
+# type's name is part of the contract: argparse quotes it ("invalid _positive_int value: 'x'").
+COMMAND_OPTIONS = {
+    "predict": [
+        ("-h/--help", "help", "_HelpAction", None, "==SUPPRESS==", 0, None, None),
+        ("inputs", "inputs", "_StoreAction", None, None, "+", None, "IMAGE_OR_DIR"),
+        ("--model", "model", "_StoreAction", None, None, None, None, None),
+        ("--threshold", "threshold", "_StoreAction", "_probability", None, None, None, None),
+        ("--format", "format", "_StoreAction", None, "json", None, ("json", "csv"), None),
+        ("--gradcam", "gradcam", "_StoreAction", "Path", None, None, None, "DIR"),
+        ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
+        ("--batch-size", "batch_size", "_StoreAction", "_positive_int", 32, None, None, None),
+    ],
+    "shift-check": [
+        ("-h/--help", "help", "_HelpAction", None, "==SUPPRESS==", 0, None, None),
+        ("--model", "model", "_StoreAction", "Path", None, None, None, None),
+        ("--members", "members", "_StoreAction", "_positive_int", None, None, None, "K"),
+        ("--format", "format", "_StoreAction", None, "json", None, ("json", "csv"), None),
+        ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
+    ],
+    "promote": [
+        ("-h/--help", "help", "_HelpAction", None, "==SUPPRESS==", 0, None, None),
+        ("--name", "name", "_StoreAction", None, None, None, None, None),
+        ("--from", "source_alias", "_StoreAction", None, None, None, None, "ALIAS"),
+        ("--to", "target_alias", "_StoreAction", None, "champion", None, None, "ALIAS"),
+        ("--force", "force", "_StoreTrueAction", None, False, 0, None, None),
+        ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
+    ],
+    "check-params": [
+        ("-h/--help", "help", "_HelpAction", None, "==SUPPRESS==", 0, None, None),
+        ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
+    ],
+    "tune-worker": [
+        ("-h/--help", "help", "_HelpAction", None, "==SUPPRESS==", 0, None, None),
+        ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
+        ("--storage", "storage", "_StoreAction", None, None, None, None, None),
+        ("--study", "study", "_StoreAction", None, None, None, None, None),
+        ("--n-trials", "n_trials", "_StoreAction", "int", None, None, None, None),
+        ("--study-trials", "study_trials", "_StoreAction", "int", None, None, None, None),
+        ("-S/--set-param", "overrides", "_AppendAction", None, [], None, None, "KEY=VALUE"),
+    ],
+}
+
+
+def _signature(option: argparse.Action) -> tuple:
+    return (
+        "/".join(option.option_strings) or option.dest,
+        option.dest,
+        type(option).__name__,
+        None if option.type is None else option.type.__name__,
+        option.default,
+        option.nargs,
+        None if option.choices is None else tuple(option.choices),
+        option.metavar,
+    )
+
+
+def test_every_command_keeps_the_options_it_had_before_the_cli_became_a_package():
+    commands = _subcommands(build_parser())
+    assert list(commands) == list(COMMAND_OPTIONS)  # `pneumonia --help` lists them in this order
+    for name, command in commands.items():
+        assert [_signature(option) for option in command._actions] == COMMAND_OPTIONS[name], name
+
+
+def test_a_bad_option_value_is_refused_with_the_message_and_status_it_always_had(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", "scan.jpeg", "--batch-size", "0"])
+    assert exit.value.code == 2
+    assert "argument --batch-size: must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        main(["predict", "scan.jpeg", "--threshold", "high"])
+    assert exit.value.code == 2
+    assert "argument --threshold: invalid _probability value: 'high'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", ["predict", "shift-check", "promote", "check-params", "tune-worker"]
+)
 def test_command_help_renders_with_its_example(command, capsys):
     with pytest.raises(SystemExit) as exit:
         main([command, "--help"])

@@ -58,13 +58,13 @@ def test_model_card_round_trips_and_names_a_missing_registry_key(tmp_path):
         "model_id": "m-abc",
     }
     assert card_preprocess(read)["image_size"] == 32
-    broken = card()
-    del broken["mlflow"]["run_id"]
+    broken = card().model_copy(update={"mlflow": {**card().mlflow}})
+    del broken.mlflow["run_id"]
     write_model_card(path, broken)
     with pytest.raises(ModelCardError, match=r"model\.json: the mlflow section lacks run_id"):
         read_model_card(path)
     # Readers that need only the preprocess settings (predict) accept it.
-    assert read_model_card(path, require_registry=False)["preprocess"]["resize"] == "letterbox"
+    assert read_model_card(path, require_registry=False).preprocess["resize"] == "letterbox"
 
 
 def test_operating_point_round_trips_and_belongs_to_its_model(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from pneumonia.config import load_config
 from pneumonia.contracts.files import write_json
+from pneumonia.contracts.image_spec import ImageSpec
 from pneumonia.contracts.metrics_report import (
     HEADLINE_KEYS,
     HEADLINE_METRICS,
@@ -17,6 +18,7 @@ from pneumonia.contracts.metrics_report import (
     headline_metrics,
     read_headline,
 )
+from pneumonia.contracts.model_card import ModelCard, RegistryRecord, build_model_card
 from pneumonia.evaluation.model_card import (
     SECTIONS,
     TITLE,
@@ -27,19 +29,22 @@ from pneumonia.evaluation.report import evaluation_report
 
 from helpers import write_params
 
-TRAIN_CARD = {
-    "preprocess": {"image_size": 128, "resize": "letterbox", "clahe": True},
-    "hyperparameters": {"batch_size": 32, "model.depth": 4},
-    "ensemble_members": 1,
-    "selection": "Optuna on val ROC AUC",
-    "mlflow": {
-        "run_id": "r-1",
-        "registered_model": "pneumonia-cnn",
-        "version": "3",
-        "model_id": "m-1",
-        "model_uri": "models:/m-1",
-    },
+SPEC = {
+    "image_size": 128,
+    "resize": "letterbox",
+    "clahe": True,
+    "clahe_clip_limit": 2.0,
+    "clahe_tile_grid": 8,
 }
+TRAIN_CARD = build_model_card(
+    image_size=128,
+    preprocess=ImageSpec(**SPEC),
+    hyperparameters={"batch_size": 32, "model.depth": 4},
+    ensemble_members=1,
+    validation={},
+    tuning=None,
+    registry=RegistryRecord("r-1", "pneumonia-cnn", "3", "m-1", "models:/m-1"),
+)
 
 
 def scored(count: int, seed: int, separation: float):
@@ -161,11 +166,13 @@ def test_model_card_names_the_rule_that_chose_the_threshold(report):
 
 
 def test_the_card_names_the_network_it_describes():
-    assert network_in_words({}) == "The project's CNN, trained from scratch"
-    card = {"weights": {"architecture": "densenet121", "setting": "imagenet", "file": "w.h5"}}
-    card["weights"]["sha256"] = "ab12"
+    assert network_in_words(ModelCard(preprocess=SPEC)) == "The project's CNN, trained from scratch"
+    weights = {"architecture": "densenet121", "setting": "imagenet", "file": "w.h5"}
+    card = ModelCard(preprocess=SPEC, weights={**weights, "sha256": "ab12"})
     assert network_in_words(card) == (
         "A densenet121 backbone from imagenet weights (file `w.h5`, sha256 `ab12`)"
     )
-    random = {"weights": {"architecture": "mobilenetv3small", "setting": "none"}}
+    random = ModelCard(
+        preprocess=SPEC, weights={"architecture": "mobilenetv3small", "setting": "none"}
+    )
     assert network_in_words(random) == "A mobilenetv3small backbone from random weights"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pneumonia.config import ModelConfig, load_config
+from pneumonia.config import ModelConfig
 from pneumonia.model.network import (
     FusedBatchNormalization,
     average_ensemble,
@@ -16,7 +16,7 @@ from pneumonia.model.network import (
 )
 from pneumonia.model.training import SplitArrays, fit
 
-from helpers import FIXTURE_PARAMS
+from helpers import fixture_train_config
 
 
 def architecture(**changes):
@@ -152,7 +152,7 @@ def test_fused_batch_norm_trains_as_keras_batch_norm_does():
 def test_a_trained_model_is_saved_with_keras_own_batch_norm(tmp_path):
     """fit returns the CNN with Keras' BatchNormalization layers: its file loads with plain
     Keras, predicts what the trained model did and names no class of this project."""
-    config = load_config(FIXTURE_PARAMS).train
+    config = fixture_train_config()
     hyperparameters = config.hyperparameters.model_copy(
         update={"batch_size": 8, "model": architecture(depth=2, base_filters=4)}
     )

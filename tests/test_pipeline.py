@@ -1,5 +1,7 @@
 """End to end: the real `dvc repro` in a copy of the repo, on a tiny dataset in the Kaggle archive's
 layout (real images from ../shared when present). Kaggle is replaced only at the kagglehub call.
+Then the README's DVC commands on what it made: experiments, params and metrics diffs, a push to
+a local-directory remote and pulls back.
 
 One `dvc repro` serves the module (the `pipeline` fixture) and its tests only read it. A test that
 changes the repository (commits, experiments, params, registry aliases) works on its own copy of
@@ -8,6 +10,7 @@ the reproduced one (`pipeline_copy`), so the tests pass in any order.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -66,9 +69,9 @@ def pipeline_copy(pipeline, tmp_path):
     """This test's own copy of the reproduced repository: git history, DVC cache, outputs, the
     MLflow store. Under a second to make, where a second `dvc repro` would take minutes.
 
-    The copied MLflow store keeps the experiment's absolute artifact location, so runs logged in
-    the copy put their artifacts beside the original's, each under its own new run id; nothing
-    that the original's store lists changes."""
+    The copied MLflow store still records the original's absolute artifact paths; the first
+    stage that opens it in the copy moves them to the copy's own `mlruns/artifacts`
+    (tracking.relocate_copied_store), so nothing logged in the copy lands in the original."""
     repo = tmp_path / "repo"
     # symlinks=True: the image links point at the fake Kaggle download by absolute path.
     shutil.copytree(pipeline["repo"], repo, symlinks=True)
@@ -166,7 +169,10 @@ def test_temp_experiment_logs_to_the_project_store(pipeline_copy):
     repo, env = pipeline_copy["repo"], pipeline_copy["env"]
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "first repro"], repo, env)
+    # Up to preprocess only: a temp workspace lacks the `cache: false` outputs (the image links,
+    # train's and evaluate's tables), so DVC would re-run download, train and evaluate too.
     command = ["dvc", "exp", "run", "--temp", "-n", "small-grid", "-S", "preprocess.sample_grid=4"]
+    command.append("preprocess")
     run(command, repo, env)
     runs = runs_by_stage(repo)
     preprocess_runs = runs[runs["tags.stage"] == "preprocess"]
@@ -425,3 +431,68 @@ def test_a_retrain_that_gives_the_same_model_changes_nothing_downstream(pipeline
     assert len(client.search_model_versions("name = 'pneumonia-cnn'")) == versions
     status = run(["dvc", "status", "evaluate"], repo, env)
     assert "changed" not in status.stdout, status.stdout
+
+
+# What push/pull carries: the cached outputs of dvc.yaml (the image links, the reports and
+# model.json are `cache: false`, so DVC leaves them to the stages and git).
+CACHED_OUTPUTS = (
+    "data/raw/manifest.csv",
+    "data/split",
+    "data/processed",
+    "reports/samples",
+    "models/model.keras",
+)
+
+
+def file_hashes(root: Path, outputs: tuple[str, ...]) -> dict[str, str]:
+    hashes = {}
+    for output in outputs:
+        path = root / output
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            hashes[file.relative_to(root).as_posix()] = hashlib.sha256(
+                file.read_bytes()
+            ).hexdigest()
+    return hashes
+
+
+def test_push_to_a_local_remote_and_pull_back(pipeline_copy):
+    """The README's remote commands: push, a clone pulls only what a tuning worker reads, and
+    the workspace with its outputs and cache deleted pulls every cached output back
+    byte-identical."""
+    repo, env, remote = (
+        pipeline_copy["repo"],
+        pipeline_copy["env"],
+        pipeline_copy["base"] / "remote",
+    )
+    produced = file_hashes(repo, CACHED_OUTPUTS)
+    assert "models/model.keras" in produced
+    assert any(name.startswith("data/processed/train/") for name in produced)
+
+    run(["dvc", "remote", "add", "-d", "backup", str(remote)], repo, env)
+    run(["dvc", "push"], repo, env)
+    assert any(path.is_file() for path in (remote / "files" / "md5").rglob("*"))
+    assert "in sync" in run(["dvc", "status", "--cloud"], repo, env).stdout
+    run(["git", "add", "dvc.lock", ".dvc/config"], repo, env)
+    run(["git", "commit", "-qm", "pipeline outputs pushed"], repo, env)
+
+    # A tuning worker's machine: a clone pulls only what tune-worker reads.
+    clone = pipeline_copy["base"] / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], pipeline_copy["base"], env)
+    run(["dvc", "pull", "preprocess"], clone, env)
+    assert file_hashes(clone, ("data/processed",)) == file_hashes(repo, ("data/processed",))
+    assert not (clone / "models" / "model.keras").exists()
+
+    # The same workspace with its outputs and its cache gone.
+    for output in CACHED_OUTPUTS:
+        path = repo / output
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    assert "deleted" in run(["dvc", "status"], repo, env).stdout
+    run(["dvc", "pull"], repo, env)
+    assert file_hashes(repo, CACHED_OUTPUTS) == produced
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo, env).stdout
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo, env).stdout

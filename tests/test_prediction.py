@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from pneumonia.contracts.labels import label_for
-from pneumonia.contracts.operating_point import OperatingPointError
+from pneumonia.contracts.model_card import read_model_card, write_model_card
+from pneumonia.contracts.model_reference import ModelReference
+from pneumonia.contracts.operating_point import (
+    OperatingPoint,
+    OperatingPointError,
+    read_operating_point,
+    write_operating_point,
+)
 from pneumonia.errors import PipelineError
 from pneumonia.imaging.transforms import preprocess_file
 from pneumonia.inference.classifier import PredictionError
@@ -156,8 +163,8 @@ def test_missing_default_model_names_the_file_and_dvc_repro(tmp_path, monkeypatc
 def test_threshold_must_belong_to_the_model(tiny_model, tmp_path):
     folder = tmp_path / "models"
     shutil.copytree(tiny_model["folder"], folder, ignore=shutil.ignore_patterns("images"))
-    stale = {"threshold": 0.3, "model": {"version": "7", "model_id": "m-older"}}
-    (folder / "threshold.json").write_text(json.dumps(stale))
+    stale = OperatingPoint(threshold=0.3, model={"version": "7", "model_id": "m-older"})
+    write_operating_point(folder / "threshold.json", stale)
     with pytest.raises(
         OperatingPointError, match=r"threshold\.json was chosen for model version 7"
     ):
@@ -176,9 +183,9 @@ def test_threshold_must_belong_to_the_model(tiny_model, tmp_path):
 def test_preprocess_settings_must_fit_the_model(tiny_model, tmp_path):
     folder = tmp_path / "models"
     shutil.copytree(tiny_model["folder"], folder, ignore=shutil.ignore_patterns("images"))
-    card = json.loads((folder / "model.json").read_text())
-    card["preprocess"]["image_size"] = 64
-    (folder / "model.json").write_text(json.dumps(card))
+    card = read_model_card(folder / "model.json")
+    resized = card.model_copy(update={"preprocess": {**card.preprocess, "image_size": 64}})
+    write_model_card(folder / "model.json", resized)
     with pytest.raises(PredictionError, match=r"takes \(32, 32, 1\) but its preprocess settings"):
         load_classifier(folder / "model.keras")
 
@@ -261,11 +268,32 @@ def test_the_threshold_applies_only_to_the_model_file_it_names(tiny_model, tmp_p
     assert status == 2 and out == ""
     assert "threshold.json was chosen for a model file with sha256" in err
     assert "other.keras has sha256" in err
-    point = json.loads((folder / "threshold.json").read_text())
-    del point["model"]
-    (folder / "threshold.json").write_text(json.dumps(point))
+    point = read_operating_point(folder / "threshold.json")
+    write_operating_point(
+        folder / "threshold.json", point.model_copy(update={"model": ModelReference()})
+    )
     status, _, err = run_cli(["predict", image, "--model", str(folder / "model.keras")], capsys)
     assert status == 2 and "does not name the model file it was chosen for" in err
     # An explicit threshold needs no operating point.
     arguments = ["predict", image, "--model", str(other), "--threshold", "0.5"]
     assert run_cli(arguments, capsys)[0] == 0
+
+
+def test_a_registry_error_does_not_print_the_tracking_password(tmp_path, monkeypatch, capsys):
+    from helpers import free_port
+
+    uri = f"http://reader:s3cret-pass@127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.chdir(tmp_path)
+    model = "models:/pneumonia-classifier@champion"
+    # The loader's own message, for a registry that stops answering after the command's check.
+    with pytest.raises(PredictionError) as refused:
+        load_classifier(model)
+    message = str(refused.value)
+    assert message.startswith(f"{model}: cannot load this MLflow model")
+    assert "http://reader:***@127.0.0.1" in message and "s3cret" not in message
+    status, out, err = run_cli(["predict", "x.jpeg", "--model", model], capsys)
+    assert status == 2 and out == "" and "Traceback" not in err
+    assert "http://reader:***@127.0.0.1" in err and "s3cret" not in err

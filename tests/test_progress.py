@@ -120,7 +120,12 @@ def test_known_noise_is_dropped_and_real_messages_kept(caplog):
 
 def test_native_stderr_lines_are_dropped_only_when_they_match(capfd):
     with native_stderr_without((*NOISE_NATIVE_LINES, NODEDEF_LINE)):
-        os.write(2, b"2026-11-23 14:34:10.28: E cuda_platform.cc:51] failed call to cuInit: x\n")
+        os.write(
+            2,
+            b"2026-11-23 14:34:10.28: E cuda_platform.cc:51] failed call to cuInit: INTERNAL: "
+            b"CUDA error: Failed call to cuInit: CUDA_ERROR_NO_DEVICE: no CUDA-capable device is "
+            b"detected\n",
+        )
         os.write(2, b"2026-11-23 14:34:12.33: E node_def_util.cc:680] NodeDef mentions attribute ")
         os.write(2, b"use_unbounded_threadpool which is not in the op definition\n")
         os.write(2, b"2026-11-23 14:34:12.40: E some_op.cc:1] a real error\n")

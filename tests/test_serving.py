@@ -19,10 +19,18 @@ import pytest
 
 from pneumonia.cli import main
 from pneumonia.config import DEFAULT_MAX_PIXELS
+from pneumonia.contracts.registry_tags import OperatingPointTags
 from pneumonia.inference.classifier import Prediction, PredictionError
 from pneumonia.inference.loading import load_classifier, load_model_file
 from pneumonia.inference.prediction import predict_paths
-from pneumonia.inference.serving import INPUT_COLUMN, log_serving_model, serving_frame
+from pneumonia.inference.serving import (
+    INPUT_COLUMN,
+    guard_scoring_server_json,
+    image_file_bytes,
+    log_serving_model,
+    serving_frame,
+    tensor_padding,
+)
 from pneumonia.registry import LoggedModel, tag_version
 
 from helpers import (
@@ -47,7 +55,7 @@ def logged_models(tiny_model, tmp_path_factory):
     One store for the module: logging a model costs seconds."""
     store = tmp_path_factory.mktemp("mlflow-store")
     threshold = tiny_model["threshold"]
-    tags = {"threshold": threshold, "val_roc_auc": 0.9, "val_sensitivity": 0.8}
+    tags = OperatingPointTags(threshold=threshold, val_roc_auc=0.9, val_sensitivity=0.8).tags()
     # Module-scoped, so set up outside any test's isolated_mlflow: the block keeps MLflow
     # pointed at this store only while it logs.
     with mlflow_store(f"sqlite:///{store / 'mlflow.db'}") as uri:
@@ -185,6 +193,100 @@ def test_failed_rows_serialise_as_null_not_nan(registry):
     json.dumps(records, allow_nan=False)
 
 
+def test_image_file_bytes_decodes_base64_text_and_leaves_files_alone(tiny_model):
+    for path in tiny_model["images"][:2]:  # a JPEG and a PNG
+        data = path.read_bytes()
+        assert image_file_bytes(data) is data
+        text = base64.b64encode(data)
+        assert image_file_bytes(text) == data
+        assert image_file_bytes(base64.encodebytes(data)) == data  # MIME line breaks
+        assert image_file_bytes(b"{'b64': '" + text + b"'}") == data  # a TF Serving object
+    for value in (b"", b"plain text", b"abc", b"{'b64': 'abc'}", b"\x00\x01binary"):
+        assert image_file_bytes(value) == value  # answered as not an image
+
+
+def tensor_format_payloads(text: str) -> dict[str, dict]:
+    """MLflow's `instances` and `inputs` formats for one base64 image."""
+    return {
+        "instances records": {"instances": [{INPUT_COLUMN: text}]},
+        "instances values": {"instances": [text]},
+        "inputs columns": {"inputs": {INPUT_COLUMN: [text]}},
+        "inputs values": {"inputs": [text]},
+        "instances b64 object": {"instances": [{INPUT_COLUMN: {"b64": text}}]},
+        "inputs b64 object": {"inputs": {INPUT_COLUMN: [{"b64": text}]}},
+    }
+
+
+# Bodies the scoring server's JSON parser cannot read: deeper than Python's recursion limit, and
+# an integer over its 4,300-digit limit.
+UNREADABLE_BODIES = {
+    "nested too deeply": b"[" * 100_000 + b"]" * 100_000,
+    "Exceeds the limit (4300 digits)": b'{"inputs": [' + b"1" * 100_000 + b"]}",
+}
+
+
+def test_the_scoring_server_answers_every_format_and_refuses_unreadable_json(tiny_model, registry):
+    """MLflow's own request handling (scoring_server.invocations, what /invocations runs), in
+    this process: the tensor formats are decoded like the dataframe ones, and a body its JSON
+    parser cannot read is a 400 with one line."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    served = mlflow.pyfunc.load_model(SERVED_URI)  # load_context puts the guard in place
+    assert guard_scoring_server_json()
+    schema = served.metadata.get_input_schema()
+    expected = registry["local"][1].probability
+    text = encoded(tiny_model["images"][1].read_bytes())
+    for name, payload in tensor_format_payloads(text).items():
+        answer = scoring_server.invocations(
+            json.dumps(payload).encode(), "application/json", served, schema
+        )
+        assert answer.status == 200, (name, answer.response)
+        (row,) = strict_json(answer.response)["predictions"]
+        assert row["error"] is None, (name, row)
+        assert row["probability"] == pytest.approx(expected, rel=1e-5), name
+    for reason, body in UNREADABLE_BODIES.items():
+        with pytest.raises(MlflowException) as raised:
+            scoring_server.invocations(body, "application/json", served, schema)
+        assert raised.value.get_http_status_code() == 400
+        assert raised.value.message.startswith("the request body is refused: ")
+        assert reason in raised.value.message and len(raised.value.message) < 300
+
+
+def test_tensor_padding_counts_what_mlflow_would_pad_to_the_longest_row():
+    big, small = "A" * 1000, "B" * 10
+    assert tensor_padding({"instances": [big, small, small]}) == (3000, 1020)
+    assert tensor_padding({"instances": [{INPUT_COLUMN: big}, {INPUT_COLUMN: small}]}) == (
+        2000,
+        1010,
+    )
+    assert tensor_padding({"inputs": {INPUT_COLUMN: [small, small]}}) == (20, 20)
+    b64_object = {"b64": small}
+    assert tensor_padding({"inputs": [b64_object]}) == (len(str(b64_object)),) * 2
+    # The dataframe formats are not padded.
+    assert tensor_padding({"dataframe_split": {"data": [[big], [small]]}}) == (0, 0)
+
+
+def test_a_body_that_mlflow_would_pad_past_the_bound_is_refused(tiny_model, registry):
+    """One large image among many small ones, in the instances format: MLflow's bytes array
+    would hold rows x the longest; refused with a 400 before it is built."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    from pneumonia.inference import serving
+
+    served = mlflow.pyfunc.load_model(SERVED_URI)
+    schema = served.metadata.get_input_schema()
+    rows = ["A" * 2_000_000, *(["QUJD"] * 200)]  # 2 MB of text padded to 402 MB
+    with pytest.raises(MlflowException) as raised:
+        scoring_server.invocations(
+            json.dumps({"instances": rows}).encode(), "application/json", served, schema
+        )
+    assert raised.value.get_http_status_code() == 400
+    assert "pads every image to the longest" in raised.value.message
+    assert serving.MAX_PADDED_BYTES < 402_000_000
+
+
 def served_environment(registry) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = registry["uri"]
@@ -296,3 +398,36 @@ def test_served_over_http_answers_like_the_local_model(tiny_model, registry, ser
     # Text that is not base64 never reaches the model: the scoring server answers 400.
     status, body = post(f"{server}/invocations", {"dataframe_records": [{INPUT_COLUMN: "abc"}]})
     assert status == 400 and "image" in body
+
+
+@pytest.mark.slow
+def test_served_over_http_decodes_tensor_formats_and_refuses_unreadable_json(
+    tiny_model, registry, server
+):
+    text = encoded(tiny_model["images"][1].read_bytes())
+    expected = registry["local"][1].probability
+    for name, payload in tensor_format_payloads(text).items():
+        status, body = post(f"{server}/invocations", payload)
+        assert status == 200, (name, body)
+        (row,) = strict_json(body)["predictions"]
+        assert row["error"] is None, (name, row)
+        assert row["probability"] == pytest.approx(expected, rel=1e-5), name
+    # Text that is not base64, in a tensor format: an error row, the other image answered.
+    status, body = post(f"{server}/invocations", {"inputs": {INPUT_COLUMN: ["abc!", text]}})
+    assert status == 200, body
+    rows = strict_json(body)["predictions"]
+    assert rows[0]["error"] == "row 0: not an image (neither JPEG nor PNG)"
+    assert rows[1]["probability"] == pytest.approx(expected, rel=1e-5)
+    for reason, data in UNREADABLE_BODIES.items():
+        request = urllib.request.Request(
+            f"{server}/invocations", data, {"Content-Type": "application/json"}
+        )
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(request, timeout=60)
+        answer = raised.value.read().decode()
+        assert raised.value.code == 400, answer
+        message = json.loads(answer)["message"]
+        assert message.startswith("the request body is refused: ") and reason in message
+    # The server is still up and answering.
+    status, body = post(f"{server}/invocations", tensor_format_payloads(text)["inputs values"])
+    assert status == 200, body

@@ -8,6 +8,7 @@ import pytest
 from pneumonia.tracking import (
     ERROR_TAG,
     ERROR_TRACEBACK_ARTIFACT,
+    EXPERIMENT_KIND_TAG,
     NOTE_TAG,
     content_hash,
     flatten,
@@ -100,6 +101,42 @@ def test_a_failing_stage_leaves_its_error_on_its_run(config, capsys, tmp_path):
     # The experiment says what it holds.
     experiment = client.get_experiment(stored.info.experiment_id)
     assert "one run per DVC stage" in experiment.tags[NOTE_TAG]
+    # MLflow 3's UI opens it on the runs of a model, not on GenAI traces.
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_an_experiment_kind_or_description_set_by_the_user_stays(config):
+    from pneumonia.tracking import configure
+
+    tracking_uri, _ = store_locations(config.project_root)
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment_id = configure(config)
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "genai_development")
+    client.set_experiment_tag(experiment_id, NOTE_TAG, "my notes")
+    assert configure(config) == experiment_id
+    tags = client.get_experiment(experiment_id).tags
+    assert (tags[EXPERIMENT_KIND_TAG], tags[NOTE_TAG]) == ("genai_development", "my notes")
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "True"), ("false", "False")])
+def test_mlflow_telemetry_is_off_unless_the_user_turns_it_on(preset, expected):
+    """Set by importing the package, before MLflow starts its telemetry client; a user's own
+    MLFLOW_DISABLE_TELEMETRY wins."""
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    if preset is not None:
+        environment["MLFLOW_DISABLE_TELEMETRY"] = preset
+    probe = (
+        "import pneumonia.tracking\n"
+        "from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY\n"
+        "print(MLFLOW_DISABLE_TELEMETRY.get())"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], env=environment, capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.strip() == expected
 
 
 def test_run_names_carry_the_stage_and_the_experiment_or_commit(tmp_path):
@@ -140,30 +177,29 @@ def test_flatten():
 def test_runs_a_killed_stage_left_running_are_closed_by_the_next_stage(config):
     """A stage killed mid-run (SIGKILL: no finally, no atexit) leaves its run and its nested
     trial run RUNNING; the next stage's run ends them as KILLED, and leaves a live process's
-    run alone."""
+    run alone. The dead process is a real one that has exited (tests/test_liveness.py has the
+    other cases: PID namespaces, heartbeats, a real SIGKILL)."""
+    import json
     import subprocess
     import sys
 
-    from pneumonia.tracking import PROCESS_HOST_TAG, PROCESS_ID_TAG, configure
+    from pneumonia.tracking import ProcessIdentity, configure
 
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        text=True,
-        capture_output=True,
-        check=True,
-    ).stdout.strip()
+    code = (
+        "import json, pneumonia.tracking as t; "
+        "print(json.dumps(t.ProcessIdentity.current().tags()))"
+    )
+    exited = subprocess.run(
+        [sys.executable, "-c", code], text=True, capture_output=True, check=True
+    )
+    dead = json.loads(exited.stdout)
     experiment_id = configure(config)
     client = mlflow.MlflowClient()
-    host = __import__("socket").gethostname()
-    killed = client.create_run(
-        experiment_id, tags={PROCESS_HOST_TAG: host, PROCESS_ID_TAG: dead}, run_name="train"
-    )
+    killed = client.create_run(experiment_id, tags=dead, run_name="train")
     trial = client.create_run(
         experiment_id, tags={"mlflow.parentRunId": killed.info.run_id}, run_name="trial-0"
     )
-    alive = client.create_run(
-        experiment_id, tags={PROCESS_HOST_TAG: host, PROCESS_ID_TAG: str(os.getpid())}
-    )
+    alive = client.create_run(experiment_id, tags=ProcessIdentity.current().tags())
     with stage_run("train", config, {}):
         pass
     status = {

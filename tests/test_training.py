@@ -8,7 +8,7 @@ from pneumonia.contracts.arrays import ProcessedDataError, write_split
 from pneumonia.model.dataset import class_weights, make_dataset
 from pneumonia.model.training import load_training_splits
 
-from helpers import FIXTURE_PARAMS, write_params
+from helpers import fixture_train_config, write_params
 
 
 def write_processed(config, sizes: dict[str, int], side: int) -> None:
@@ -129,14 +129,21 @@ def test_aspect_jitter_changes_width_but_not_height():
 
 
 def test_label_smoothing_reaches_the_loss():
-    from pneumonia.model.training import compiled_model
+    from pneumonia.model.network import build_model
+    from pneumonia.model.training import compile_model
 
-    config = load_config(FIXTURE_PARAMS)
-    model = compiled_model(32, config.train.hyperparameters, label_smoothing=0.2)
+    hyperparameters = fixture_train_config().hyperparameters
+
+    def compiled(label_smoothing: float):
+        model = build_model(32, hyperparameters.model, fused_batch_norm=True)
+        compile_model(model, hyperparameters.optimizer, label_smoothing)
+        return model
+
+    model = compiled(0.2)
     assert model.loss.get_config()["label_smoothing"] == 0.2
     targets, outputs = np.array([[1.0], [0.0]]), np.array([[0.9], [0.1]])
     smoothed = float(model.loss(targets, outputs))
-    plain = float(compiled_model(32, config.train.hyperparameters).loss(targets, outputs))
+    plain = float(compiled(0.0).loss(targets, outputs))
     # Smoothing moves the targets to 0.9 / 0.1, exactly the outputs: the loss is their entropy.
     assert smoothed == pytest.approx(-(0.9 * np.log(0.9) + 0.1 * np.log(0.1)), rel=1e-3)
     assert plain == pytest.approx(-np.log(0.9), rel=1e-3)
@@ -147,7 +154,8 @@ def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_fit(tmp_path)
 
     from pneumonia.model.training import SplitArrays, fit
 
-    config = load_config(FIXTURE_PARAMS).train
+    # Constant, whatever params.yaml's default: the last fit checks that the rate stays put.
+    config = fixture_train_config({"train.learning_rate_schedule": "constant"})
     cosine = config.model_copy(update={"learning_rate_schedule": "cosine"})
     hyperparameters = config.hyperparameters.model_copy(
         update={
@@ -277,28 +285,6 @@ def test_a_repeated_training_dataset_reshuffles_every_pass_and_is_seeded():
     assert all(sorted(one) == list(range(10)) for one in first)  # each pass: every image once
     assert len({tuple(one) for one in first}) == 3  # in a new order each pass
     assert passes(4) == first and passes(5) != first
-
-
-def test_flops_count_convolutions_and_dense_layers():
-    import keras
-    from keras import layers
-
-    from pneumonia.model.flops import forward_flops, training_flops
-
-    inputs = keras.Input((8, 8, 1))
-    x = layers.Conv2D(4, 3, padding="same")(inputs)  # 2 * 64 positions * 9 * 1 * 4
-    x = layers.SeparableConv2D(6, 3, padding="same")(x)  # 2 * 64 * 9 * 4 + 2 * 64 * 4 * 6
-    x = layers.DepthwiseConv2D(3, padding="valid")(x)  # 2 * 36 positions * 9 * 6
-    x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(2)(x)  # 2 * 6 * 2
-    model = keras.Model(inputs, outputs)
-    expected = 4608 + (4608 + 3072) + 3888 + 24
-    assert forward_flops(model) == expected
-    assert training_flops(model) == 3 * expected
-    # A nested model counts as its layers.
-    outer_inputs = keras.Input((8, 8, 1))
-    outer = keras.Model(outer_inputs, layers.Dense(1)(model(outer_inputs)))
-    assert forward_flops(outer) == expected + 2 * 2 * 1
 
 
 def test_datasets_run_without_tf_data_autotuning_and_give_the_same_batches():

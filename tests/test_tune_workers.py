@@ -145,7 +145,8 @@ def test_stale_trial_is_failed_its_runs_ended_and_its_params_queued_again(tmp_pa
 def test_missing_postgresql_is_reported_with_the_fix(tmp_path, monkeypatch):
     # The reason the PostgreSQL tests give when they skip.
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(helpers, "DEBIAN_BINARIES", tmp_path / "postgresql")
+    # find_binaries reads the name in its own module, not the package's re-export.
+    monkeypatch.setattr(helpers.services, "DEBIAN_BINARIES", tmp_path / "postgresql")
     with pytest.raises(helpers.PostgresUnavailable, match="apt-get install -y postgresql"):
         helpers.find_binaries()
 
@@ -362,6 +363,8 @@ def wait_for_running_trial(storage: str, worker: subprocess.Popen, log: Path, ti
         ("postgresql://bob:s3cret@db.example:notaport/optuna", "ValueError"),
         ("nosuchdb://bob:s3cret@db.example/optuna", "NoSuchModuleError"),
     ],
+    # Fixed names: the free port differs between pytest-xdist workers, which must collect alike.
+    ids=["unreachable", "bad-port", "unknown-driver"],
 )
 def test_an_unusable_study_database_is_one_line_without_the_password(tmp_path, storage, kind):
     params = write_tiny_project(tmp_path, {"train.tuning.storage": storage})

@@ -1,3 +1,5 @@
+import time
+
 import mlflow
 import numpy as np
 import optuna
@@ -6,19 +8,17 @@ from optuna.trial import FixedTrial, TrialState
 
 from pneumonia.config import load_config
 from pneumonia.model.training import MONITOR, SplitArrays, best_epoch, fit
-from pneumonia.model.tuning import (
-    TuningError,
-    create_study,
-    fixed_trial_params,
-    hyperparameters_from,
-    make_objective,
-    resolve_storage,
-    suggest,
-)
+from pneumonia.model.tuning.objective import make_objective
+from pneumonia.model.tuning.records import TuningError
+from pneumonia.model.tuning.search_space import fixed_trial_params, hyperparameters_from, suggest
+from pneumonia.model.tuning.storage import resolve_storage
+from pneumonia.model.tuning.study import create_study
 
-from helpers import FIXTURE_PARAMS, write_params
+from helpers import fixture_train_config, write_params
 
-CONFIG = load_config(FIXTURE_PARAMS).train
+# The CNN's search space (base_filters drawn, no fine-tuning params), whatever params.yaml's
+# default architecture: these tests and BASE are about it.
+CONFIG = fixture_train_config({"train.model.architecture": "cnn"})
 SPACE = CONFIG.tuning.search_space
 BASE = {
     "optimizer": "adam",
@@ -145,38 +145,68 @@ def test_same_seed_gives_the_same_val_auc_on_cpu():
     assert values[0] > 0.5  # it learns the toy signal at all
 
 
-def test_trials_of_a_killed_fresh_study_are_failed_and_live_ones_kept(tmp_path):
-    """A fresh study is never reopened, so its heartbeat never fails the trial a killed stage
-    left RUNNING; the next train stage does, once that trial's MLflow run is ended."""
-    from optuna.trial import TrialState
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell by hand
+def test_only_proven_orphans_of_fresh_studies_are_failed(tmp_path):
+    """A fresh study is never reopened, so Optuna's heartbeat check never reaches the trial a
+    killed stage left RUNNING; the next train stage fails it, but only on proof: a stale Optuna
+    heartbeat, or an owner process on this machine that is gone. No heartbeat, no owner, an
+    ended MLflow run or a run in another store prove nothing (another experiment's live trial,
+    under `dvc queue start -j 2`)."""
+    import dataclasses
 
-    from pneumonia.model.tuning import (
+    from pneumonia.model.tuning.orphans import fail_orphaned_trials
+    from pneumonia.model.tuning.records import (
         FRESH_STUDY_ATTRIBUTE,
         MLFLOW_RUN_ATTRIBUTE,
-        fail_orphaned_trials,
+        OWNER_ATTRIBUTE,
     )
+    from pneumonia.tracking import ProcessIdentity
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2)
     client = mlflow.MlflowClient()
-    experiment = client.create_experiment("trials")
-    ended, running = (client.create_run(experiment).info.run_id for _ in range(2))
-    client.set_terminated(ended, status="KILLED")
-    old = optuna.create_study(storage=storage, study_name="pneumonia-cnn-0badc0de")
-    for run_id in (ended, running):
-        old.ask().set_user_attr(MLFLOW_RUN_ATTRIBUTE, run_id)
-    other = optuna.create_study(storage=storage, study_name="shared-study")
-    other.ask().set_user_attr(MLFLOW_RUN_ATTRIBUTE, ended)  # a named study: its heartbeat's job
-    # A fresh study of this version (named after its train run, marked fresh) is found by its
-    # mark; one named by an earlier version by its prefix.
+    ended = client.create_run(client.create_experiment("trials")).info.run_id
+    client.set_terminated(ended, status="FINISHED")  # as the objective ends it before `tell`
+    here = ProcessIdentity.current()
+    # The same pid under another start time: the process that ran it is gone, the pid reused.
+    reused = dataclasses.replace(here, start_time=str(int(here.start_time) - 1))
+    elsewhere = dataclasses.replace(reused, boot_id="another-machine")
+
+    def running_trial(study: optuna.Study, owner: ProcessIdentity | None = None, run=None):
+        trial = study.ask()
+        if owner is not None:
+            storage.set_trial_system_attr(trial._trial_id, OWNER_ATTRIBUTE, owner.as_dict())
+        if run is not None:
+            trial.set_user_attr(MLFLOW_RUN_ATTRIBUTE, run)
+        return trial
+
     fresh = optuna.create_study(storage=storage, study_name="train@q7-depth5-1234abcd")
     fresh.set_user_attr(FRESH_STUDY_ATTRIBUTE, True)
-    fresh.ask().set_user_attr(MLFLOW_RUN_ATTRIBUTE, ended)
+    running_trial(fresh)  # just asked: no heartbeat, no owner yet
+    running_trial(fresh, run=ended)  # its run ended, Optuna not yet told
+    running_trial(fresh, run="not-in-this-store")
+    running_trial(fresh, owner=here)  # alive
+    running_trial(fresh, owner=elsewhere)  # another machine: its heartbeat will tell
+    running_trial(fresh, owner=reused)  # gone
+    stale = running_trial(fresh, owner=elsewhere)
+    storage.record_heartbeat(stale._trial_id)
+    legacy = optuna.create_study(storage=storage, study_name="pneumonia-cnn-0badc0de")
+    running_trial(legacy, owner=reused)
+    named = optuna.create_study(storage=storage, study_name="shared-study")
+    running_trial(named, owner=reused)  # a named study: Optuna's heartbeat's job, not this
+
     assert sorted(fail_orphaned_trials(storage, "pneumonia-cnn")) == [
         ("pneumonia-cnn-0badc0de", 0),
-        ("train@q7-depth5-1234abcd", 0),
+        ("train@q7-depth5-1234abcd", 5),
     ]
-    assert [trial.state for trial in old.trials] == [TrialState.FAIL, TrialState.RUNNING]
-    assert other.trials[0].state == TrialState.RUNNING
+    time.sleep(3.5)  # the grace period (2 s; SQLite counts whole seconds) passes unbeaten
+    assert fail_orphaned_trials(storage, "pneumonia-cnn") == [("train@q7-depth5-1234abcd", 6)]
+    states = [trial.state for trial in fresh.trials]
+    assert states == [TrialState.RUNNING] * 5 + [TrialState.FAIL] * 2
+    assert named.trials[0].state == TrialState.RUNNING
+    fresh.tell(0, 0.5)  # the live ones finish as they would have
+    assert fresh.trials[0].state == TrialState.COMPLETE
 
 
 def test_a_fresh_study_is_named_after_the_train_run_and_a_named_one_keeps_its_name(tmp_path):
@@ -185,7 +215,7 @@ def test_a_fresh_study_is_named_after_the_train_run_and_a_named_one_keeps_its_na
     name their objective."""
     import re
 
-    from pneumonia.model.tuning import FRESH_STUDY_ATTRIBUTE, create_study
+    from pneumonia.model.tuning.records import FRESH_STUDY_ATTRIBUTE
 
     storage = "sqlite:///studies/optuna.db"  # under the project root
     fresh = load_config(write_params(tmp_path, {"train.tuning.storage": storage}))

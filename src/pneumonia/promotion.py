@@ -8,16 +8,31 @@ what training selected on), then `val_sensitivity` (a missed pneumonia costs mor
 alarm), then `val_specificity`, compared in that order (lexicographically). The candidate wins
 ties: with equal val figures the newer model is promoted.
 
-Val figures of two versions are comparable only when they were measured on the same val images;
-evaluate records the val set's digest (`val_dataset_digest`), and promotion refuses when the two
-digests differ, unless forced.
+A tag is trusted only when it is a plain decimal in [0, 1] and equals the metric its evaluate run
+(the `evaluate_run_id` tag) logged, and only when that run was measured on the val set the
+`val_dataset_digest` tag names. Val figures of two versions are comparable only when they were
+measured on the same val images: promotion refuses when the two digests differ, unless forced.
+
+Two promotes of one registered model run one after the other: each holds the model's promotion
+lock (a registered model `<name>.promotion-lock`, created only if absent, which the registry does
+atomically on a database or a tracking server) while it reads both aliases, decides and moves the
+target alias, then re-reads the alias to confirm. So a promote that waited compares with the
+champion the other one left.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -25,13 +40,21 @@ from mlflow.exceptions import MlflowException
 
 from pneumonia.contracts import registry_tags
 from pneumonia.errors import PipelineError
+from pneumonia.redaction import redact_text, redact_url, tracking_urls
+from pneumonia.tracking import ProcessIdentity
 
 COMPARED_TAGS = registry_tags.COMPARED
 DATASET_TAG = registry_tags.VAL_DATASET_DIGEST
+# How long a promote waits for another one to release the lock (a promote takes about a second).
+LOCK_WAIT_SECONDS = 60.0
+# Tries of one registry call the store reports temporarily unavailable (about 15 s in all).
+RETRIES = 12
+T = TypeVar("T")
 
 
 class PromotionError(PipelineError, ValueError):
-    """An alias or the tags promotion compares are missing; the message says which and why."""
+    """An alias or the tags promotion compares are missing or untrustworthy, or the registry
+    cannot be read; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -48,36 +71,124 @@ class Decision:
         candidate = f"{self.name} v{self.candidate} (@{self.source_alias})"
         if self.promoted:
             head = f"promoted: {candidate} is now @{self.target_alias}"
+        elif self.champion is None:
+            head = f"kept: {candidate} not promoted"
         else:
             head = f"kept: @{self.target_alias} stays on v{self.champion}; {candidate} not promoted"
         return f"{head}. {self.reason}"
 
 
+def _store() -> str:
+    return redact_url(mlflow.get_tracking_uri())
+
+
+def _registry_failure(error: Exception, doing: str) -> PromotionError:
+    """The registry did not answer (a server down or unreachable, a database that cannot be
+    opened): one line with the masked URI and the fix, never "not found"."""
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    detail = redact_text(text, mlflow.get_tracking_uri(), *tracking_urls())
+    return PromotionError(
+        f"the model registry at {_store()} is unreachable or failed while {doing} ({detail}); "
+        "start the tracking server, or point MLFLOW_TRACKING_URI at a reachable one"
+    )
+
+
+def _call(method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A registry call, tried again while the store says it is temporarily unavailable (SQLite
+    answers "database is locked" at once, without waiting, when two processes' transactions
+    cross: concurrent promotes do that)."""
+    for attempt in range(RETRIES):
+        try:
+            return method(*args, **kwargs)
+        except MlflowException as error:
+            if error.error_code != "TEMPORARILY_UNAVAILABLE" or attempt == RETRIES - 1:
+                raise
+        time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
 def version_by_alias(client: mlflow.MlflowClient, name: str, alias: str) -> ModelVersion | None:
     try:
-        return client.get_model_version_by_alias(name, alias)
+        return _call(client.get_model_version_by_alias, name, alias)
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
-        raise
+        raise _registry_failure(error, f"reading alias '{alias}' of {name}") from error
 
 
-def val_scores(version: ModelVersion) -> tuple[float, ...]:
-    """The compared val figures of a version, from the tags evaluate set on it."""
+def _label(version: ModelVersion, alias: str | None = None) -> str:
+    return f"{version.name} v{version.version}" + (f" (@{alias})" if alias else "")
+
+
+def val_scores(version: ModelVersion, alias: str | None = None) -> tuple[float, ...]:
+    """The compared val figures of a version, from the tags evaluate set on it: each a plain
+    decimal in [0, 1], else a PromotionError naming the version, the tag and its value."""
     scores = []
+    recorded = registry_tags.OperatingPointTags.from_tags(version.tags)
     for tag in COMPARED_TAGS:
         text = version.tags.get(tag)
-        try:
-            value = float(text) if text is not None else math.nan
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
+        value = recorded.figure(tag)
+        if value is None:
+            problem = "is missing" if text is None else f"is {text!r}, not a decimal in [0, 1]"
             raise PromotionError(
-                f"{version.name} v{version.version}: tag '{tag}' is missing or not a finite "
-                f"number ({text!r}); the evaluate stage sets it (dvc repro)"
+                f"{_label(version, alias)}: tag '{tag}' {problem}; the evaluate stage sets it "
+                "(dvc repro)"
             )
         scores.append(value)
     return tuple(scores)
+
+
+def check_measured(
+    client: mlflow.MlflowClient, version: ModelVersion, scores: tuple[float, ...], alias: str
+) -> None:
+    """The tags must be what their evaluate run measured: the run named by `evaluate_run_id`
+    logged each compared figure as a metric with the same value, and took the val set the
+    `val_dataset_digest` tag names as an input. A tag edited by hand (or by anything but
+    evaluate) is refused."""
+    label = _label(version, alias)
+    run_id = version.tags.get(registry_tags.EVALUATE_RUN_ID)
+    if not run_id:
+        raise PromotionError(
+            f"{label}: tag '{registry_tags.EVALUATE_RUN_ID}' is missing, so nothing ties its val "
+            "figures to a measurement; the evaluate stage sets it (dvc repro)"
+        )
+    try:
+        run = _call(client.get_run, run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise _registry_failure(error, f"reading evaluate run {run_id}") from error
+        raise PromotionError(
+            f"{label}: its evaluate run {run_id} ({registry_tags.EVALUATE_RUN_ID}) is not in "
+            f"{_store()}, so its val figures cannot be checked; re-run the evaluate stage"
+        ) from error
+    logged = run.data.metrics
+    for tag, value in zip(COMPARED_TAGS, scores, strict=True):
+        metric = registry_tags.LOGGED_METRIC[tag]
+        measured = logged.get(metric)
+        if measured is None or not math.isclose(value, measured, rel_tol=1e-9, abs_tol=1e-12):
+            found = "logged no such metric" if measured is None else f"logged {measured!r}"
+            raise PromotionError(
+                f"{label}: tag '{tag}' is {version.tags.get(tag)} but its evaluate run {run_id} "
+                f"{found} as '{metric}'; the tag was not set by that evaluation: re-run the "
+                "evaluate stage (dvc repro), or fix the tag"
+            )
+    digest = version.tags.get(DATASET_TAG)
+    inputs = run.inputs.dataset_inputs if run.inputs is not None else []
+    digests = {entry.dataset.digest for entry in inputs}
+    if digest and digest not in digests:
+        raise PromotionError(
+            f"{label}: tag '{DATASET_TAG}' is {digest} but its evaluate run {run_id} took no "
+            f"val set with that digest (it took {', '.join(sorted(digests)) or 'none'}); re-run "
+            "the evaluate stage (dvc repro), or fix the tag"
+        )
+
+
+def trusted_scores(
+    client: mlflow.MlflowClient, version: ModelVersion, alias: str
+) -> tuple[float, ...]:
+    scores = val_scores(version, alias)
+    check_measured(client, version, scores, alias)
+    return scores
 
 
 def _describe(scores: tuple[float, ...]) -> str:
@@ -94,31 +205,155 @@ def compare(candidate: tuple[float, ...], champion: tuple[float, ...]) -> tuple[
     return True, "its val figures equal the champion's (ties go to the candidate)"
 
 
+def _check_alias(alias: str, option: str) -> str:
+    try:
+        return registry_tags.check_alias(alias)
+    except ValueError as error:
+        raise PromotionError(f"{option} alias: {error}") from None
+
+
+@contextmanager
+def promotion_lock(
+    client: mlflow.MlflowClient, name: str, wait_seconds: float = LOCK_WAIT_SECONDS
+) -> Iterator[None]:
+    """Hold `name`'s promotion lock: the registered model `<name>.promotion-lock`, which the
+    registry creates only if it is absent (RESOURCE_ALREADY_EXISTS otherwise, atomically on a
+    database-backed store or a tracking server). Tagged with a token of this holder, re-read to
+    confirm, and deleted on the way out only while it still holds that token."""
+    lock = registry_tags.promotion_lock_name(name)
+    token = uuid.uuid4().hex
+    holder = f"pneumonia promote, process {os.getpid()} on {socket.gethostname()}"
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        # Waiting promotes poll by reading: only a lock that looks free is tried, so they do not
+        # keep writing while the holder works.
+        tags = _lock_tags(client, lock)
+        if tags and ProcessIdentity.from_tags(tags).is_gone():
+            # Its holder was killed (SIGKILL, out of memory) before it could delete the lock:
+            # proven on this machine only (tracking.ProcessIdentity), never by a guess.
+            _break_lock(client, lock, tags)
+            tags = _lock_tags(client, lock)
+        if not tags and _try_lock(client, lock, name, token, holder):
+            break
+        if time.monotonic() > deadline:
+            tags = _lock_tags(client, lock)
+            raise PromotionError(
+                f"another promote of {name} has held the promotion lock for over "
+                f"{wait_seconds:.0f} s ({tags.get(registry_tags.LOCK_HOLDER, 'holder unknown')}, "
+                f"since {tags.get(registry_tags.LOCK_SINCE, 'unknown')}); if no promote is "
+                f"running (one was killed), delete the registered model '{lock}' (MLflow UI, "
+                "Models) and promote again"
+            )
+        time.sleep(0.05 + random.random() * 0.1)  # jitter: waiting promotes do not collide
+    try:
+        yield
+    finally:
+        try:
+            if _lock_tags(client, lock).get(registry_tags.LOCK_TOKEN) == token:
+                _call(client.delete_registered_model, lock)
+        except (MlflowException, PipelineError) as problem:
+            # The promote's own outcome (or error) is what to report; the next promote finds
+            # the lock and, this process being gone by then, breaks it.
+            print(f"promote: could not release the promotion lock {lock}: {problem}")
+
+
+def _break_lock(client: mlflow.MlflowClient, lock: str, tags: dict[str, str]) -> None:
+    """Delete a lock whose holder is proven gone, only while it still holds that holder's token
+    (another waiter may have broken it and taken it already)."""
+    if _lock_tags(client, lock).get(registry_tags.LOCK_TOKEN) != tags.get(registry_tags.LOCK_TOKEN):
+        return
+    try:
+        _call(client.delete_registered_model, lock)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise _registry_failure(error, f"breaking the promotion lock {lock}") from error
+    print(
+        f"promote: broke the promotion lock {lock}: its holder "
+        f"({tags.get(registry_tags.LOCK_HOLDER, 'unknown')}) is gone"
+    )
+
+
+def _try_lock(client: mlflow.MlflowClient, lock: str, name: str, token: str, holder: str) -> bool:
+    """Create the lock registered model with this holder's token; False when it exists."""
+    try:
+        _call(
+            client.create_registered_model,
+            lock,
+            tags={
+                registry_tags.LOCK_TOKEN: token,
+                registry_tags.LOCK_HOLDER: holder,
+                registry_tags.LOCK_SINCE: datetime.now(timezone.utc).isoformat(),
+                **ProcessIdentity.current().tags(),
+            },
+            description=f"Held by {holder} while it promotes {name}; deleted when it ends.",
+        )
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_ALREADY_EXISTS":
+            return False
+        raise _registry_failure(error, f"taking the promotion lock of {name}") from error
+    # Re-read: the lock is ours only if it holds our token.
+    return _lock_tags(client, lock).get(registry_tags.LOCK_TOKEN) == token
+
+
+def _lock_tags(client: mlflow.MlflowClient, lock: str) -> dict[str, str]:
+    try:
+        return dict(_call(client.get_registered_model, lock).tags)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise _registry_failure(error, f"reading the promotion lock {lock}") from error
+
+
 def promote(
     name: str,
-    source_alias: str = "candidate",
+    source_alias: str,
     target_alias: str = "champion",
     force: bool = False,
+    wait_seconds: float = LOCK_WAIT_SECONDS,
 ) -> Decision:
-    """Compare the `source_alias` version with the `target_alias` version on val and move
-    `target_alias` when the source is at least as good (always with `force`)."""
+    """Compare the `source_alias` version (the alias evaluate sets: params.yaml's evaluate.alias,
+    which `pneumonia promote` passes unless --from names another) with the `target_alias`
+    version on val and move `target_alias` when the source is at least as good (always with
+    `force`, which also replaces a champion whose figures cannot be compared)."""
+    _check_alias(source_alias, "--from")
+    _check_alias(target_alias, "--to")
     if source_alias == target_alias:
         raise PromotionError(f"--from and --to are both '{source_alias}'")
     client = mlflow.MlflowClient()
     try:
-        client.get_registered_model(name)
+        _call(client.get_registered_model, name)
     except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise _registry_failure(error, f"reading registered model '{name}'") from error
         raise PromotionError(
-            f"registered model '{name}' not found in {mlflow.get_tracking_uri()}; the evaluate "
-            "stage registers it (dvc repro), or set MLFLOW_TRACKING_URI"
+            f"registered model '{name}' not found in {_store()}; the evaluate stage registers it "
+            "(dvc repro), or set MLFLOW_TRACKING_URI"
         ) from error
+    before = version_by_alias(client, name, target_alias)
+    with promotion_lock(client, name, wait_seconds):
+        decision = _decide_and_move(client, name, source_alias, target_alias, force)
+    seen = before.version if before is not None else None
+    if decision.champion != (str(seen) if seen is not None else None):
+        moved = (
+            f"@{target_alias} moved from {f'v{seen}' if seen else 'nowhere'} to "
+            f"v{decision.champion} while this promote waited for another one; compared with v"
+            f"{decision.champion}. "
+        )
+        return replace(decision, reason=moved + decision.reason)
+    return decision
+
+
+def _decide_and_move(
+    client: mlflow.MlflowClient, name: str, source_alias: str, target_alias: str, force: bool
+) -> Decision:
+    """Under the promotion lock: read both aliases, decide, move the target alias, confirm."""
     candidate = version_by_alias(client, name, source_alias)
     if candidate is None:
         raise PromotionError(
             f"{name} has no version with alias '{source_alias}'; the evaluate stage sets it"
         )
     champion = version_by_alias(client, name, target_alias)
-    candidate_scores = val_scores(candidate)
+    candidate_scores = trusted_scores(client, candidate, source_alias)
     if not candidate.tags.get(DATASET_TAG):
         raise PromotionError(
             f"{name} v{candidate.version}: tag '{DATASET_TAG}' is missing, so nothing says which "
@@ -142,31 +377,74 @@ def promote(
     if champion is None:
         promoted, reason = True, f"there was no @{target_alias}; {_describe(candidate_scores)}"
     else:
-        champion_scores = val_scores(champion)
-        ours, theirs = candidate.tags.get(DATASET_TAG), champion.tags.get(DATASET_TAG)
-        if ours != theirs and not force:
-            measured = f"{DATASET_TAG} {ours} vs {theirs or 'missing'}"
-            return decision(
-                False,
-                f"the two versions were not evaluated on the same val set ({measured}), so "
-                "their val figures are not comparable; --force promotes anyway",
+        try:
+            champion_scores = trusted_scores(client, champion, target_alias)
+        except PromotionError as error:
+            if not force:
+                raise PromotionError(
+                    f"{error}. The candidate cannot be compared with this {target_alias}; "
+                    f"--force replaces it without comparing"
+                ) from None
+            champion_scores = None
+            promoted = True
+            reason = (
+                f"@{target_alias} v{champion.version} has no figures to compare ({error}); "
+                "promoted without comparing (--force)"
             )
-        promoted, reason = compare(candidate_scores, champion_scores)
-        reason = (
-            f"Candidate v{candidate.version} vs {target_alias} v{champion.version} on val: {reason}"
-        )
-        if not promoted and force:
-            promoted, reason = True, f"{reason}; promoted anyway (--force)"
+        if champion_scores is not None:
+            ours, theirs = candidate.tags.get(DATASET_TAG), champion.tags.get(DATASET_TAG)
+            if ours != theirs and not force:
+                measured = f"{DATASET_TAG} {ours} vs {theirs or 'missing'}"
+                return decision(
+                    False,
+                    f"the two versions were not evaluated on the same val set ({measured}), so "
+                    "their val figures are not comparable; --force promotes anyway",
+                )
+            promoted, reason = compare(candidate_scores, champion_scores)
+            reason = (
+                f"Candidate v{candidate.version} vs {target_alias} v{champion.version} on val: "
+                f"{reason}"
+            )
+            if not promoted and force:
+                promoted, reason = True, f"{reason}; promoted anyway (--force)"
     if promoted:
-        client.set_registered_model_alias(name, target_alias, candidate.version)
-        client.set_model_version_tag(
+        _move(client, name, target_alias, candidate, champion)
+    return decision(promoted, reason)
+
+
+def _move(
+    client: mlflow.MlflowClient,
+    name: str,
+    target_alias: str,
+    candidate: ModelVersion,
+    champion: ModelVersion | None,
+) -> None:
+    """Point the alias at the candidate, then re-read it: an alias moved by something that
+    does not take the lock (evaluate, the MLflow UI) in between is reported, not hidden."""
+    try:
+        _call(client.set_registered_model_alias, name, target_alias, candidate.version)
+        _call(
+            client.set_model_version_tag,
             name,
             candidate.version,
             f"{target_alias}_since",
             datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         if champion is not None:
-            client.set_model_version_tag(
-                name, candidate.version, f"replaced_{target_alias}", champion.version
+            _call(
+                client.set_model_version_tag,
+                name,
+                candidate.version,
+                f"replaced_{target_alias}",
+                champion.version,
             )
-    return decision(promoted, reason)
+    except MlflowException as error:
+        raise _registry_failure(error, f"moving @{target_alias} of {name}") from error
+    now = version_by_alias(client, name, target_alias)
+    if now is None or str(now.version) != str(candidate.version):
+        raise PromotionError(
+            f"lost: @{target_alias} of {name} was moved to "
+            f"{f'v{now.version}' if now is not None else 'no version'} by something that does not "
+            f"take the promotion lock while v{candidate.version} was being promoted; check the "
+            "registry and promote again"
+        )

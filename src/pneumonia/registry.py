@@ -75,7 +75,7 @@ def registered_version_of_file(name: str, sha256: str) -> tuple[LoggedModel, str
     that logged it; None when these bytes were never registered."""
     client = mlflow.MlflowClient()
     versions = client.search_model_versions(
-        f"name = '{name}' and tags.{registry_tags.MODEL_SHA256} = '{sha256}'"
+        f"name = '{name}' and tags.{registry_tags.MODEL_FILE_SHA256_TAG} = '{sha256}'"
     )
     if not versions:
         return None

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumonia.contracts.files import replacing, write_csv
 from pneumonia.errors import PipelineError
 
 IMAGES_FILE = "images.npy"
@@ -26,9 +27,16 @@ class ProcessedDataError(PipelineError, ValueError):
 
 
 def write_split(directory: Path, frame: pd.DataFrame, labels: np.ndarray) -> None:
-    """labels.npy and index.csv of a split whose images.npy is already written."""
-    np.save(directory / LABELS_FILE, labels, allow_pickle=False)
-    frame.loc[:, list(INDEX_COLUMNS)].to_csv(directory / INDEX_FILE, index=False)
+    """labels.npy and index.csv of a split whose images.npy is already written; each written
+    whole or not at all (contracts.files.replacing)."""
+    with replacing(directory / LABELS_FILE) as partial, partial.open("wb") as handle:
+        np.save(handle, labels, allow_pickle=False)
+    write_csv(directory / INDEX_FILE, frame.loc[:, list(INDEX_COLUMNS)])
+
+
+def split_files(directory: Path) -> list[Path]:
+    """The files of one processed split folder (whether or not they exist yet)."""
+    return [directory / name for name in (IMAGES_FILE, LABELS_FILE, INDEX_FILE)]
 
 
 def load_split(directory: Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:

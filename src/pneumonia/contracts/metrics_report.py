@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pneumonia.contracts.files import read_json_object
+from pydantic import BaseModel, ConfigDict
+
+from pneumonia.contracts.files import read_json_object, write_json
 from pneumonia.errors import PipelineError
 
 # The headline: these metrics on these splits, at the threshold chosen on val.
@@ -26,6 +28,11 @@ LOW, HIGH = "low", "high"
 AT_THRESHOLD = "at_threshold"  # measured at the threshold chosen on val
 AT_0_5 = "at_0_5"  # test at 0.5, for comparison
 VALUE, CI_LOW, CI_HIGH = "value", "ci_low", "ci_high"
+# The threshold section: the rule that chose it (and VALUE).
+RULE = "rule"
+# The detail report's figures that are confusion counts and bootstrap settings.
+CONFUSION = "confusion"
+BOOTSTRAP = "bootstrap"
 
 
 class MetricsReportError(PipelineError, ValueError):
@@ -54,15 +61,21 @@ HEADLINE_KEYS = (
 
 def headline_metrics(detail: dict[str, Any]) -> dict[str, float]:
     """metrics.json's figures, taken from the detail report (evaluation.report)."""
-    headline = {THRESHOLD: float(detail[THRESHOLD][VALUE])}
+    headline = {THRESHOLD: float(chosen_threshold(detail))}
     for split in HEADLINE_SPLITS:
-        section = detail[split][AT_THRESHOLD]
         for metric in HEADLINE_METRICS:
-            figure = section[metric]
-            headline[headline_key(split, metric)] = float(figure[VALUE])
-            headline[headline_key(split, metric, LOW)] = float(figure[CI_LOW])
-            headline[headline_key(split, metric, HIGH)] = float(figure[CI_HIGH])
+            figure = measured(detail, split, metric)
+            headline[headline_key(split, metric)] = float(figure.value)
+            headline[headline_key(split, metric, LOW)] = float(figure.low)
+            headline[headline_key(split, metric, HIGH)] = float(figure.high)
     return headline
+
+
+def write_headline(path: Path, headline: dict[str, float]) -> None:
+    """metrics.json: the flat figures of headline_metrics. It carries no schema_version: DVC
+    shows every key of it as a metric; its key set (HEADLINE_KEYS) is its version, and
+    read_headline refuses a file that lacks one."""
+    write_json(path, headline)
 
 
 def read_headline(path: Path) -> dict[str, float]:
@@ -97,3 +110,44 @@ def read_detail(path: Path) -> dict[str, Any]:
         missing="the evaluate stage writes it (dvc repro)",
         fix="re-run the evaluate stage",
     )
+
+
+class Figure(BaseModel):
+    """A measured figure with its confidence interval (NaN where the bootstrap left a bound
+    undefined)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: float
+    low: float
+    high: float
+
+
+def measured(detail: dict[str, Any], split: str, metric: str, at: str = AT_THRESHOLD) -> Figure:
+    """One figure of the detail report: `metric` on `split`, at the chosen threshold (or AT_0_5)."""
+    figure = detail[split][at][metric]
+    return Figure(value=figure[VALUE], low=figure[CI_LOW], high=figure[CI_HIGH])
+
+
+def headline_figure(headline: dict[str, float], split: str, metric: str) -> Figure:
+    """One figure of metrics.json, with its interval."""
+    return Figure(
+        value=headline[headline_key(split, metric)],
+        low=headline[headline_key(split, metric, LOW)],
+        high=headline[headline_key(split, metric, HIGH)],
+    )
+
+
+def chosen_threshold(detail: dict[str, Any]) -> float:
+    """The threshold chosen on val, as the detail report records it."""
+    return detail[THRESHOLD][VALUE]
+
+
+def threshold_rule(detail: dict[str, Any]) -> str:
+    """evaluate.threshold as written (youden, sensitivity:0.9, 0.5) that chose it."""
+    return str(detail[THRESHOLD][RULE])
+
+
+def at_threshold(detail: dict[str, Any], split: str, at: str = AT_THRESHOLD) -> dict[str, Any]:
+    """A split's section of the detail report at the chosen threshold (or AT_0_5)."""
+    return detail[split][at]

@@ -1,21 +1,35 @@
 """models/model.json, the model card: train writes it beside model.keras; evaluate, predict and
-shift-check read it for the model's preprocess settings and registry record (the served model
-records the same settings in its own artifacts)."""
+shift-check read it for the model's image spec (its `preprocess` section) and registry record
+(the served model records the same spec in its own settings).
+
+Schema versions (SCHEMA_VERSION, `upgrade`):
+- 0: written before cards were versioned, no `schema_version` key;
+- 1: the same keys, plus `schema_version: 1`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from pneumonia.contracts.files import read_json_object, write_json
+from pneumonia.contracts.image_spec import ImageSpec
+from pneumonia.contracts.model_reference import MODEL_KEYS
+from pneumonia.contracts.versioning import SCHEMA_VERSION_KEY, current_form, validated
 from pneumonia.errors import PipelineError
 
+SCHEMA_VERSION = 1
 # The sections a reader relies on.
 PREPROCESS = "preprocess"
 REGISTRY = "mlflow"
-# Keys of the registry section that name the Keras model version.
-MODEL_KEYS = ("registered_model", "version", "model_id")
+SELECTION = (
+    "Optuna on val ROC AUC; final fit (train.ensemble members, averaged) early-stopped on val "
+    "ROC AUC"
+)
+FIX = "re-run the train stage"
 
 
 class ModelCardError(PipelineError, ValueError):
@@ -38,80 +52,116 @@ class RegistryRecord:
         return {key: getattr(self, key) for key in MODEL_KEYS}
 
 
+class ModelCard(BaseModel):
+    """The card. Only `preprocess` is required of a card read back (predict needs nothing else);
+    readers that need the registry section ask for it (`registry`). `preprocess` stays a mapping
+    here: imaging.transforms.config_from_settings checks it, naming the file."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    schema_version: int = SCHEMA_VERSION
+    input: dict[str, Any] | None = None
+    output: str | None = None
+    preprocess: Any
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    # The architecture and its starting weights (file name and sha256 for pretrained ones).
+    weights: dict[str, Any] | None = None
+    selection: str | None = None
+    ensemble_members: int | None = None
+    validation: dict[str, Any] = Field(default_factory=dict)
+    tuning: dict[str, Any] | None = None
+    mlflow: dict[str, Any] | None = None
+
+    @property
+    def image_spec(self) -> ImageSpec:
+        """The preprocess section as the typed spec (a card train wrote always holds one)."""
+        return ImageSpec.of(self.preprocess)
+
+    def registry(self, path: Path | str = "model.json") -> RegistryRecord:
+        """The registry section, every key present, else a ModelCardError naming `path`."""
+        section = self.mlflow
+        names = list(RegistryRecord.__dataclass_fields__)
+        missing = [name for name in names if not isinstance(section, dict) or name not in section]
+        if missing:
+            raise ModelCardError(
+                f"{path}: the {REGISTRY} section lacks {', '.join(missing)}; {FIX}"
+            )
+        return RegistryRecord(**{name: str(section[name] or "") for name in names})
+
+    def registered_model(self) -> dict[str, Any]:
+        """The registry's name, version and id of the carded model (values may be None)."""
+        record = self.mlflow or {}
+        return {key: record.get(key) for key in MODEL_KEYS}
+
+    def as_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 def build_model_card(
     *,
     image_size: int,
-    preprocess: dict[str, Any],
+    preprocess: ImageSpec | dict[str, Any],
     hyperparameters: dict[str, Any],
     weights: dict[str, Any] | None = None,
     ensemble_members: int,
     validation: dict[str, float],
     tuning: dict[str, Any] | None,
     registry: RegistryRecord,
-) -> dict[str, Any]:
+) -> ModelCard:
     """What a user of models/model.keras needs: input contract, choices, provenance."""
-    return {
-        "input": {
+    spec = preprocess.as_json() if isinstance(preprocess, ImageSpec) else dict(preprocess)
+    return ModelCard(
+        input={
             "shape": [image_size, image_size, 1],
             "dtype": "uint8",
             "note": "raw pixels after preprocess; normalisation is inside the model",
         },
-        "output": "probability of PNEUMONIA (sigmoid)",
-        PREPROCESS: preprocess,
-        "hyperparameters": hyperparameters,
-        # The architecture and its starting weights (file name and sha256 for pretrained ones).
-        "weights": weights,
-        "selection": (
-            "Optuna on val ROC AUC; final fit (train.ensemble members, averaged) early-stopped "
-            "on val ROC AUC"
-        ),
-        "ensemble_members": ensemble_members,
-        "validation": validation,
-        "tuning": tuning,
-        REGISTRY: asdict(registry),
-    }
+        output="probability of PNEUMONIA (sigmoid)",
+        preprocess=spec,
+        hyperparameters=hyperparameters,
+        weights=weights,
+        selection=SELECTION,
+        ensemble_members=ensemble_members,
+        validation=validation,
+        tuning=tuning,
+        mlflow={name: getattr(registry, name) for name in RegistryRecord.__dataclass_fields__},
+    )
 
 
-def write_model_card(path: Path, card: dict[str, Any]) -> None:
-    write_json(path, card)
+def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
+    """A card of the version before SCHEMA_VERSION in the next one: 0 -> 1 adds the key only."""
+    return {**raw, SCHEMA_VERSION_KEY: raw.get(SCHEMA_VERSION_KEY, 0) + 1}
 
 
-def read_model_card(path: Path, *, require_registry: bool = True) -> dict[str, Any]:
-    """The card as a dict, checked for the sections readers use."""
-    card = read_json_object(
+def write_model_card(path: Path, card: ModelCard) -> None:
+    write_json(path, card.as_json())
+
+
+def read_model_card(path: Path, *, require_registry: bool = True) -> ModelCard:
+    """The card, upgraded to SCHEMA_VERSION and checked for the sections readers use."""
+    raw = read_json_object(
         path,
         ModelCardError,
         missing="it holds the preprocess settings of the model beside it: run the train stage "
         "(dvc repro)",
-        fix="re-run the train stage",
+        fix=FIX,
     )
+    raw = current_form(raw, path, current=SCHEMA_VERSION, upgrade=upgrade, error=ModelCardError)
     required = (PREPROCESS, REGISTRY) if require_registry else (PREPROCESS,)
-    missing = [section for section in required if section not in card]
+    missing = [section for section in required if section not in raw]
     if missing:
-        raise ModelCardError(f"{path}: no {', '.join(missing)} section; re-run the train stage")
+        raise ModelCardError(f"{path}: no {', '.join(missing)} section; {FIX}")
+    card = validated(ModelCard, raw, path, ModelCardError, FIX)
     if require_registry:
-        card_registry(card, path)
+        card.registry(path)
     return card
 
 
-def card_registry(card: dict[str, Any], path: Path | str = "model.json") -> RegistryRecord:
-    """The card's registry section, every key present."""
-    section = card.get(REGISTRY)
-    names = [field.name for field in fields(RegistryRecord)]
-    missing = [name for name in names if not isinstance(section, dict) or name not in section]
-    if missing:
-        raise ModelCardError(
-            f"{path}: the {REGISTRY} section lacks {', '.join(missing)}; re-run the train stage"
-        )
-    return RegistryRecord(**{name: str(section[name] or "") for name in names})
+def card_registry(card: ModelCard, path: Path | str = "model.json") -> RegistryRecord:
+    """The card's registry section, every key present (ModelCard.registry)."""
+    return card.registry(path)
 
 
-def card_preprocess(card: dict[str, Any]) -> Any:
+def card_preprocess(card: ModelCard) -> Any:
     """The preprocess settings the model was trained with (imaging.transforms validates them)."""
-    return card.get(PREPROCESS)
-
-
-def registered_model(card: dict[str, Any]) -> dict[str, Any]:
-    """The registry's name, version and id of the carded Keras model (values may be None)."""
-    record = card.get(REGISTRY) or {}
-    return {key: record.get(key) for key in MODEL_KEYS}
+    return card.preprocess

@@ -1,50 +1,64 @@
 """models/threshold.json, the operating point: the threshold evaluate chose on val for one model,
-read by predict (a model file) and recorded in the served model."""
+read by predict (a model file) and recorded in the served model.
+
+Schema versions (SCHEMA_VERSION, `upgrade`):
+- 0: written before operating points were versioned, no `schema_version` key;
+- 1: the same keys, plus `schema_version: 1`, and an optional `site` (absent: the dataset's own
+  val split; the site-readiness work adds operating points chosen for a site).
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from pneumonia.contracts.files import file_sha256, read_json_object, write_json
-from pneumonia.contracts.model_card import MODEL_KEYS, registered_model
+from pneumonia.contracts.model_card import ModelCard
+from pneumonia.contracts.model_reference import MODEL_KEYS, REFERENCE_SHA256, ModelReference
+from pneumonia.contracts.versioning import SCHEMA_VERSION_KEY, current_form, validated
 from pneumonia.errors import PipelineError
 
-# The key of the operating point's `model` block that names the model file by content.
-MODEL_SHA256 = "sha256"
+SCHEMA_VERSION = 1
+FIX = "re-run the evaluate stage"
 
 
 class OperatingPointError(PipelineError, ValueError):
     """The operating point is missing, malformed, or belongs to another model."""
 
 
-@dataclass(frozen=True)
-class OperatingPoint:
+class OperatingPoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
     threshold: float
-    # MODEL_KEYS of the evaluated model, and MODEL_SHA256: its file's content hash
-    model: dict[str, Any] = field(default_factory=dict)
+    # The evaluated model, with REFERENCE_SHA256: its file's content hash.
+    model: ModelReference = Field(default_factory=ModelReference)
     rule: str | None = None
     val_sensitivity: float | None = None
     val_specificity: float | None = None
     evaluate_run_id: str | None = None
     serving_model: dict[str, Any] | None = None  # the served model registered with it
     chosen_on: str = "val"
+    site: str | None = None
+    schema_version: int = SCHEMA_VERSION
 
     def as_json(self) -> dict[str, Any]:
-        values = {
-            "threshold": self.threshold,
-            "rule": self.rule,
-            "chosen_on": self.chosen_on,
-            "val_sensitivity": self.val_sensitivity,
-            "val_specificity": self.val_specificity,
-            "model": self.model,
-            "evaluate_run_id": self.evaluate_run_id,
-        }
-        if self.serving_model is not None:
-            values["serving_model"] = self.serving_model
+        """The file's keys: those of before, `schema_version`, and `serving_model` and `site`
+        only when set."""
+        values = self.model_dump(mode="json", exclude={"model", "serving_model", "site"})
+        values["model"] = self.model.as_json()
+        for optional in ("serving_model", "site"):
+            if getattr(self, optional) is not None:
+                values[optional] = getattr(self, optional)
         return values
+
+
+def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
+    """An operating point of the version before SCHEMA_VERSION in the next one: 0 -> 1 adds the
+    key only (no site: the dataset's own val split)."""
+    return {**raw, SCHEMA_VERSION_KEY: raw.get(SCHEMA_VERSION_KEY, 0) + 1}
 
 
 def write_operating_point(path: Path, point: OperatingPoint) -> None:
@@ -52,34 +66,41 @@ def write_operating_point(path: Path, point: OperatingPoint) -> None:
 
 
 def read_operating_point(path: Path) -> OperatingPoint:
-    data = read_json_object(
+    raw = read_json_object(
         path,
         OperatingPointError,
         missing="the evaluate stage chooses the threshold: run dvc repro, or pass --threshold",
-        fix="re-run the evaluate stage",
+        fix=FIX,
     )
-    threshold = data.get("threshold")
+    threshold = raw.get("threshold")
     if (
         isinstance(threshold, bool)
         or not isinstance(threshold, (int, float))
         or not math.isfinite(threshold)
     ):
-        raise OperatingPointError(f"{path}: no numeric 'threshold'; re-run the evaluate stage")
-    known = {name for name in OperatingPoint.__dataclass_fields__ if name != "threshold"}
-    return OperatingPoint(
-        threshold=float(threshold),
-        **{key: value for key, value in data.items() if key in known and value is not None},
+        raise OperatingPointError(f"{path}: no numeric 'threshold'; {FIX}")
+    raw = current_form(
+        raw, path, current=SCHEMA_VERSION, upgrade=upgrade, error=OperatingPointError
+    )
+    # null optional values read as absent, as they always have.
+    known = {key: value for key, value in raw.items() if key in OperatingPoint.model_fields}
+    return validated(
+        OperatingPoint,
+        {key: value for key, value in known.items() if value is not None},
+        path,
+        OperatingPointError,
+        FIX,
     )
 
 
 def check_model_file(point: OperatingPoint, model_path: Path, point_path: Path) -> None:
     """The operating point must name this very file by its content hash: a threshold applies to
     the weights it was chosen for, not to whatever .keras file sits beside it."""
-    named = (point.model or {}).get(MODEL_SHA256)
+    named = point.model.sha256
     if not named:
         raise OperatingPointError(
             f"{point_path} does not name the model file it was chosen for (no "
-            f"model.{MODEL_SHA256}); re-run the evaluate stage (dvc repro), or pass --threshold"
+            f"model.{REFERENCE_SHA256}); re-run the evaluate stage (dvc repro), or pass --threshold"
         )
     actual = file_sha256(model_path)
     if actual != named:
@@ -91,11 +112,11 @@ def check_model_file(point: OperatingPoint, model_path: Path, point_path: Path) 
 
 
 def check_same_model(
-    card: dict[str, Any], point: OperatingPoint, card_path: Path, point_path: Path
+    card: ModelCard, point: OperatingPoint, card_path: Path, point_path: Path
 ) -> None:
     """The operating point must have been chosen for the carded model: after a re-train without
     evaluate, the old threshold belongs to the old model."""
-    trained, evaluated = registered_model(card), point.model or {}
+    trained, evaluated = card.registered_model(), point.model.as_json()
     for key in MODEL_KEYS[1:]:
         ours, theirs = trained.get(key), evaluated.get(key)
         if ours and theirs and str(ours) != str(theirs):

@@ -7,9 +7,10 @@ relative POSIX paths, so the same pure function serves folders and zip archives.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from pneumonia.contracts.labels import CLASSES
 from pneumonia.errors import PipelineError
@@ -150,3 +151,32 @@ def check_layout(discovery: Discovery, source_description: str) -> None:
             f"{source_description}: missing {', '.join(missing)} (found {found}). The dataset "
             "needs train/ and test/, each with NORMAL/ and PNEUMONIA/ images; val/ is optional."
         )
+
+
+def unexpected_entry(images_dir: Path) -> str | None:
+    """The first entry of `images_dir` that the download stage would not have laid out there, as
+    a path relative to it, else None. The stage lays out only <split>/<CLASS>/<image> (files or
+    links, with an image extension); the operating system's own files (.DS_Store) are allowed."""
+    expected = (set(SOURCE_SPLITS), set(CLASSES))
+    pending: list[tuple[Path, int]] = [(images_dir, 0)]
+    while pending:
+        folder, level = pending.pop()
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError as error:  # what cannot be read cannot be shown to be the layout
+            relative = folder.relative_to(images_dir).as_posix()
+            return f"{relative}/ (unreadable: {error.strerror or error})"
+        for entry in entries:
+            relative = Path(entry.path).relative_to(images_dir).as_posix()
+            if entry.name.lower() in _SYSTEM_FILES and not entry.is_dir(follow_symlinks=False):
+                continue
+            if level < 2:
+                if entry.is_symlink() or not entry.is_dir() or entry.name not in expected[level]:
+                    return f"{relative}{'/' if entry.is_dir() else ''}"
+                pending.append((Path(entry.path), level + 1))
+            elif entry.is_dir(follow_symlinks=False) or (
+                PurePosixPath(entry.name).suffix.lower() not in IMAGE_EXTENSIONS
+            ):
+                return f"{relative}{'/' if entry.is_dir(follow_symlinks=False) else ''}"
+    return None

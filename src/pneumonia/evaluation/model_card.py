@@ -10,15 +10,17 @@ import math
 from typing import Any
 
 from pneumonia.contracts.metrics_report import (
-    AT_THRESHOLD,
+    BOOTSTRAP,
+    CONFUSION,
     HEADLINE_METRICS,
-    HIGH,
-    LOW,
     THRESHOLD,
-    headline_key,
+    at_threshold,
+    headline_figure,
     headline_metrics,
+    measured,
+    threshold_rule,
 )
-from pneumonia.contracts.model_card import card_registry
+from pneumonia.contracts.model_card import ModelCard
 
 TITLE = "# Model card: pneumonia from pediatric chest X-rays"
 SECTIONS = (
@@ -35,6 +37,8 @@ METRIC_WORDS = {
     "specificity": "Specificity",
     "accuracy": "Accuracy",
 }
+# The val figures the threshold section names.
+VAL_RATES = ("sensitivity", "specificity")
 # Specificity lower on test than on val by more than this is called out as a gap.
 GAP = 0.05
 
@@ -45,11 +49,8 @@ def figure(value: float, digits: int = 3) -> str:
 
 def with_interval(headline: dict[str, float], split: str, metric: str, confidence: str) -> str:
     """'ROC AUC 0.949 (95% CI 0.932-0.965)'."""
-    value = headline[headline_key(split, metric)]
-    low, high = (
-        headline[headline_key(split, metric, LOW)],
-        headline[headline_key(split, metric, HIGH)],
-    )
+    measured_figure = headline_figure(headline, split, metric)
+    value, low, high = measured_figure.value, measured_figure.low, measured_figure.high
     return f"{METRIC_WORDS[metric]} {figure(value)} ({confidence} CI {figure(low)}-{figure(high)})"
 
 
@@ -65,10 +66,10 @@ def rule_in_words(rule: str) -> str:
     return f"a fixed threshold set in params.yaml (evaluate.threshold: {rule})"
 
 
-def network_in_words(train_card: dict[str, Any]) -> str:
+def network_in_words(train_card: ModelCard) -> str:
     """'The project's CNN, trained from scratch' or 'A densenet121 backbone from imagenet
     weights (file ..., sha256 ...)', from train's machine card."""
-    weights = train_card.get("weights") or {}
+    weights = train_card.weights or {}
     architecture = weights.get("architecture", "cnn")
     if architecture == "cnn":
         return "The project's CNN, trained from scratch"
@@ -89,41 +90,31 @@ def split_counts(section: dict[str, Any]) -> str:
 
 def model_card_markdown(
     report: dict[str, Any],
-    train_card: dict[str, Any],
+    train_card: ModelCard,
     served: dict[str, str] | None = None,
 ) -> str:
     """The card as Markdown, from evaluate's detail report (evaluation.report) and train's
     model.json; `served` names the served model's registered version when there is one."""
     headline = headline_metrics(report)
-    confidence = f"{report['bootstrap']['confidence'] * 100:g}%"
-    resamples = report["bootstrap"]["resamples"]
-    rule = str(report[THRESHOLD]["rule"])
-    threshold = headline[THRESHOLD]
-    registry = card_registry(train_card)
-    val_at, test_at = report["val"][AT_THRESHOLD], report["test"][AT_THRESHOLD]
-    confusion = test_at["confusion"]
-
-    val_specificity = headline[headline_key("val", "specificity")]
-    test_specificity = headline[headline_key("test", "specificity")]
-    gap = val_specificity - test_specificity
-    if math.isnan(gap):
-        gap_line = "the val and test specificity could not both be measured"
-    elif gap > GAP:
-        gap_line = (
-            f"specificity is {figure(val_specificity)} on val but {figure(test_specificity)} "
-            "on test, at the same threshold: a large gap"
-        )
-    else:
-        gap_line = (
-            f"specificity is {figure(val_specificity)} on val and {figure(test_specificity)} "
-            "on test, at the same threshold"
-        )
-
-    preprocess = train_card.get("preprocess", {})
-    hyperparameters = train_card.get("hyperparameters", {})
     lines = [
         TITLE,
         "",
+        opening_line(train_card, served),
+        "",
+        *INTENDED_USE,
+        *data_section(report),
+        *performance_section(report, headline),
+        *threshold_section(report, headline),
+        *limitations_section(headline),
+        *model_section(train_card),
+    ]
+    return "\n".join(lines)
+
+
+def opening_line(train_card: ModelCard, served: dict[str, str] | None) -> str:
+    """Which registered versions the card describes, and what it is written from."""
+    registry = train_card.registry()
+    return (
         f"Keras model `{registry.registered_model}` version {registry.version} "
         f"(model id `{registry.model_id}`, train run `{registry.run_id}`)"
         + (
@@ -133,18 +124,26 @@ def model_card_markdown(
             else ""
         )
         + ". Written by the evaluate stage from reports/evaluate/metrics_detail.json and "
-        "models/model.json; the figures below are the ones in reports/metrics.json.",
-        "",
-        SECTIONS[0],
-        "",
-        "- Research use only. Not a medical device; not for diagnosis or treatment decisions.",
-        "- Input: one frontal (anterior-posterior) chest X-ray of a child aged 1 to 5. Output: the "
-        "probability of pneumonia (bacterial or viral) against normal, and a label at the "
-        "operating threshold.",
-        "- Population: pediatric patients aged 1 to 5 at one hospital, Guangzhou Women and "
-        "Children's Medical Center (Kermany et al., Cell 2018). Other ages, hospitals, scanners "
-        "and adult chests are outside what was measured.",
-        "",
+        "models/model.json; the figures below are the ones in reports/metrics.json."
+    )
+
+
+INTENDED_USE = (
+    SECTIONS[0],
+    "",
+    "- Research use only. Not a medical device; not for diagnosis or treatment decisions.",
+    "- Input: one frontal (anterior-posterior) chest X-ray of a child aged 1 to 5. Output: the "
+    "probability of pneumonia (bacterial or viral) against normal, and a label at the "
+    "operating threshold.",
+    "- Population: pediatric patients aged 1 to 5 at one hospital, Guangzhou Women and "
+    "Children's Medical Center (Kermany et al., Cell 2018). Other ages, hospitals, scanners "
+    "and adult chests are outside what was measured.",
+    "",
+)
+
+
+def data_section(report: dict[str, Any]) -> list[str]:
+    return [
         SECTIONS[1],
         "",
         "- Source: the Kermany et al. chest X-ray set (Kaggle `paultimothymooney/"
@@ -154,10 +153,19 @@ def model_card_markdown(
         f"- Val (tuning, early stopping, threshold): {split_counts(report['val'])}.",
         f"- Test (measured once, never used to choose anything): {split_counts(report['test'])}.",
         "",
+    ]
+
+
+def performance_section(report: dict[str, Any], headline: dict[str, float]) -> list[str]:
+    """Test at the threshold with intervals and the confusion counts, then val."""
+    confidence = f"{report[BOOTSTRAP]['confidence'] * 100:g}%"
+    resamples = report[BOOTSTRAP]["resamples"]
+    confusion = at_threshold(report, "test")[CONFUSION]
+    return [
         SECTIONS[2],
         "",
-        f"At the operating threshold {figure(threshold, 4)}, with {confidence} confidence "
-        f"intervals from {resamples} bootstrap resamples of patients:",
+        f"At the operating threshold {figure(headline[THRESHOLD], 4)}, with {confidence} "
+        f"confidence intervals from {resamples} bootstrap resamples of patients:",
         "",
         *(
             f"- {with_interval(headline, 'test', metric, confidence)}"
@@ -175,18 +183,49 @@ def model_card_markdown(
         "Precision, F1, PR AUC, calibration (Brier, ECE) and test at 0.5 are in "
         "reports/evaluate/metrics_detail.json.",
         "",
+    ]
+
+
+def threshold_section(report: dict[str, Any], headline: dict[str, float]) -> list[str]:
+    threshold = headline[THRESHOLD]
+    rule = threshold_rule(report)
+    sensitivity, specificity = (measured(report, "val", name) for name in VAL_RATES)
+    return [
         SECTIONS[3],
         "",
         f"- Threshold {figure(threshold, 4)}: an image is called pneumonia when its probability "
         "is at or above it.",
         f"- Chosen on val by {rule_in_words(rule)} (evaluate.threshold: {rule}); test was not "
         "used to choose it.",
-        f"- On val it gives sensitivity {figure(val_at['sensitivity']['value'])} and specificity "
-        f"{figure(val_at['specificity']['value'])}.",
+        f"- On val it gives sensitivity {figure(sensitivity.value)} and specificity "
+        f"{figure(specificity.value)}.",
         "",
+    ]
+
+
+def specificity_gap(headline: dict[str, float]) -> str:
+    """The val-to-test specificity gap in words, called large above GAP."""
+    val_specificity = headline_figure(headline, "val", "specificity").value
+    test_specificity = headline_figure(headline, "test", "specificity").value
+    gap = val_specificity - test_specificity
+    if math.isnan(gap):
+        return "the val and test specificity could not both be measured"
+    if gap > GAP:
+        return (
+            f"specificity is {figure(val_specificity)} on val but {figure(test_specificity)} "
+            "on test, at the same threshold: a large gap"
+        )
+    return (
+        f"specificity is {figure(val_specificity)} on val and {figure(test_specificity)} "
+        "on test, at the same threshold"
+    )
+
+
+def limitations_section(headline: dict[str, float]) -> list[str]:
+    return [
         SECTIONS[4],
         "",
-        f"- Val is not test: {gap_line}. Val is carved from the official train "
+        f"- Val is not test: {specificity_gap(headline)}. Val is carved from the official train "
         "images, test is the dataset's own test split; a threshold chosen on val carries over "
         "imperfectly.",
         "- It over-calls normals: on another population or acquisition (another hospital, "
@@ -199,16 +238,23 @@ def model_card_markdown(
         "nor find other findings (effusion, nodules, tubes).",
         "- Research use only, not a medical device.",
         "",
+    ]
+
+
+def model_section(train_card: ModelCard) -> list[str]:
+    """The input the model takes, the network and its hyperparameters, how it was selected."""
+    spec = train_card.image_spec
+    hyperparameters = train_card.hyperparameters
+    return [
         SECTIONS[5],
         "",
-        f"- Input: {preprocess.get('image_size', '?')} px grayscale, resize "
-        f"`{preprocess.get('resize', '?')}`, CLAHE {preprocess.get('clahe', '?')}; raw uint8 "
+        f"- Input: {spec.image_size} px grayscale, resize "
+        f"`{spec.resize}`, CLAHE {spec.clahe}; raw uint8 "
         "pixels, normalisation inside the model.",
-        f"- {network_in_words(train_card)} ({train_card.get('ensemble_members', 1)} member(s), "
+        f"- {network_in_words(train_card)} ({train_card.ensemble_members} member(s), "
         "probabilities averaged; provenance in models/model.json); hyperparameters: "
         + ", ".join(f"{key} {value}" for key, value in sorted(hyperparameters.items()))
         + ".",
-        f"- Selection: {train_card.get('selection', 'see models/model.json')}.",
+        f"- Selection: {train_card.selection}.",
         "",
     ]
-    return "\n".join(lines)

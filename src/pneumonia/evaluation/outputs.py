@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pneumonia.contracts.labels import CLASSES
+from pneumonia.contracts.metrics_report import CONFUSION, VALUE
 from pneumonia.contracts.paths import Paths
 from pneumonia.evaluation.plots import (
     calibration_figure,
@@ -35,21 +36,19 @@ def write_figures(
     measured: dict[str, Any], tables: dict[str, pd.DataFrame], prevalence: float, folder: Path
 ) -> list[Path]:
     """PNG versions of the test curves and confusion matrix at the chosen threshold."""
-    operating_point = (1 - measured["specificity"]["value"], measured["sensitivity"]["value"])
+    operating_point = (1 - measured["specificity"][VALUE], measured["sensitivity"][VALUE])
     return [
-        roc_figure(
-            tables["roc"], measured["roc_auc"]["value"], operating_point, folder / "roc.png"
-        ),
+        roc_figure(tables["roc"], measured["roc_auc"][VALUE], operating_point, folder / "roc.png"),
         precision_recall_figure(
             tables["precision_recall"],
-            measured["pr_auc"]["value"],
+            measured["pr_auc"][VALUE],
             prevalence,
             folder / "precision_recall.png",
         ),
         calibration_figure(
-            tables["calibration"], measured["ece"]["value"], folder / "calibration.png"
+            tables["calibration"], measured["ece"][VALUE], folder / "calibration.png"
         ),
-        confusion_figure(measured["confusion"], CLASSES, folder / "confusion_matrix.png"),
+        confusion_figure(measured[CONFUSION], CLASSES, folder / "confusion_matrix.png"),
     ]
 
 

@@ -1,11 +1,30 @@
 """What evaluate records outside its files: the val and test datasets and metrics in MLflow
 against the trained model, the registry tags promotion compares, the served model (image bytes
 in, probability and label at the chosen threshold out), and the operating point that ties the
-threshold to the model it was chosen for."""
+threshold to the model it was chosen for.
+
+The workspace's evaluation (`dvc repro`, or `dvc exp run` in the workspace) and an experiment's
+(a queued or `--temp` `dvc exp run`, which DVC runs in a temporary copy and never applies to the
+workspace by itself) are recorded differently, so that an experiment cannot change what the
+workspace's registry entries say:
+
+- Both register a new served-model version carrying its own operating point (threshold, rule,
+  val figures, the evaluate run) and the sha256 of its settings.json.
+- The workspace's evaluation points `@<evaluate.alias>` at both versions and sets the Keras
+  version's operating-point tags (`threshold`, `threshold_rule`, the val figures): they are the
+  workspace's latest evaluation of that file, and what `predict --model models:/<keras>/<n>`
+  applies. It also records `threshold.<rule>` on the Keras version, one tag per rule, so
+  evaluating the same file under another rule keeps every rule's threshold.
+- An experiment's evaluation leaves the Keras version and the workspace's aliases alone: its
+  served version is tagged `dvc_experiment=<name>` and gets the alias `exp-<name>`; promote it
+  with `pneumonia promote --from exp-<name>`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import os
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +32,52 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pneumonia.config import EvaluateConfig
+from pneumonia.config import Config, EvaluateConfig
 from pneumonia.contracts import registry_tags
 from pneumonia.contracts.files import file_sha256
-from pneumonia.contracts.metrics_report import AT_0_5, AT_THRESHOLD, THRESHOLD, VALUE
-from pneumonia.contracts.model_card import card_preprocess, card_registry
-from pneumonia.contracts.operating_point import MODEL_SHA256, OperatingPoint
+from pneumonia.contracts.metrics_report import AT_0_5, at_threshold, chosen_threshold, measured
+from pneumonia.contracts.model_card import ModelCard
+from pneumonia.contracts.model_reference import ModelReference
+from pneumonia.contracts.operating_point import OperatingPoint
 from pneumonia.contracts.paths import Paths
 from pneumonia.evaluation.report import flat_metrics
+from pneumonia.inference.loading import SETTINGS_ARTIFACT
 from pneumonia.inference.serving import encode_png, log_serving_model
 from pneumonia.registry import describe_model, tag_version
 from pneumonia.tracking import StageRun
+
+
+def unapplied_experiment(config: Config, environ: Mapping[str, str] | None = None) -> str | None:
+    """The name of the DVC experiment this stage runs in when its results do not land in the
+    workspace: DVC_EXP_NAME, set by `dvc exp run`, while the stage runs in a DVC temporary
+    workspace (a queued or --temp run) rather than in the project (DVC_ROOT, the project's root
+    DVC gives the stage, names the workspace). None for `dvc repro` and for `dvc exp run` in the
+    workspace."""
+    environ = os.environ if environ is None else environ
+    name = environ.get("DVC_EXP_NAME")
+    if not name:
+        return None
+    workspace = config.workspace.resolve()
+    root = environ.get("DVC_ROOT")
+    elsewhere = root is not None and Path(root).resolve() != workspace
+    return name if elsewhere or workspace != config.project_root.resolve() else None
+
+
+def settings_sha256(model_id: str) -> str:
+    """The sha256 of the served model's settings.json as the artifact store holds it."""
+    location = mlflow.get_logged_model(model_id).artifact_location.rstrip("/")
+    with tempfile.TemporaryDirectory() as scratch:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{location}/{SETTINGS_ARTIFACT}", dst_path=scratch
+        )
+        return file_sha256(Path(local))
 
 
 def publish_evaluation(
     run: StageRun,
     settings: EvaluateConfig,
     paths: Paths,
-    card: dict[str, Any],
+    card: ModelCard,
     report: dict[str, Any],
     indexes: dict[str, pd.DataFrame],
     example_image: np.ndarray,
@@ -38,11 +85,73 @@ def publish_evaluation(
 ) -> OperatingPoint:
     """Log, tag and register what evaluate measured; returns the operating point to write.
     `limits` are the served model's input limits (params.yaml's preprocess.max_pixels and
-    max_file_bytes)."""
-    trained = card_registry(card)
-    threshold = report[THRESHOLD][VALUE]
-    val_at_threshold = report["val"][AT_THRESHOLD]
-    test_at_threshold = report["test"][AT_THRESHOLD]
+    max_file_bytes). Inside an experiment that is not the workspace's (unapplied_experiment),
+    the workspace's aliases and the Keras version's tags are left alone (module docstring)."""
+    experiment = unapplied_experiment(run.config)
+    trained = card.registry()
+    threshold = chosen_threshold(report)
+    datasets = log_measured(run, paths, report, indexes, trained.model_id or None)
+    point = OperatingPoint(
+        threshold=threshold,
+        rule=str(settings.threshold),
+        val_sensitivity=measured(report, "val", "sensitivity").value,
+        val_specificity=measured(report, "val", "specificity").value,
+        model=ModelReference(**trained.model, sha256=file_sha256(paths.model)),
+        evaluate_run_id=run.run_id,
+    )
+    val_roc_auc = measured(report, "val", "roc_auc").value
+    tags = version_tags(threshold, point, val_roc_auc, datasets["val"].digest)
+    if experiment is None:
+        figure = registry_tags.format_figure(threshold)
+        rule_tag = {registry_tags.rule_threshold_tag(point.rule): figure}
+        tag_version(trained.registered_model, trained.version, settings.alias, {**tags, **rule_tag})
+    served = log_serving_model(
+        paths.model,
+        threshold,
+        card.preprocess,
+        settings.serving_model_name,
+        source=point.model.as_json(),
+        example_image=encode_png(example_image),
+        limits=limits,
+    )
+    served_alias = (
+        settings.alias if experiment is None else registry_tags.experiment_alias(experiment)
+    )
+    tag_version(
+        settings.serving_model_name,
+        served.version,
+        served_alias,
+        {
+            **tags,
+            **registry_tags.ServedVersionTags(
+                source_model=trained.registered_model,
+                source_model_version=trained.version,
+                source_model_id=trained.model_id,
+                settings_sha256=settings_sha256(served.model_id),
+                dvc_experiment=experiment,
+            ).tags(),
+        },
+    )
+    serving_model = {
+        "registered_model": settings.serving_model_name,
+        "version": served.version,
+        "model_id": served.model_id,
+        "alias": served_alias,
+    }
+    if experiment is not None:
+        serving_model[registry_tags.DVC_EXPERIMENT] = experiment
+    return point.model_copy(update={"serving_model": serving_model})
+
+
+def log_measured(
+    run: StageRun,
+    paths: Paths,
+    report: dict[str, Any],
+    indexes: dict[str, pd.DataFrame],
+    model_id: str | None,
+) -> dict[str, Any]:
+    """The val and test datasets, and the figures measured on each against the trained model;
+    returns the logged datasets by split."""
     datasets = {
         name: run.log_dataset(index, paths.processed_split(name), name, context)
         for name, index, context in (
@@ -50,70 +159,41 @@ def publish_evaluation(
             ("test", indexes["test"], "test"),
         )
     }
-    model_id = trained.model_id or None
     mlflow.log_metrics(
-        flat_metrics(val_at_threshold, "val"), model_id=model_id, dataset=datasets["val"]
+        flat_metrics(at_threshold(report, "val"), "val"),
+        model_id=model_id,
+        dataset=datasets["val"],
     )
     mlflow.log_metrics(
         {
-            **flat_metrics(test_at_threshold, "test"),
-            **flat_metrics(report["test"][AT_0_5], "test_at_0.5"),
+            **flat_metrics(at_threshold(report, "test"), "test"),
+            **flat_metrics(at_threshold(report, "test", AT_0_5), "test_at_0.5"),
         },
         model_id=model_id,
         dataset=datasets["test"],
     )
-    point = OperatingPoint(
+    return datasets
+
+
+def version_tags(
+    threshold: float, point: OperatingPoint, val_roc_auc: float, val_digest: str
+) -> dict[str, str]:
+    """What `pneumonia promote` compares (val only) and `pneumonia predict` reads (threshold),
+    with figures as registry_tags.format_figure writes them (what promote reads back)."""
+    return registry_tags.OperatingPointTags(
         threshold=threshold,
-        rule=str(settings.threshold),
-        val_sensitivity=val_at_threshold["sensitivity"][VALUE],
-        val_specificity=val_at_threshold["specificity"][VALUE],
-        model={**trained.model, MODEL_SHA256: file_sha256(paths.model)},
-        evaluate_run_id=run.run_id,
-    )
-    # What `pneumonia promote` compares (val only) and `pneumonia predict` reads (threshold).
-    version_tags = {
-        registry_tags.THRESHOLD: threshold,
-        registry_tags.THRESHOLD_RULE: point.rule,
-        registry_tags.VAL_ROC_AUC: val_at_threshold["roc_auc"][VALUE],
-        registry_tags.VAL_SENSITIVITY: point.val_sensitivity,
-        registry_tags.VAL_SPECIFICITY: point.val_specificity,
-        registry_tags.VAL_DATASET_DIGEST: datasets["val"].digest,
-        registry_tags.EVALUATE_RUN_ID: run.run_id,
-    }
-    tag_version(trained.registered_model, trained.version, settings.alias, version_tags)
-    served = log_serving_model(
-        paths.model,
-        threshold,
-        card_preprocess(card),
-        settings.serving_model_name,
-        source=point.model,
-        example_image=encode_png(example_image),
-        limits=limits,
-    )
-    tag_version(
-        settings.serving_model_name,
-        served.version,
-        settings.alias,
-        {
-            **version_tags,
-            registry_tags.SOURCE_MODEL: trained.registered_model,
-            registry_tags.SOURCE_MODEL_VERSION: trained.version,
-            registry_tags.SOURCE_MODEL_ID: trained.model_id,
-        },
-    )
-    return replace(
-        point,
-        serving_model={
-            "registered_model": settings.serving_model_name,
-            "version": served.version,
-            "model_id": served.model_id,
-        },
-    )
+        threshold_rule=point.rule,
+        val_roc_auc=val_roc_auc,
+        val_sensitivity=point.val_sensitivity,
+        val_specificity=point.val_specificity,
+        val_dataset_digest=val_digest,
+        evaluate_run_id=point.evaluate_run_id,
+    ).tags()
 
 
-def run_tags(card: dict[str, Any]) -> dict[str, str]:
+def run_tags(card: ModelCard) -> dict[str, str]:
     """Tags of the evaluate run that name the trained model it measured."""
-    trained = card_registry(card)
+    trained = card.registry()
     return {
         "train_run_id": trained.run_id,
         "model_id": trained.model_id,
@@ -124,7 +204,9 @@ def run_tags(card: dict[str, Any]) -> dict[str, str]:
 
 def describe_models(settings: EvaluateConfig, point: OperatingPoint, card_markdown: str) -> None:
     """The model card as the description of both registered versions (the Keras model and the
-    served one), and a one-line description of the served model's registry entry."""
+    served one), and a one-line description of the served model's registry entry. An
+    experiment's evaluation describes only its own served version: the Keras version's
+    description stays the workspace's."""
     describe_model(
         settings.serving_model_name,
         "The trained network with its operating threshold, served by `mlflow models serve`: PNG or "
@@ -133,11 +215,27 @@ def describe_models(settings: EvaluateConfig, point: OperatingPoint, card_markdo
         version=point.serving_model["version"],
         version_description=card_markdown,
     )
+    if registry_tags.DVC_EXPERIMENT in point.serving_model:
+        return
     describe_model(
-        point.model["registered_model"],
+        point.model.registered_model,
         None,
-        version=point.model["version"],
+        version=point.model.version,
         version_description=card_markdown,
+    )
+
+
+def registered_summary(settings: EvaluateConfig, point: OperatingPoint) -> str:
+    """The end of evaluate's summary line: what it registered and which aliases it moved."""
+    keras = f"{point.model.registered_model} v{point.model.version}"
+    served = point.serving_model or {}
+    name = f"{settings.serving_model_name} v{served.get('version')}"
+    experiment = served.get(registry_tags.DVC_EXPERIMENT)
+    if experiment is None:
+        return f"; {keras} and {name} are @{settings.alias}"
+    return (
+        f"; experiment {experiment}: {name} is @{served.get('alias')} (the workspace's "
+        f"@{settings.alias} and the tags of {keras} are left as they were)"
     )
 
 

@@ -20,11 +20,12 @@ from pneumonia.config import (
     ConfigError,
     PreprocessConfig,
 )
+from pneumonia.contracts.image_spec import IMAGE_SPEC_KEYS, ImageSpec
 from pneumonia.errors import PipelineError
 from pneumonia.imaging.decode import ImageDecodeError, file_size_problem, load_grayscale
 
 # The settings a trained model needs to preprocess new images the same way.
-MODEL_INPUT_KEYS = ("image_size", "resize", "clahe", "clahe_clip_limit", "clahe_tile_grid")
+MODEL_INPUT_KEYS = IMAGE_SPEC_KEYS
 # The input limits: they refuse images but change no pixel of those they let through.
 INPUT_LIMIT_KEYS = ("max_pixels", "max_file_bytes")
 
@@ -115,8 +116,7 @@ def preprocess_bytes(
 
 def model_input_settings(config: PreprocessConfig) -> dict[str, Any]:
     """What a model card records of the preprocess settings: those that change the pixels."""
-    settings = config.model_dump()
-    return {key: settings[key] for key in MODEL_INPUT_KEYS}
+    return ImageSpec.of(config).as_json()
 
 
 def input_limits(config: PreprocessConfig) -> dict[str, int]:

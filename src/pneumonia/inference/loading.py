@@ -2,33 +2,52 @@
 
 Used by evaluate and shift-check (a model file and its card), by predict (a file, or any MLflow
 model URI of the served pyfunc or the Keras flavor) and by the served model.
+
+A served model's operating point is tied to the registry: evaluate records its settings.json's
+sha256 (`settings_sha256`) and its threshold (`threshold`) as tags of the version it registers,
+and loading refuses a served model whose settings.json differs from what its version records
+(check_served_settings; the served model's own load calls check_served_model).
 """
 
 from __future__ import annotations
 
+import atexit
+import math
+import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import keras
 
 from pneumonia.config import PreprocessConfig
 from pneumonia.contracts import registry_tags
-from pneumonia.contracts.model_card import ModelCardError, card_preprocess, read_model_card
+from pneumonia.contracts.files import file_sha256
+from pneumonia.contracts.model_card import ModelCard, ModelCardError, read_model_card
 from pneumonia.contracts.operating_point import (
     check_model_file,
     check_same_model,
     read_operating_point,
 )
 from pneumonia.contracts.paths import MODEL_CARD_FILE, THRESHOLD_FILE
+from pneumonia.contracts.served_settings import (
+    SETTINGS_FILE,
+    ServedSettingsError,
+    read_served_settings,
+)
 from pneumonia.imaging.transforms import config_from_settings
 from pneumonia.inference.classifier import Classifier, PredictionError
+from pneumonia.redaction import redact_text, redact_url, tracking_urls
 
 # MLflow URIs name a scheme (models:/, runs:/, file://, s3://, ...); a bare path does not.
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))/?$")
+# Where the served model's settings (threshold, preprocess settings, input limits) sit in its
+# model folder: MLflow keeps a pyfunc's artifacts under artifacts/<file name>, and
+# inference.serving logs them as settings.json.
+SETTINGS_ARTIFACT = f"artifacts/{SETTINGS_FILE}"
 
 
 @dataclass(frozen=True)
@@ -36,7 +55,7 @@ class CardedModel:
     """A saved Keras model with its model card and the preprocess settings the card records."""
 
     model: keras.Model
-    card: dict[str, Any]
+    card: ModelCard
     preprocess: PreprocessConfig
     path: Path
 
@@ -66,7 +85,7 @@ def load_carded_model(model_path: Path, missing: str = NOT_TRAINED) -> CardedMod
         load_keras_model(model_path, missing)  # the clear "not found" error, before the card's
     card_path = model_path.with_name(MODEL_CARD_FILE)
     card = read_model_card(card_path)
-    preprocess = config_from_settings(card_preprocess(card), card_path)
+    preprocess = config_from_settings(card.preprocess, card_path)
     return CardedModel(load_keras_model(model_path, missing), card, preprocess, model_path)
 
 
@@ -83,8 +102,19 @@ def load_model_file(model_path: Path, threshold: float | None = None) -> Classif
         check_same_model(card, point, card_path, threshold_path)
         check_model_file(point, model_path, threshold_path)
         threshold = point.threshold
-    preprocess = config_from_settings(card_preprocess(card), card_path)
+    preprocess = config_from_settings(card.preprocess, card_path)
     return Classifier(load_keras_model(model_path), threshold, preprocess, str(model_path))
+
+
+def _quiet(text: object) -> str:
+    """Text for a message: any password of a store URL masked."""
+    return redact_text(str(text), *tracking_urls())
+
+
+def _store() -> str:
+    import mlflow
+
+    return redact_url(mlflow.get_tracking_uri())
 
 
 def _registered_version(uri: str, run_id: str | None):
@@ -108,6 +138,106 @@ def _registered_version(uri: str, run_id: str | None):
     return max(versions, key=lambda version: int(version.version), default=None)
 
 
+def _tag_threshold(version, uri: str) -> float:
+    text = version.tags[registry_tags.THRESHOLD]
+    value = registry_tags.OperatingPointTags.from_tags(version.tags).threshold
+    if value is None:
+        raise PredictionError(
+            f"{uri}: {version.name} v{version.version} has '{registry_tags.THRESHOLD}' tag "
+            f"{text!r}, not a decimal in [0, 1]; re-run the evaluate stage, or pass --threshold"
+        )
+    return value
+
+
+def settings_problem(settings_path: Path, tags: dict[str, str]) -> str | None:
+    """Why a served model's settings.json is not what its registry version records (the
+    `settings_sha256` and `threshold` tags evaluate set), or None when it is. A version that
+    records neither (registered before evaluate recorded them) has nothing to compare."""
+    recorded = registry_tags.ServedVersionTags.recorded_settings_sha256(tags)
+    if recorded:
+        actual = file_sha256(settings_path)
+        if actual != recorded:
+            return (
+                f"its settings.json has sha256 {actual[:12]}... but the registry recorded "
+                f"{recorded[:12]}... when it was registered"
+            )
+    text = tags.get(registry_tags.THRESHOLD)
+    if text is None:
+        return None
+    expected = registry_tags.OperatingPointTags.from_tags(tags).threshold
+    if expected is None:
+        return (
+            f"the registry's '{registry_tags.THRESHOLD}' tag is {text!r}, not a decimal in [0, 1]"
+        )
+    try:
+        threshold = read_served_settings(settings_path).threshold
+    except (OSError, ServedSettingsError):
+        return "its settings.json has no readable threshold"
+    if not math.isclose(threshold, expected, rel_tol=1e-9, abs_tol=1e-12):
+        return (
+            f"its settings.json threshold is {threshold!r} but the registry's "
+            f"'{registry_tags.THRESHOLD}' tag is {text}"
+        )
+    return None
+
+
+def check_served_settings(settings_path: Path, versions: list, source: str) -> None:
+    """Refuse a served model whose settings.json differs from what any of its registry
+    `versions` records (settings_problem); `source` names it in the message."""
+    for version in versions:
+        problem = settings_problem(settings_path, dict(version.tags))
+        if problem:
+            raise PredictionError(
+                f"{source}: {version.name} v{version.version}: {problem}; the served model's "
+                "files were changed after registration, so its threshold is not the one the "
+                "registry records: re-register it with the evaluate stage (dvc repro)"
+            )
+
+
+def registered_versions_of_folder(model_folder: Path) -> list:
+    """The registry versions registered from the logged model in `model_folder` (its MLmodel
+    names the run and the model id)."""
+    import mlflow
+    from mlflow.models import Model
+
+    meta = Model.load(str(model_folder))
+    if not meta.run_id:
+        return []
+    model_id = getattr(meta, "model_id", None)
+    versions = mlflow.MlflowClient().search_model_versions(f"run_id = '{meta.run_id}'")
+    if model_id:
+        versions = [
+            version
+            for version in versions
+            if getattr(version, "model_id", None) == model_id
+            or version.source == f"models:/{model_id}"
+        ]
+    return versions
+
+
+def check_served_model(settings_path: Path) -> None:
+    """For the served model's load (inference.serving's load_context, given the local path of
+    its settings artifact): refuse settings that differ from what the registry recorded for
+    this model's versions. Checked when MLFLOW_TRACKING_URI names a registry (as it does for
+    `mlflow models serve -m models:/...`); a model folder served without one has no record to
+    compare with."""
+    from mlflow.exceptions import MlflowException
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    folder = settings_path.parent.parent
+    if not (folder / "MLmodel").is_file():
+        return
+    try:
+        versions = registered_versions_of_folder(folder)
+    except MlflowException as error:
+        raise PredictionError(
+            f"served model ({folder}): cannot read its registry record in {_store()} to check "
+            f"its threshold ({_quiet(error)}); check MLFLOW_TRACKING_URI"
+        ) from error
+    check_served_settings(settings_path, versions, f"served model ({folder})")
+
+
 def _load_keras_flavor(uri: str, info, threshold: float | None) -> Classifier:
     import mlflow
 
@@ -119,7 +249,8 @@ def _load_keras_flavor(uri: str, info, threshold: float | None) -> Classifier:
                 "the evaluate stage); pass --threshold, or use the served model "
                 "(models:/pneumonia-classifier@candidate), which carries its threshold"
             )
-        threshold = float(version.tags[registry_tags.THRESHOLD])
+        # The workspace's latest evaluation of this file (evaluation.publishing).
+        threshold = _tag_threshold(version, uri)
     # The train run logs the model card beside the model; it holds the preprocess settings.
     with tempfile.TemporaryDirectory() as scratch:
         try:
@@ -129,21 +260,32 @@ def _load_keras_flavor(uri: str, info, threshold: float | None) -> Classifier:
         except Exception as error:  # MlflowException or OSError, depending on the store
             raise PredictionError(
                 f"{uri}: cannot read {MODEL_CARD_FILE} (the preprocess settings) from run "
-                f"{info.run_id}: {error}"
+                f"{info.run_id}: {_quiet(error)}"
             ) from error
         try:
             card = read_model_card(Path(card_file), require_registry=False)
         except ModelCardError as error:
             raise PredictionError(f"{uri}: run {info.run_id}: {error}") from error
-    preprocess = config_from_settings(card_preprocess(card), f"{uri} ({MODEL_CARD_FILE})")
+    preprocess = config_from_settings(card.preprocess, f"{uri} ({MODEL_CARD_FILE})")
     model = mlflow.keras.load_model(uri)
     return Classifier(model, threshold, preprocess, uri)
+
+
+def _download_model(uri: str) -> Path:
+    """The model folder a URI names, downloaded into a folder removed when the process ends
+    (MLflow puts the served model's code folder on sys.path, so it must outlive the load)."""
+    import mlflow
+
+    folder = tempfile.mkdtemp(prefix="pneumonia-model-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder))
 
 
 def load_mlflow_model(uri: str, threshold: float | None = None) -> Classifier:
     """An MLflow model URI (models:/name/version, models:/name@alias, models:/<model id>,
     runs:/<run id>/<name>, a local model folder URI): the served pyfunc, which carries its
-    threshold and preprocess settings, or the Keras flavor logged by train."""
+    threshold and preprocess settings (checked against its registry version), or the Keras
+    flavor logged by train."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -151,18 +293,28 @@ def load_mlflow_model(uri: str, threshold: float | None = None) -> Classifier:
         info = mlflow.models.get_model_info(uri)
     except (MlflowException, OSError) as error:
         raise PredictionError(
-            f"{uri}: cannot load this MLflow model ({error}); check the URI and "
-            f"MLFLOW_TRACKING_URI (tracking store {mlflow.get_tracking_uri()})"
+            f"{uri}: cannot load this MLflow model ({_quiet(error)}); check the URI and "
+            f"MLFLOW_TRACKING_URI (tracking store {_store()})"
         ) from error
     if "keras" in info.flavors:
         return _load_keras_flavor(uri, info, threshold)
     try:
-        loaded = mlflow.pyfunc.load_model(uri)
+        folder = _download_model(uri)
+        settings = folder / SETTINGS_ARTIFACT
+        if settings.is_file():
+            match = _REGISTERED.match(uri)
+            versions = (
+                [_registered_version(uri, info.run_id)]
+                if match
+                else registered_versions_of_folder(folder)
+            )
+            check_served_settings(settings, versions, uri)
+        loaded = mlflow.pyfunc.load_model(str(folder))
     except (MlflowException, ImportError, OSError) as error:
         raise PredictionError(
-            f"{uri}: MLflow cannot load this model ({error}); a served model logged by another "
-            "version of this project may need that version's code (mlflow models serve with "
-            "--env-manager virtualenv)"
+            f"{uri}: MLflow cannot load this model ({_quiet(error)}); a served model logged by "
+            "another version of this project may need that version's code (mlflow models "
+            "serve with --env-manager virtualenv)"
         ) from error
     wrapped = loaded.unwrap_python_model() if "python_function" in info.flavors else None
     # The served pyfunc (inference.serving) holds a Classifier; matched by what it holds, so

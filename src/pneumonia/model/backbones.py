@@ -27,8 +27,11 @@ import keras
 from keras import layers
 from keras.src.applications import convnext, densenet, efficientnet_v2, mobilenet_v3, resnet
 
-from pneumonia.config import IMAGENET, NO_WEIGHTS, ConfigError, ModelConfig
+from pneumonia.config import BACKBONE_MIN_IMAGE_SIZE, IMAGENET, NO_WEIGHTS, ModelConfig
 from pneumonia.contracts.files import file_sha256
+
+# WeightsError is defined with the file checks; it is imported from here as before.
+from pneumonia.model.weights_file import WeightsError, check_weights_file
 
 # This module's layers around the backbone: everything else in a backbone model is the backbone.
 OWN_LAYERS = (
@@ -63,7 +66,7 @@ def _backbone(constructor, preprocessing: str, url: str, file_hash: str | None) 
     return Backbone(constructor, preprocessing, url.rsplit("/", 1)[1], url, file_hash)
 
 
-BACKBONES = {
+_APPLICATIONS = {
     "densenet121": _backbone(
         keras.applications.DenseNet121,
         "torch",
@@ -96,10 +99,9 @@ BACKBONES = {
         mobilenet_v3.WEIGHTS_HASHES["small_224_1.0_float"][1],
     ),
 }
-
-
-class WeightsError(ConfigError):
-    """train.model.weights cannot be had; the message names the file and the fix."""
+# The names are the registry's (config.architectures, which the schema reads too), in its order:
+# a backbone the schema accepts and nothing builds fails here, at import, not in a trial.
+BACKBONES = {name: _APPLICATIONS[name] for name in BACKBONE_MIN_IMAGE_SIZE}
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,8 @@ def keras_cache_dir() -> Path:
 def resolve_weights(model: ModelConfig, project_root: Path) -> WeightsFile | None:
     """The weights file of train.model.weights, checked before any data is read: None for the
     cnn and for `none`; for `imagenet`, Keras's cached file (downloaded once if missing); else
-    the named file (a relative path is under the project root)."""
+    the named file (a relative path is under the project root), checked within bounds and
+    against the backbone from its metadata (model.weights_file) before Keras reads any of it."""
     if not model.is_backbone or model.weights == NO_WEIGHTS:
         return None
     if model.weights == IMAGENET:
@@ -161,6 +164,14 @@ def resolve_weights(model: ModelConfig, project_root: Path) -> WeightsFile | Non
                 f"params.yaml: 'train.model.weights' {path} is not a .h5 weights file; give a "
                 "Keras Applications .h5 (as keras caches the imagenet ones) or a .weights.h5"
             )
+        backbone = BACKBONES[model.architecture]
+        # Weight shapes do not depend on the input size without the top: the smallest is built.
+        size = BACKBONE_MIN_IMAGE_SIZE[model.architecture]
+        check_weights_file(
+            path,
+            lambda: _application(backbone, None, size, None),
+            f"{backbone.constructor.__name__}(include_top=False)",
+        )
     return WeightsFile(model.weights, path, file_sha256(path))
 
 
@@ -248,7 +259,7 @@ def build_backbone_model(
     legacy = weights is not None and not weights.path.name.endswith(".weights.h5")
     try:
         application = _application(backbone, x, image_size, str(weights.path) if legacy else None)
-    except ValueError as error:  # Keras's message for a file of another model
+    except (ValueError, OSError) as error:  # Keras's message for a file of another model
         if not legacy:
             raise
         raise WeightsError(

@@ -27,6 +27,7 @@ from pneumonia.config import (
     TrainConfig,
     resolve_workers,
 )
+from pneumonia.console import uses_mixed_precision
 from pneumonia.contracts.arrays import IMAGES_FILE, ProcessedDataError, load_split
 from pneumonia.model.backbones import WeightsFile, freeze_backbone, unfreeze_backbone
 from pneumonia.model.dataset import class_weights, make_dataset
@@ -58,7 +59,7 @@ def configure_runtime(seed: int, mixed_precision: str) -> dict[str, str]:
     """Seed everything, pick the precision policy for the device; returns device facts."""
     seed_everything(seed)
     gpus = tf.config.list_physical_devices("GPU")
-    policy = "mixed_float16" if gpus and mixed_precision == "auto" else "float32"
+    policy = "mixed_float16" if uses_mixed_precision(len(gpus), mixed_precision) else "float32"
     keras.mixed_precision.set_global_policy(policy)
     build = tf.sysconfig.get_build_info()
     return {
@@ -133,21 +134,6 @@ def compile_model(
             keras.metrics.AUC(name="auc", num_thresholds=1000),
         ],
     )
-
-
-def compiled_model(
-    image_size: int,
-    hyperparameters: Hyperparameters,
-    label_smoothing: float = 0.0,
-    schedule: str = "constant",
-    decay_steps: int | None = None,
-    weights: WeightsFile | None = None,
-) -> keras.Model:
-    """The model built to train (fused batch norm) and compiled with every layer trainable (a
-    backbone as if unfrozen)."""
-    model = build_model(image_size, hyperparameters.model, weights, fused_batch_norm=True)
-    compile_model(model, hyperparameters.optimizer, label_smoothing, schedule, decay_steps)
-    return model
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):

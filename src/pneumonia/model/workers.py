@@ -15,15 +15,13 @@ import socket
 import zlib
 from dataclasses import dataclass
 
-import mlflow
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from pneumonia.config import Config, ConfigError
-from pneumonia.model.backbones import resolve_weights, weights_params
-from pneumonia.model.training import configure_runtime, load_training_splits
-from pneumonia.model.tuning import create_study, loggable_train_params, make_objective, redact_url
+from pneumonia.config import Config, ConfigError, TuningConfig
+from pneumonia.model.training_setup import prepare_training, start_training_run
+from pneumonia.model.tuning import create_study, make_objective, redact_url
 from pneumonia.tracking import stage_run
 
 STAGE = "tune-worker"
@@ -67,17 +65,11 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return max(complete, key=lambda trial: trial.value) if complete else None
 
 
-def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -> WorkerResult:
-    """Join the study named by `train.tuning.study_name` and run trials.
-
-    Stops after `n_trials` trials of its own, once the study holds `study_trials` finished
-    (complete or pruned) trials from every worker, or after `train.tuning.timeout` seconds,
-    whichever comes first. With both counts None, it runs `train.tuning.n_trials` trials. Several
-    workers stopping on `study_trials` may overshoot it by up to one trial each: a worker that
-    is mid-trial when the count is reached finishes that trial.
-    """
-    settings = config.train
-    tuning = settings.tuning
+def trials_to_run(
+    tuning: TuningConfig, n_trials: int | None, study_trials: int | None
+) -> int | None:
+    """The worker's own trial limit, after checking the study name and both counts: `n_trials`,
+    or `train.tuning.n_trials` when neither count is given."""
     if not tuning.study_name:
         raise ConfigError(
             "params.yaml: 'train.tuning.study_name' is empty; workers share a study by its name "
@@ -93,9 +85,22 @@ def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -
                 "params.yaml: 'train.tuning.n_trials' is 0; pass --n-trials or --study-trials "
                 "to say how many trials the worker runs"
             )
-    # A backbone's weights before the data: a missing file is one line, not a failed trial.
-    weights = resolve_weights(settings.model, config.project_root)
-    train, val = load_training_splits(config)
+    return n_trials
+
+
+def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -> WorkerResult:
+    """Join the study named by `train.tuning.study_name` and run trials.
+
+    Stops after `n_trials` trials of its own, once the study holds `study_trials` finished
+    (complete or pruned) trials from every worker, or after `train.tuning.timeout` seconds,
+    whichever comes first. With both counts None, it runs `train.tuning.n_trials` trials. Several
+    workers stopping on `study_trials` may overshoot it by up to one trial each: a worker that
+    is mid-trial when the count is reached finishes that trial.
+    """
+    settings = config.train
+    tuning = settings.tuning
+    n_trials = trials_to_run(tuning, n_trials, study_trials)
+    setup = prepare_training(config, STAGE)
     seed = worker_seed(settings.seed)
     # study_name is set (checked above): the workers' shared study keeps its name.
     study = create_study(settings, config.project_root, STAGE, seed=seed)
@@ -106,12 +111,9 @@ def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -
     callbacks = [lambda _, trial: ran.append(trial)]
     if study_trials is not None:
         callbacks.append(MaxTrialsCallback(study_trials, states=FINISHED))
-    params = {
-        "train": loggable_train_params(config.params["train"]),
-        "preprocess.image_size": train.images.shape[1],
-        "worker": {"n_trials": n_trials, "study_trials": study_trials, "sampler_seed": seed},
-        **weights_params(weights),
-    }
+    params = setup.run_params(
+        config, worker={"n_trials": n_trials, "study_trials": study_trials, "sampler_seed": seed}
+    )
     tags = {
         "optuna_study": study.study_name,
         "optuna_storage": redact_url(tuning.storage),
@@ -119,11 +121,16 @@ def run_worker(config: Config, n_trials: int | None, study_trials: int | None) -
         "worker_pid": str(os.getpid()),
     }
     with stage_run(STAGE, config, params, tags) as run:
-        mlflow.set_tags(configure_runtime(settings.seed, settings.mixed_precision))
-        run.log_hashes("input", [config.paths.processed_split(name) for name in ("train", "val")])
+        start_training_run(run, config)
         study.optimize(
             make_objective(
-                settings, train, val, run.run_id, stage=STAGE, planned=n_trials, weights=weights
+                settings,
+                setup.train,
+                setup.val,
+                run.run_id,
+                stage=STAGE,
+                planned=n_trials,
+                weights=setup.weights,
             ),
             n_trials=n_trials,
             timeout=tuning.timeout or None,

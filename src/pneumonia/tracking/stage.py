@@ -1,19 +1,11 @@
-"""MLflow tracking shared by every stage: one run per stage execution, in one local store.
-
-The store is a SQLite database under ``<project>/mlruns/`` with artifacts beside it, resolved
-from the project root, so ``dvc exp run --temp`` and ``--queue`` (which run in
-``<project>/.dvc/tmp/exps/...``) log to the same place. ``MLFLOW_TRACKING_URI`` overrides it,
-for example with a shared tracking server (``http://host:5000``), which then chooses where
-artifacts go.
-"""
+"""The stage run itself: the project's experiment (configure), one MLflow run per stage execution
+(stage_run) with its params, provenance, process and heartbeat, its description, and the error a
+failed stage leaves on it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import socket
-import subprocess
 import traceback
 import warnings
 from collections.abc import Iterator, Mapping
@@ -25,27 +17,28 @@ import mlflow
 import pandas as pd
 
 from pneumonia.config import Config
-from pneumonia.contracts.files import file_sha256
+from pneumonia.redaction import redact_text, tracking_urls
+from pneumonia.tracking.liveness import (
+    HEARTBEAT_TAG,
+    ProcessIdentity,
+    RunHeartbeat,
+    close_orphaned_runs,
+    heartbeat_value,
+)
+from pneumonia.tracking.provenance import DVC_ENVIRONMENT_TAGS, content_hash, git_state, run_name
+from pneumonia.tracking.store import use_project_store
 
-STORE_DIR = "mlruns"
-DATABASE_NAME = "mlflow.db"
-ARTIFACTS_DIR = "artifacts"
-# Which process owns a run: a RUNNING run whose process is gone on this host was killed.
-PROCESS_HOST_TAG = "process.host"
-PROCESS_ID_TAG = "process.pid"
-ENDED_BECAUSE_TAG = "ended_because"
-# DVC sets these for stage commands run by `dvc exp run`; logged so runs map to experiments.
-DVC_ENVIRONMENT_TAGS = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
 # The description MLflow's UI shows for a run or an experiment (the "Description" box).
 NOTE_TAG = "mlflow.note.content"
+# MLflow 3's UI opens an experiment on the view its kind names (without it: GenAI traces).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # A failed stage run: the error's type and message (the traceback is the artifact below).
 ERROR_TAG = "error"
 ERROR_TRACEBACK_ARTIFACT = "error/traceback.txt"
 # MLflow's limits on a run tag's value (descriptions included) and an experiment tag's.
 MAX_RUN_TAG_CHARS = 8000
 MAX_EXPERIMENT_TAG_CHARS = 20000
-# Run names are `<stage>@<label>`: the DVC experiment, else the commit, else this.
-NO_GIT_LABEL = "workspace"
 EXPERIMENT_DESCRIPTION = (
     "Pneumonia vs normal on pediatric chest X-rays (Kermany et al. 2018): one run per DVC "
     "stage execution (download, split, preprocess, train, evaluate; tune-worker for scale-out "
@@ -54,24 +47,6 @@ EXPERIMENT_DESCRIPTION = (
     "the model card; its metrics are grouped as val/, test/ and test_at_0.5/. Research use "
     "only, not a medical device."
 )
-
-
-def store_locations(project_root: Path) -> tuple[str, str]:
-    """(tracking URI, artifact root URI) of the project's local store."""
-    store = (project_root / STORE_DIR).resolve()
-    return f"sqlite:///{store / DATABASE_NAME}", (store / ARTIFACTS_DIR).as_uri()
-
-
-def use_project_store(project_root: Path) -> tuple[str, str | None]:
-    """Point MLflow at the project's store, or at MLFLOW_TRACKING_URI when set; returns the
-    tracking URI and the artifact root for new experiments (None: the server decides)."""
-    tracking_uri, artifact_root = store_locations(project_root)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        tracking_uri, artifact_root = os.environ["MLFLOW_TRACKING_URI"], None
-    else:
-        (project_root / STORE_DIR).mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(tracking_uri)
-    return tracking_uri, artifact_root
 
 
 def configure(config: Config) -> str:
@@ -89,57 +64,22 @@ def configure(config: Config) -> str:
             if mlflow.get_experiment_by_name(name) is None:
                 raise
         experiment = mlflow.get_experiment_by_name(name)
-    if NOTE_TAG not in experiment.tags:  # a description edited in the UI stays
-        mlflow.MlflowClient().set_experiment_tag(
-            experiment.experiment_id,
-            NOTE_TAG,
-            clip(EXPERIMENT_DESCRIPTION, MAX_EXPERIMENT_TAG_CHARS),
-        )
+    experiment_tags = {
+        NOTE_TAG: clip(EXPERIMENT_DESCRIPTION, MAX_EXPERIMENT_TAG_CHARS),
+        EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+    }
+    for tag, value in experiment_tags.items():
+        if tag in experiment.tags:  # a description edited in the UI stays
+            continue
+        try:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, tag, value)
+        except mlflow.exceptions.MlflowException:
+            # Workers starting together race to write it too; a PostgreSQL-backed server
+            # answers the loser with a unique-key violation once the winner's tag is there.
+            if tag not in mlflow.get_experiment(experiment.experiment_id).tags:
+                raise
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of a file, or of a folder's sorted (relative path, file sha256) list."""
-    if path.is_file():
-        return file_sha256(path)
-    if path.is_dir():
-        digest = hashlib.sha256()
-        for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(f"{child.relative_to(path).as_posix()}\0{content_hash(child)}\n".encode())
-        return digest.hexdigest()
-    raise FileNotFoundError(f"{path}: not found; run the upstream stage first (dvc repro)")
-
-
-def git_state(workspace: Path) -> dict[str, str]:
-    """Commit and dirty flag of the workspace; empty values outside a git repository."""
-
-    def git(*args: str) -> str:
-        result = subprocess.run(
-            ["git", *args], cwd=workspace, capture_output=True, text=True, check=False
-        )
-        return result.stdout.strip() if result.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
-
-
-def run_label(workspace: Path, environ: Mapping[str, str] | None = None) -> str:
-    """What tells this pipeline execution from others: the DVC experiment's name under
-    `dvc exp run` (DVC sets DVC_EXP_NAME for the stage commands), else the short git commit
-    (`dvc repro`, a stage run directly), else `workspace` outside git."""
-    environ = os.environ if environ is None else environ
-    if environ.get("DVC_EXP_NAME"):
-        return environ["DVC_EXP_NAME"]
-    commit = git_state(workspace)["git_commit"]
-    return commit[:7] if commit != "unknown" else NO_GIT_LABEL
-
-
-def run_name(stage: str, workspace: Path, environ: Mapping[str, str] | None = None) -> str:
-    """`train@q7-depth5` in a DVC experiment, `train@c1093cb` at a commit: the MLflow run's
-    name, and the prefix of a fresh Optuna study's name."""
-    return f"{stage}@{run_label(workspace, environ)}"
 
 
 def clip(text: str, limit: int = MAX_RUN_TAG_CHARS) -> str:
@@ -216,58 +156,20 @@ class StageRun:
         return dataset
 
 
-def process_tags() -> dict[str, str]:
-    return {PROCESS_HOST_TAG: socket.gethostname(), PROCESS_ID_TAG: str(os.getpid())}
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def close_orphaned_runs(experiment_id: str) -> list[str]:
-    """End as KILLED the runs left RUNNING by a process of this host that is gone (a stage killed
-    mid-run), and the RUNNING runs nested under them; returns their ids. Runs of live processes
-    and of other hosts (tuning workers elsewhere) are left alone."""
-    client = mlflow.MlflowClient()
-    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
-    host, closed = socket.gethostname(), []
-    for run in running:
-        tags = run.data.tags
-        pid = tags.get(PROCESS_ID_TAG, "")
-        if tags.get(PROCESS_HOST_TAG) == host and pid.isdigit() and not _process_alive(int(pid)):
-            closed.append(run.info.run_id)
-            reason = f"process {pid} on {host} ended without closing the run (killed)"
-            client.set_tag(run.info.run_id, ENDED_BECAUSE_TAG, reason)
-            client.set_terminated(run.info.run_id, status="KILLED")
-    for run in running:
-        parent = run.data.tags.get("mlflow.parentRunId")
-        if parent in closed and run.info.run_id not in closed:
-            closed.append(run.info.run_id)
-            client.set_tag(
-                run.info.run_id, ENDED_BECAUSE_TAG, f"its parent run {parent} was killed"
-            )
-            client.set_terminated(run.info.run_id, status="KILLED")
-    return closed
-
-
 def record_failure(error: BaseException) -> None:
     """On the active run: the error as the `error` tag and at the top of the description, the
-    traceback as an artifact (MLflow marks the run FAILED as the `with` block exits)."""
+    traceback as an artifact (MLflow marks the run FAILED as the `with` block exits). Store
+    passwords are masked in all three."""
     run = mlflow.active_run()
     if run is None:  # the stage ended its run itself; nothing to record on
         return
-    message = f"{type(error).__name__}: {error}".strip()
+    urls = tracking_urls()
+    message = redact_text(f"{type(error).__name__}: {error}".strip(), *urls)
     mlflow.set_tag(ERROR_TAG, clip(message))
     previous = mlflow.MlflowClient().get_run(run.info.run_id).data.tags.get(NOTE_TAG, "")
     mlflow.set_tag(NOTE_TAG, clip(f"FAILED: {message}\n\n{previous}"))
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    mlflow.log_text(text, ERROR_TRACEBACK_ARTIFACT)
+    mlflow.log_text(redact_text(text, *urls), ERROR_TRACEBACK_ARTIFACT)
 
 
 @contextmanager
@@ -278,27 +180,38 @@ def stage_run(
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[StageRun]:
     """One MLflow run named `<stage>@<DVC experiment or commit>` (run_name), with its params,
-    provenance tags and a description the stage replaces with its result (StageRun.describe).
-    A stage that fails leaves its error on the run (record_failure). Runs that a killed stage
-    left RUNNING are closed first."""
+    provenance tags, its process's identity and heartbeat (RunHeartbeat), and a description the
+    stage replaces with its result (StageRun.describe). A stage that fails leaves its error on
+    the run (record_failure). Runs whose process is proven gone are closed first
+    (close_orphaned_runs)."""
     experiment_id = configure(config)
     closed = close_orphaned_runs(experiment_id)
     if closed:
         print(f"{stage}: closed {len(closed)} run(s) a killed process left RUNNING: {closed}")
-    run_tags = {"stage": stage, **git_state(config.workspace), **process_tags(), **(tags or {})}
+    run_tags = {
+        "stage": stage,
+        **git_state(config.workspace),
+        **ProcessIdentity.current().tags(),
+        HEARTBEAT_TAG: heartbeat_value(),
+        **(tags or {}),
+    }
     run_tags.update(
         {name: os.environ[name] for name in DVC_ENVIRONMENT_TAGS if os.environ.get(name)}
     )
     name = run_name(stage, config.workspace)
     description = f"The {stage} stage, running or stopped before it wrote its summary ({name})."
     with mlflow.start_run(run_name=name, tags=run_tags, description=description) as run:
-        mlflow.log_params(flatten(params))
+        heartbeat = RunHeartbeat(run.info.run_id, mlflow.get_tracking_uri()).start()
         try:
+            mlflow.log_params(flatten(params))
             yield StageRun(config, run)
         except BaseException as error:
             try:
                 record_failure(error)
             except Exception as problem:  # e.g. the tracking server is what failed: the
                 # stage's own error is the one to report
-                print(f"{stage}: could not record the error on run {run.info.run_id}: {problem}")
+                detail = redact_text(str(problem), *tracking_urls())
+                print(f"{stage}: could not record the error on run {run.info.run_id}: {detail}")
             raise
+        finally:
+            heartbeat.stop()

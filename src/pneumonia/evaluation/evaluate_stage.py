@@ -1,0 +1,146 @@
+"""The evaluate stage's steps, in order (run_evaluate_stage): score val and test, choose the
+operating threshold on val, write the test tables, figures, Grad-CAM panels and metrics, then
+publish (pneumonia.evaluation.publishing): MLflow metrics, the served model, registry tags and
+aliases, the operating point, and the model card as Markdown and as the versions' description."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pneumonia.config import Config
+from pneumonia.contracts.arrays import load_split
+from pneumonia.contracts.files import write_json
+from pneumonia.contracts.metrics_report import (
+    at_threshold,
+    chosen_threshold,
+    headline_metrics,
+    measured,
+    write_headline,
+)
+from pneumonia.contracts.operating_point import OperatingPoint, write_operating_point
+from pneumonia.evaluation.model_card import model_card_markdown
+from pneumonia.evaluation.outputs import write_figures, write_gradcam_panels, write_tables
+from pneumonia.evaluation.publishing import (
+    artifact_paths,
+    describe_models,
+    publish_evaluation,
+    registered_summary,
+    run_tags,
+)
+from pneumonia.evaluation.report import (
+    check_model_input,
+    curve_tables,
+    predictions_table,
+    score_and_measure,
+)
+from pneumonia.imaging.transforms import input_limits
+from pneumonia.inference.loading import CardedModel, load_carded_model
+from pneumonia.tracking import StageRun
+
+EVALUATED_SPLITS = ("val", "test")
+# The test figures of the console's summary line, in this order.
+SUMMARY_METRICS = ("roc_auc", "accuracy", "sensitivity", "specificity")
+Split = tuple[np.ndarray, np.ndarray, pd.DataFrame]  # images, labels, index
+
+
+@dataclass(frozen=True)
+class EvaluationInputs:
+    carded: CardedModel  # models/model.keras with train's model card
+    splits: dict[str, Split]  # val and test, checked against the model's input
+
+    def run_params(self, config: Config) -> dict[str, Any]:
+        return {
+            "evaluate": config.params["evaluate"],
+            "model_version": self.carded.card.registry().version,
+        }
+
+
+def load_evaluation_inputs(config: Config) -> EvaluationInputs:
+    """The trained model and its card, and the val and test arrays it must accept."""
+    paths = config.paths
+    carded = load_carded_model(paths.model, missing="run the train stage first (dvc repro)")
+    splits = {}
+    for name in EVALUATED_SPLITS:
+        images, labels, index = load_split(paths.processed_split(name), mmap=False)
+        check_model_input(carded.model, images, paths.model, paths.processed_split(name))
+        splits[name] = (images, labels, index)
+    return EvaluationInputs(carded, splits)
+
+
+def run_evaluate_stage(run: StageRun, config: Config, inputs: EvaluationInputs) -> str:
+    """Every step of the evaluate stage inside its open run; returns the summary line."""
+    paths, settings, card = config.paths, config.evaluate, inputs.carded.card
+    run.log_hashes(
+        "input", [paths.model, *(paths.processed_split(name) for name in EVALUATED_SPLITS)]
+    )
+    mlflow.set_tags(run_tags(card))
+    report = measure_and_write(config, inputs)
+    indexes = {name: index for name, (_, _, index) in inputs.splits.items()}
+    point = publish_evaluation(
+        run,
+        settings,
+        paths,
+        card,
+        report,
+        indexes,
+        inputs.splits["val"][0][0],
+        limits=input_limits(config.preprocess),
+    )
+    write_operating_point(paths.threshold, point)
+    card_markdown = model_card_markdown(report, card, served=point.serving_model)
+    paths.model_card_markdown.write_text(card_markdown)
+    describe_models(settings, point, card_markdown)
+    for path, folder in artifact_paths(paths):
+        run.log_artifact(path, folder)
+    summary = summary_line(config, report, point)
+    run.describe(f"{summary}\n\n{card_markdown}")
+    return summary
+
+
+def measure_and_write(config: Config, inputs: EvaluationInputs) -> dict[str, Any]:
+    """Score val and test, choose the threshold on val, and write the test tables, figures,
+    Grad-CAM panels, the detail report and metrics.json; returns the detail report."""
+    paths, settings, model = config.paths, config.evaluate, inputs.carded.model
+    report, test_scores = score_and_measure(model, inputs.splits, settings)
+    threshold = chosen_threshold(report)
+    test_images, test_labels, test_index = inputs.splits["test"]
+    tables = curve_tables(test_labels, test_scores, settings.calibration_bins)
+    tables["predictions"] = predictions_table(test_index, test_labels, test_scores, threshold)
+    write_tables(tables, paths)
+    write_figures(
+        at_threshold(report, "test"), tables, float(test_labels.mean()), paths.evaluate_plots
+    )
+    report["gradcam_examples"] = write_gradcam_panels(
+        model,
+        test_images,
+        test_index,
+        test_scores,
+        test_labels,
+        threshold,
+        settings.gradcam_examples,
+        paths.gradcam_panels,
+    )
+    write_json(paths.metrics_detail, report)
+    write_headline(paths.metrics, headline_metrics(report))
+    return report
+
+
+def summary_line(config: Config, report: dict[str, Any], point: OperatingPoint) -> str:
+    """`evaluate: threshold ... (rule, chosen on val); test roc_auc 0.9 [0.8, 0.95], ...` and what
+    was registered."""
+    settings = config.evaluate
+    figures = {name: measured(report, "test", name) for name in SUMMARY_METRICS}
+    return (
+        f"evaluate: threshold {chosen_threshold(report):.4f} ({settings.threshold}, chosen on "
+        "val); test "
+        + ", ".join(
+            f"{name} {figure.value:.3f} [{figure.low:.3f}, {figure.high:.3f}]"
+            for name, figure in figures.items()
+        )
+        + registered_summary(settings, point)
+    )

@@ -6,7 +6,7 @@ and the served model over HTTP, against in-process Keras on preprocessed arrays,
 
 Model: `--model` (a .keras file with model.json and threshold.json beside it), by default
 models/model.keras when `dvc repro` has made it, else a freshly built, untrained model of
-params.yaml's fixed architecture at preprocess.image_size with threshold 0.5 (speed does not
+params.yaml's fixed architecture at preprocess.image.size with threshold 0.5 (speed does not
 depend on the weights). Images: `--count` files sampled (seeded) from `--images`, by default
 data/raw/images/test, else ../shared/data/chest_xray/test, else synthetic 1024x1024 JPEGs.
 
@@ -116,7 +116,7 @@ def prepare_model(model: Path | None, scratch: Path) -> tuple[Path, str]:
     config = load_config(PROJECT_ROOT / "params.yaml")
     folder = scratch / "models"
     folder.mkdir(parents=True)
-    size = config.preprocess.image_size
+    size = config.preprocess.image.size
     # Untrained: random weights cost the same to run as pretrained ones.
     untrained = config.train.model.model_copy(update={"weights": "none"})
     build_model(size, untrained).save(folder / "model.keras")

@@ -22,8 +22,8 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from pneumonia.config import (
-    DEFAULT_MAX_FILE_BYTES,
-    DEFAULT_MAX_PIXELS,
+    DEFAULT_LIMITS,
+    ImageInput,
     PreprocessConfig,
     resolve_workers,
 )
@@ -35,7 +35,7 @@ DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" 
 
 def baseline(paths: list[Path], config: PreprocessConfig) -> np.ndarray:
     """The usual Pillow code: full decode, grayscale, fit into the square (letterbox only)."""
-    size = (config.image_size, config.image_size)
+    size = (config.image.size, config.image.size)
     images = np.empty((len(paths), *size), dtype=np.uint8)
     for position, path in enumerate(paths):
         with Image.open(path) as image:
@@ -76,15 +76,16 @@ def main() -> None:
         {"path": [image.source for image in images], "label": [image.label for image in images]}
     )
     config = PreprocessConfig(
-        image_size=arguments.image_size,
-        resize="letterbox",
-        clahe=False,
-        clahe_clip_limit=2.0,
-        clahe_tile_grid=8,
+        image=ImageInput(
+            size=arguments.image_size,
+            resize="letterbox",
+            clahe=False,
+            clahe_clip_limit=2.0,
+            clahe_tile_grid=8,
+        ),
+        limits=DEFAULT_LIMITS,
         workers=0,
         sample_grid=0,
-        max_pixels=DEFAULT_MAX_PIXELS,
-        max_file_bytes=DEFAULT_MAX_FILE_BYTES,
     )
     paths = [arguments.source / path for path in frame["path"]]
 
@@ -107,7 +108,8 @@ def main() -> None:
 
     count = len(paths)
     difference = np.abs(ours[..., 0].astype(np.int16) - reference.astype(np.int16))
-    print(f"images: {count} from {arguments.source}, output {config.image_size}px {config.resize}")
+    spec = config.image
+    print(f"images: {count} from {arguments.source}, output {spec.size}px {spec.resize}")
     print(f"cores used by ours: {resolve_workers(0)}")
     print(
         f"baseline (1 process, full decode):   {count / baseline_seconds:8.1f} images/s "

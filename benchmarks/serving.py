@@ -11,8 +11,8 @@ benchmarks/predict.py does (same model choice, same scratch MLflow store), then,
 1. memory at rest: the resident set (VmRSS) and its peak so far (VmHWM) of the server's
    processes, read from /proc (Linux), after a warm-up request;
 2. `--huge-requests` requests at once, each a blank 16-bit PNG of `--huge-side` squared
-   (13000: 169 megapixels in a 0.3 MB file, the review's case; over preprocess.max_pixels, so it
-   is refused from its header) and the peak afterwards;
+   (13000: 169 megapixels in a 0.3 MB file, the review's case; over
+   preprocess.limits.max_pixels, so it is refused from its header) and the peak afterwards;
 3. one blank 16-bit PNG of `--large-side` squared (6000: 36 megapixels, under the default
    40-megapixel limit, so it is decoded before the blank check refuses it): the peak memory of
    the largest decode the limits let through;

@@ -97,7 +97,7 @@ def pipeline_rate(dataset: tf.data.Dataset, images: int) -> float:
 
 def training_rate(dataset: tf.data.Dataset, images: int, config) -> float:
     seed_everything(config.train.seed)
-    model = compiled_model(config.preprocess.image_size, config.train.hyperparameters)
+    model = compiled_model(config.preprocess.image.size, config.train.hyperparameters)
     model.fit(dataset, epochs=1, verbose=0)
     started = time.perf_counter()
     model.fit(dataset, epochs=1, verbose=0)
@@ -566,7 +566,7 @@ def main() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to((config.paths.images / path).resolve())
         baseline = seed_projects_dataset(
-            folder, config.preprocess.image_size, arguments.batch_size, config.train.seed
+            folder, config.preprocess.image.size, arguments.batch_size, config.train.seed
         )
         rows = [
             ("baseline: image_dataset_from_directory", baseline),
@@ -578,7 +578,7 @@ def main() -> None:
             for name, data in rows
         ]
     print(
-        f"{count} train images at {config.preprocess.image_size}px, batch "
+        f"{count} train images at {config.preprocess.image.size}px, batch "
         f"{arguments.batch_size}, model {config.train.model}"
     )
     print(f"{'input pipeline':>58} {'training':>12}")

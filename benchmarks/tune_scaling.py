@@ -102,7 +102,7 @@ def main() -> None:
                 server = MlflowServer(backend, folder / "artifacts", folder / "mlflow.log")
                 tracking_uri = server.start().url
             changes = {
-                "preprocess.image_size": arguments.image_size,
+                "preprocess.image.size": arguments.image_size,
                 "train.tuning.epochs": arguments.epochs,
                 # Two blocks of 3x3 convolutions need at least 4 px; deeper for larger images.
                 "train.model.depth": 3 if arguments.image_size >= 32 else 2,

@@ -42,7 +42,7 @@ SIDE = 32
 def backbone_config(tmp_path, architecture="mobilenetv3small", weights="none", changes=None):
     """The tests' params with a backbone at SIDE px, and `changes` (dotted keys)."""
     params = {
-        "preprocess.image_size": SIDE,
+        "preprocess.image.size": SIDE,
         "train.model.architecture": architecture,
         "train.model.weights": weights,
         "train.mixed_precision": "off",
@@ -207,7 +207,7 @@ def test_the_train_stage_fails_on_missing_imagenet_weights_before_reading_data(
     block_downloads(monkeypatch, tmp_path)
     # No processed data at all: reading it first would fail on that instead.
     params = {"train.model.architecture": "mobilenetv3small", "train.model.weights": "imagenet"}
-    write_params(tmp_path / "project", {"preprocess.image_size": SIDE, **params})
+    write_params(tmp_path / "project", {"preprocess.image.size": SIDE, **params})
     monkeypatch.chdir(tmp_path / "project")
     monkeypatch.syspath_prepend(str(PROJECT_ROOT / "stages"))
     monkeypatch.setattr(sys, "argv", ["train.py"])
@@ -220,11 +220,11 @@ def test_the_train_stage_fails_on_missing_imagenet_weights_before_reading_data(
 
 
 def test_config_names_the_backbone_minimum_and_refuses_weights_for_the_cnn(tmp_path):
-    small = {"preprocess.image_size": 16, "preprocess.clahe_tile_grid": 4}
+    small = {"preprocess.image.size": 16, "preprocess.image.clahe_tile_grid": 4}
     for architecture, minimum in BACKBONE_MIN_IMAGE_SIZE.items():
         changes = {**small, "train.model.architecture": architecture}
         with pytest.raises(
-            ConfigError, match=rf"image_size' \(16\) .* {architecture} .*>= {minimum}"
+            ConfigError, match=rf"image.size' \(16\) .* {architecture} .*>= {minimum}"
         ):
             load_config(write_params(tmp_path, changes))
     # The cnn's depth check does not apply to a backbone, nor a backbone's minimum to the cnn.
@@ -393,7 +393,7 @@ def test_a_tune_worker_tunes_a_backbone_and_logs_its_weights_file(tmp_path):
     params = write_tiny_project(
         tmp_path,
         {
-            "preprocess.image_size": SIDE,
+            "preprocess.image.size": SIDE,
             "train.model.architecture": "mobilenetv3small",
             "train.model.weights": "start.weights.h5",
             "train.fine_tuning.warmup_epochs": 0,

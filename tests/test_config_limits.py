@@ -106,7 +106,7 @@ def test_a_file_over_a_megabyte_is_refused_unread(tmp_path):
 @pytest.mark.parametrize(
     "changes",
     [
-        {"preprocess.resize": "x" * 100_000},
+        {"preprocess.image.resize": "x" * 100_000},
         {"split.seed": "9" * 100_000},
         {"paths.images": "/" + "a" * 100_000},
         {"train.tuning.search_space.optimizer": ["sgd" * 1000] * 3},

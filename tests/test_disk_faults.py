@@ -24,26 +24,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumonia.config import PreprocessConfig, project_paths
+from pneumonia.config import project_paths
 from pneumonia.contracts.arrays import load_split
 from pneumonia.contracts.files import check_writable, write_csv, write_json
 from pneumonia.data.parallel import WorkerDiedError, parallel_map
 from pneumonia.data.preprocess import reserve_npy, run_preprocess
 from pneumonia.errors import StorageError, run_stage
 
-from helpers import PROJECT_ROOT, write_image, write_params
+from helpers import PROJECT_ROOT, preprocess_config, write_image, write_params
 
-CONFIG = PreprocessConfig(
-    image_size=64,
-    resize="letterbox",
-    clahe=False,
-    clahe_clip_limit=2.0,
-    clahe_tile_grid=4,
-    workers=1,
-    sample_grid=4,
-    max_pixels=40_000_000,
-    max_file_bytes=50_000_000,
-)
+CONFIG = preprocess_config(64)
 # A stage's start-up (imports, the MLflow store) takes a few seconds on a loaded 2-core machine;
 # before the fix a worker's SIGBUS hung preprocess until killed.
 STAGE_TIMEOUT_SECONDS = 120
@@ -274,7 +264,7 @@ def tiny_project(root: Path, workers: int) -> Path:
     write_params(
         root,
         {
-            "preprocess.image_size": 64,
+            "preprocess.image.size": 64,
             "preprocess.workers": workers,
             "preprocess.sample_grid": 4,
         },

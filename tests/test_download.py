@@ -31,7 +31,7 @@ def make_config(workspace: Path, source: str, max_file_bytes: int | None = None)
     params["download"]["source"] = source
     params["download"]["workers"] = 2
     if max_file_bytes is not None:
-        params["preprocess"]["max_file_bytes"] = max_file_bytes
+        params["preprocess"]["limits"]["max_file_bytes"] = max_file_bytes
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / "dvc.yaml").write_text("stages: {}\n")
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
@@ -117,14 +117,14 @@ def test_files_over_the_limits_or_in_other_formats_are_bad_files(kaggle_folder, 
     assert (tree / heavy).stat().st_size > 100_000 > (tree / wide).stat().st_size
     params = fixture_params()
     params["download"].update(source=str(kaggle_folder), workers=2)
-    params["preprocess"].update(max_pixels=20_000, max_file_bytes=100_000)
+    params["preprocess"]["limits"].update(max_pixels=20_000, max_file_bytes=100_000)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = run_download(load_config(tmp_path / "params.yaml"))
     reasons = {entry["path"]: entry["reason"] for entry in result.quality["bad_files"]}
     assert reasons.keys() == {bitmap, wide}
     assert reasons[bitmap].startswith("unsupported format BMP")
-    assert reasons[wide].startswith("400x100 is 40,000 pixels, over preprocess.max_pixels")
+    assert reasons[wide].startswith("400x100 is 40,000 pixels, over preprocess.limits.max_pixels")
     # A file over the size limit is not even read: the walk skips it, counted.
     assert result.quality["skipped"]["too_large"] == 1
     assert result.quality["skipped_examples"]["too_large"] == [f"chest_xray/{heavy}"]

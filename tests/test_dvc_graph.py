@@ -204,10 +204,12 @@ def test_dvc_outputs_are_the_paths_the_code_writes() -> None:
 
 
 def test_train_reruns_on_exactly_the_preprocess_params_the_model_input_depends_on() -> None:
-    """The image spec's keys (contracts.image_spec, what the model card records) are the
-    preprocess params train lists: one missing would leave a model trained on other pixels
-    "up to date"; one extra (workers, sample_grid) would re-train for nothing."""
-    from pneumonia.contracts.image_spec import IMAGE_SPEC_KEYS
+    """Train depends on `preprocess.image` whole, and that sub-section holds exactly the image
+    spec (contracts.image_spec, what the model card records): a key outside it would leave a
+    model trained on other pixels "up to date"; a stage knob inside it (workers, sample_grid)
+    would re-train for nothing."""
+    from pneumonia.config import ImageInput
+    from pneumonia.contracts.image_spec import IMAGE_SPEC_KEYS, ImageSpec
 
     dvc = dvc_deps.load_yaml(REPO_ROOT / "dvc.yaml")
     listed = [
@@ -215,4 +217,8 @@ def test_train_reruns_on_exactly_the_preprocess_params_the_model_input_depends_o
         for entry in dvc["stages"]["train"]["params"]
         if isinstance(entry, str) and entry.split(".")[0] == "preprocess"
     ]
-    assert sorted(listed) == sorted(f"preprocess.{key}" for key in IMAGE_SPEC_KEYS), listed
+    assert listed == ["preprocess.image"], listed
+    record = {key: f"value of {key}" for key in IMAGE_SPEC_KEYS}
+    section = ImageSpec.section_of(record)
+    assert sorted(section) == sorted(ImageInput.model_fields), section
+    assert sorted(section.values()) == sorted(record.values())

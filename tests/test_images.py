@@ -78,7 +78,7 @@ def test_a_file_over_the_limit_is_not_read(tmp_path):
     size = path.stat().st_size
     assert inspect_image(path, max_file_bytes=size).ok
     check = inspect_image(path, max_file_bytes=size - 1)
-    assert not check.ok and "bytes is over preprocess.max_file_bytes" in check.reason
+    assert not check.ok and "bytes is over preprocess.limits.max_file_bytes" in check.reason
     assert check.sha256 == ""  # refused before reading, not after
 
 

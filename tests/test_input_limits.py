@@ -71,11 +71,11 @@ def test_a_huge_sixteen_bit_png_is_refused_from_its_header_without_decoding(huge
     tracemalloc.stop()
     message = str(refused.value)
     assert message.startswith(f"{path}: 13000x13000 is 169,000,000 pixels")
-    assert "preprocess.max_pixels (40,000,000)" in message
+    assert "preprocess.limits.max_pixels (40,000,000)" in message
     # Decoding would take 338 MB and seconds; the header alone takes neither.
     assert seconds < 0.5 and peak < 5_000_000
     check = inspect_image(path)
-    assert not check.ok and "over preprocess.max_pixels" in check.reason
+    assert not check.ok and "over preprocess.limits.max_pixels" in check.reason
     with pytest.raises(ImageDecodeError, match="row 0: 13000x13000"):
         preprocess_bytes(huge_png, config_from_settings(TINY_PREPROCESS, "test"), name="row 0")
 
@@ -84,11 +84,11 @@ def test_the_pixel_limit_is_the_param(tmp_path):
     path = write_image(tmp_path / "scan.png", seed=1, size=(96, 80))  # 7,680 pixels
     assert inspect_image(path, max_pixels=7680).ok
     check = inspect_image(path, max_pixels=7679)
-    assert not check.ok and "96x80 is 7,680 pixels, over preprocess.max_pixels (7,679)" in (
+    assert not check.ok and "96x80 is 7,680 pixels, over preprocess.limits.max_pixels (7,679)" in (
         check.reason
     )
     limited = config_from_settings(TINY_PREPROCESS, "test", {"max_pixels": 7679})
-    with pytest.raises(ImageDecodeError, match=r"over preprocess\.max_pixels"):
+    with pytest.raises(ImageDecodeError, match=r"over preprocess\.limits\.max_pixels"):
         preprocess_file(path, limited)
 
 
@@ -98,11 +98,15 @@ def test_a_file_over_the_byte_limit_is_refused_before_it_is_read(tmp_path):
     assert inspect_image(path, max_file_bytes=size).ok
     check = inspect_image(path, max_file_bytes=size - 1)
     assert not check.ok and check.sha256 == ""  # never read, so never hashed
-    assert f"{size:,} bytes is over preprocess.max_file_bytes ({size - 1:,})" in check.reason
+    assert f"{size:,} bytes is over preprocess.limits.max_file_bytes ({size - 1:,})" in check.reason
     limited = config_from_settings(TINY_PREPROCESS, "test", {"max_file_bytes": size - 1})
-    with pytest.raises(ImageDecodeError, match=r"scan\.jpeg: .* over preprocess\.max_file_bytes"):
+    with pytest.raises(
+        ImageDecodeError, match=r"scan\.jpeg: .* over preprocess\.limits\.max_file_bytes"
+    ):
         preprocess_file(path, limited)
-    with pytest.raises(ImageDecodeError, match=r"^row 2: .* over preprocess\.max_file_bytes"):
+    with pytest.raises(
+        ImageDecodeError, match=r"^row 2: .* over preprocess\.limits\.max_file_bytes"
+    ):
         preprocess_bytes(path.read_bytes(), limited, name="row 2")
 
 
@@ -212,13 +216,28 @@ def test_a_real_looking_image_and_a_small_noisy_one_pass_the_check():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"preprocess.max_pixels": 1000}, "'preprocess.max_pixels' must be >= 1024"),
-        ({"preprocess.max_pixels": "40M"}, "'preprocess.max_pixels' must be an integer"),
-        ({"preprocess.max_pixels": 4e7}, "'preprocess.max_pixels' must be an integer"),
-        ({"preprocess.max_pixels": None}, "'preprocess.max_pixels' is missing"),
-        ({"preprocess.max_file_bytes": 0}, "'preprocess.max_file_bytes' must be >= 1"),
-        ({"preprocess.max_file_bytes": True}, "'preprocess.max_file_bytes' must be an integer"),
-        ({"preprocess.max_file_bytes": None}, "'preprocess.max_file_bytes' is missing"),
+        ({"preprocess.limits.max_pixels": 1000}, "'preprocess.limits.max_pixels' must be >= 1024"),
+        (
+            {"preprocess.limits.max_pixels": "40M"},
+            "'preprocess.limits.max_pixels' must be an integer",
+        ),
+        (
+            {"preprocess.limits.max_pixels": 4e7},
+            "'preprocess.limits.max_pixels' must be an integer",
+        ),
+        ({"preprocess.limits.max_pixels": None}, "'preprocess.limits.max_pixels' is missing"),
+        (
+            {"preprocess.limits.max_file_bytes": 0},
+            "'preprocess.limits.max_file_bytes' must be >= 1",
+        ),
+        (
+            {"preprocess.limits.max_file_bytes": True},
+            "'preprocess.limits.max_file_bytes' must be an integer",
+        ),
+        (
+            {"preprocess.limits.max_file_bytes": None},
+            "'preprocess.limits.max_file_bytes' is missing",
+        ),
     ],
 )
 def test_bad_limit_params_fail_naming_the_key(tmp_path, changes, message):
@@ -227,12 +246,12 @@ def test_bad_limit_params_fail_naming_the_key(tmp_path, changes, message):
 
 
 def test_limit_params_load_and_settings_default_without_them(tmp_path):
-    changes = {"preprocess.max_pixels": 1024, "preprocess.max_file_bytes": 10}
+    changes = {"preprocess.limits.max_pixels": 1024, "preprocess.limits.max_file_bytes": 10}
     config = load_config(write_params(tmp_path, changes)).preprocess
-    assert (config.max_pixels, config.max_file_bytes) == (1024, 10)
+    assert (config.limits.max_pixels, config.limits.max_file_bytes) == (1024, 10)
     # A model card, or a served model logged before the limits: the defaults.
     recorded = config_from_settings(TINY_PREPROCESS, "model.json")
-    assert (recorded.max_pixels, recorded.max_file_bytes) == (
+    assert (recorded.limits.max_pixels, recorded.limits.max_file_bytes) == (
         DEFAULT_MAX_PIXELS,
         DEFAULT_MAX_FILE_BYTES,
     )
@@ -278,14 +297,14 @@ def test_cli_predict_takes_the_limits_from_params_and_exits_one(tiny_model, tmp_
     refused = write_refused_inputs(tmp_path / "inputs")
     big = write_image(tmp_path / "inputs" / "big.png", seed=3, size=(600, 500))
     assert big.stat().st_size > 100_000 > max(path.stat().st_size for path in refused)
-    params = write_params(tmp_path / "project", {"preprocess.max_file_bytes": 100_000})
+    params = write_params(tmp_path / "project", {"preprocess.limits.max_file_bytes": 100_000})
     model = ["--model", str(tiny_model["model_path"])]
     arguments = ["predict", *map(str, [*refused, big]), *model, "--params", str(params)]
     status, out, err = run_cli(arguments, capsys)
     assert status == 1
     rows = [json.loads(line) for line in out.splitlines()]
     assert all(row["probability"] is None and row["label"] is None for row in rows)
-    expected = [*refused.values(), "over preprocess.max_file_bytes"]
+    expected = [*refused.values(), "over preprocess.limits.max_file_bytes"]
     for row, reason in zip(rows, expected, strict=True):
         assert reason in row["error"], row
     assert f"0 image(s) scored, {len(refused) + 1} failed" in err

@@ -87,9 +87,9 @@ def test_check_fails_on_a_stale_page_naming_the_fix_and_a_run_rewrites_it(
     (tmp_path / "docs").mkdir()
     shutil.copy(REPO_ROOT / "docs" / "parameters.md", tmp_path / "docs" / "parameters.md")
     params = (REPO_ROOT / "params.yaml").read_text(encoding="utf-8")
-    (tmp_path / "params.yaml").write_text(
-        params.replace("  epochs: 8 ", "  epochs: 11 ", 1), encoding="utf-8"
-    )
+    changed = params.replace("\n  epochs: 8\n", "\n  epochs: 11\n", 1)
+    assert changed != params, "params.yaml's train.epochs line is not `  epochs: 8`"
+    (tmp_path / "params.yaml").write_text(changed, encoding="utf-8")
     monkeypatch.setattr(parameters_doc, "REPO_ROOT", tmp_path)
 
     assert parameters_doc.main(["--check"]) == 1

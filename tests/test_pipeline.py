@@ -52,7 +52,8 @@ def pipeline(tmp_path_factory):
 
     def configure(params):
         assert params["download"]["source"] == "kaggle"
-        params["preprocess"].update(image_size=32, workers=2)
+        params["preprocess"]["image"]["size"] = 32
+        params["preprocess"]["workers"] = 2
         train = params["train"]
         train.update(epochs=2, batch_size=8, ensemble=2)  # the whole pipeline on an ensemble
         train["model"].update(depth=2, base_filters=4)
@@ -126,7 +127,7 @@ def test_one_mlflow_run_per_stage_with_params_metrics_and_chained_hashes(pipelin
         split["metrics.images_train"] + split["metrics.images_val"] + split["metrics.images_test"]
         == IMAGES
     )
-    assert preprocess["params.preprocess.image_size"] == "32"
+    assert preprocess["params.preprocess.image.size"] == "32"
     assert preprocess["metrics.images_per_second"] > 0
     # A downstream run names the exact upstream data it read.
     manifest_tag = "data/raw/manifest.csv"

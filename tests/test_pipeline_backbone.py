@@ -37,7 +37,8 @@ def pipeline(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e-backbone")
 
     def configure(params):
-        params["preprocess"].update(image_size=32, workers=2)
+        params["preprocess"]["image"]["size"] = 32
+        params["preprocess"]["workers"] = 2
         train = params["train"]
         train.update(epochs=1, batch_size=8, ensemble=1)
         train["model"].update(architecture=ARCHITECTURE, weights="none")

@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pneumonia.config import PreprocessConfig
 from pneumonia.contracts.arrays import ProcessedDataError, load_split
 from pneumonia.data.preprocess import PreprocessError, run_preprocess, sample_grid
 from pneumonia.imaging.decode import ImageDecodeError
@@ -18,19 +17,13 @@ from pneumonia.imaging.transforms import (
     preprocess_image,
 )
 
-from helpers import truncated_jpeg_bytes, write_image
+from helpers import preprocess_config, truncated_jpeg_bytes, write_image
 
-CONFIG = PreprocessConfig(
-    image_size=32,
-    resize="letterbox",
-    clahe=False,
-    clahe_clip_limit=2.0,
-    clahe_tile_grid=4,
-    workers=1,
-    sample_grid=4,
-    max_pixels=40_000_000,
-    max_file_bytes=50_000_000,
-)
+CONFIG = preprocess_config(32)
+
+
+def with_image(**changes):
+    return CONFIG.model_copy(update={"image": CONFIG.image.model_copy(update=changes)})
 
 
 def white(width, height):
@@ -45,7 +38,7 @@ def test_letterbox_keeps_aspect_and_pads_with_black():
 
 
 def test_stretch_fills_the_frame():
-    pixels = preprocess_image(white(64, 32), CONFIG.model_copy(update={"resize": "stretch"}))
+    pixels = preprocess_image(white(64, 32), with_image(resize="stretch"))
     assert (pixels == 255).all()
 
 
@@ -53,7 +46,7 @@ def test_crop_takes_the_centre_square():
     image = Image.fromarray(
         np.hstack([np.zeros((32, 16)), np.full((32, 32), 255), np.zeros((32, 16))]).astype(np.uint8)
     )
-    pixels = preprocess_image(image, CONFIG.model_copy(update={"resize": "crop"}))
+    pixels = preprocess_image(image, with_image(resize="crop"))
     assert (pixels == 255).all()
 
 
@@ -61,7 +54,7 @@ def test_clahe_raises_local_contrast_inside_the_content_only():
     rng = np.random.default_rng(0)
     flat = Image.fromarray(rng.integers(100, 120, size=(32, 64), dtype=np.uint8))
     plain = preprocess_image(flat, CONFIG)
-    equalised = preprocess_image(flat, CONFIG.model_copy(update={"clahe": True}))
+    equalised = preprocess_image(flat, with_image(clahe=True))
     content = slice(8, 24)
     assert equalised[content].std() > plain[content].std() * 1.5
     assert (equalised[:8] == 0).all()

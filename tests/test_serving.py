@@ -130,14 +130,14 @@ def test_served_model_answers_refused_images_with_error_rows(tiny_model, registr
     each, and the good image of the same request is still scored."""
     served = mlflow.pyfunc.load_model(SERVED_URI)
     preprocess = served.unwrap_python_model().classifier.preprocess
-    assert preprocess.max_file_bytes == SERVED_MAX_FILE_BYTES
-    assert preprocess.max_pixels == DEFAULT_MAX_PIXELS
+    assert preprocess.limits.max_file_bytes == SERVED_MAX_FILE_BYTES
+    assert preprocess.limits.max_pixels == DEFAULT_MAX_PIXELS
     pixels = chest_like_pixels(0, 64, 64)
     refused = {
         **{name: image_bytes(pixels, name) for name in ("BMP", "GIF", "TIFF", "EPS")},
         "not a chest X-ray: 1x1": image_bytes(np.full((1, 1), 128, np.uint8), "PNG"),
         "not a chest X-ray: nearly constant": image_bytes(np.zeros((480, 640), np.uint8), "PNG"),
-        "1,000,001 bytes is over preprocess.max_file_bytes (1,000,000)": bytes(1_000_001),
+        "1,000,001 bytes is over preprocess.limits.max_file_bytes (1,000,000)": bytes(1_000_001),
         "13000x13000 is 169,000,000 pixels": blank_sixteen_bit_png(13000, 13000),
     }
     good = tiny_model["images"][0].read_bytes()
@@ -162,7 +162,7 @@ def test_predict_loads_the_served_and_the_keras_model_from_the_registry(tiny_mod
     ):
         classifier = load_classifier(uri)
         assert classifier.threshold == pytest.approx(tiny_model["threshold"]), uri
-        assert classifier.preprocess.image_size == TINY_PREPROCESS["image_size"]
+        assert classifier.preprocess.image.size == TINY_PREPROCESS["image_size"]
         scores = [p.probability for p in predict_paths(classifier, tiny_model["images"])]
         np.testing.assert_allclose(scores, expected, rtol=1e-5, err_msg=uri)
     assert load_classifier(SERVED_URI, threshold=0.2).threshold == 0.2

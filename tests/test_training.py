@@ -28,14 +28,14 @@ def write_processed(config, sizes: dict[str, int], side: int) -> None:
 
 
 def test_image_size_that_does_not_match_the_arrays_fails_naming_the_param(tmp_path):
-    config = load_config(write_params(tmp_path, {"preprocess.image_size": 64}))
+    config = load_config(write_params(tmp_path, {"preprocess.image.size": 64}))
     write_processed(config, {"train": 4, "val": 2}, side=32)
-    with pytest.raises(ConfigError, match=r"'preprocess\.image_size' is 64 but .*\(32, 32, 1\)"):
+    with pytest.raises(ConfigError, match=r"'preprocess\.image\.size' is 64 but .*\(32, 32, 1\)"):
         load_training_splits(config)
 
 
 def test_empty_split_fails_clearly(tmp_path):
-    config = load_config(write_params(tmp_path, {"preprocess.image_size": 32}))
+    config = load_config(write_params(tmp_path, {"preprocess.image.size": 32}))
     write_processed(config, {"train": 4, "val": 0}, side=32)
     with pytest.raises(ProcessedDataError, match="the val split is empty"):
         load_training_splits(config)
@@ -48,7 +48,7 @@ def test_missing_processed_data_names_the_stage(tmp_path):
 
 
 def test_depth_too_deep_for_the_image_fails_at_load(tmp_path):
-    params = write_params(tmp_path, {"preprocess.image_size": 32, "train.model.depth": 6})
+    params = write_params(tmp_path, {"preprocess.image.size": 32, "train.model.depth": 6})
     with pytest.raises(ConfigError, match=r"'train\.model\.depth' 6 .*needs >= 64"):
         load_config(params)
 

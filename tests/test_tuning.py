@@ -248,7 +248,7 @@ def test_a_named_study_refuses_another_architecture(tmp_path):
             tmp_path,
             {
                 **shared,
-                "preprocess.image_size": 32,
+                "preprocess.image.size": 32,
                 "train.model.architecture": "mobilenetv3small",
             },
         )

@@ -72,7 +72,7 @@ def check(path, application):
 
 def resolve(tmp_path, path):
     changes = {
-        "preprocess.image_size": SIDE,
+        "preprocess.image.size": SIDE,
         "train.model.architecture": ARCHITECTURE,
         "train.model.weights": str(path),
     }
@@ -356,7 +356,7 @@ def test_the_train_stage_refuses_a_bad_weights_file_before_reading_data(
     add_declared_datasets(legacy_file)
     # No processed data at all: reading it first would fail on that instead.
     params = {
-        "preprocess.image_size": SIDE,
+        "preprocess.image.size": SIDE,
         "train.model.architecture": ARCHITECTURE,
         "train.model.weights": str(legacy_file),
     }
@@ -381,7 +381,7 @@ def test_a_tune_worker_refuses_a_bad_weights_file_before_reading_data(tmp_path):
     text = tmp_path / "text.h5"
     text.write_text("not weights\n")
     params = {
-        "preprocess.image_size": SIDE,
+        "preprocess.image.size": SIDE,
         "train.model.architecture": ARCHITECTURE,
         "train.model.weights": str(text),
         "train.tuning.storage": "sqlite:///studies/s.db",

@@ -59,7 +59,7 @@ symbolic link out; the pipeline writes and deletes there, so anything else is re
 Every param is validated before any work, against one schema (`src/pneumonia/config/`,
 pydantic): types are strict (`true` is not 1, `"5"` is not 5), choices and bounds are checked,
 and so are the checks that span fields (`train.model.depth`, or a backbone's minimum, against
-`preprocess.image_size`, `train.model.weights` against the architecture,
+`preprocess.image.size`, `train.model.weights` against the architecture,
 `grace_period` against `heartbeat_interval`, the two registered names). An unknown key or section
 is refused with a did-you-mean:
 
@@ -68,6 +68,10 @@ $ pneumonia check-params     # with `thresold: youden` under evaluate
 error: params.yaml: 'evaluate.threshold' is missing; unknown key 'evaluate.thresold'; did you
 mean 'threshold'? (known: threshold, bootstrap, confidence, seed, calibration_bins, ...)
 ```
+
+A key of an older `params.yaml` that has moved is named with its new place: `preprocess.image_size`
+is now `preprocess.image.size` (and `resize`, `clahe*` are under `preprocess.image`),
+`preprocess.max_pixels` and `max_file_bytes` are under `preprocess.limits`.
 
 `pneumonia check-params` validates `params.yaml` and prints it resolved; the `validate` stage does
 the same inside `dvc repro` and `dvc exp run`, so `dvc exp run -S +evalute.threshold=0.3` fails

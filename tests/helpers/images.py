@@ -166,6 +166,19 @@ TINY_PREPROCESS = {
 }
 
 
+def preprocess_config(size: int, workers: int = 1, sample_grid: int = 4):
+    """A preprocess section for unit tests: letterbox, no CLAHE (4 tiles when a test turns it
+    on), the default input limits."""
+    from pneumonia.config import DEFAULT_LIMITS, ImageInput, PreprocessConfig
+
+    image = ImageInput(
+        size=size, resize="letterbox", clahe=False, clahe_clip_limit=2.0, clahe_tile_grid=4
+    )
+    return PreprocessConfig(
+        image=image, limits=DEFAULT_LIMITS, workers=workers, sample_grid=sample_grid
+    )
+
+
 def blob_pixels(
     seed: int, positive: bool, size: tuple[int, int] = (TINY_SIDE, TINY_SIDE)
 ) -> np.ndarray:

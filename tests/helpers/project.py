@@ -136,7 +136,7 @@ def pipeline_project(
 
 # Tiny enough that a trial takes seconds on a CPU, with a signal the CNN can learn.
 TINY_PROJECT_CHANGES: dict[str, Any] = {
-    "preprocess.image_size": 16,
+    "preprocess.image.size": 16,
     "train.epochs": 1,
     "train.batch_size": 8,
     "train.mixed_precision": "off",
@@ -182,7 +182,7 @@ def write_tiny_project(
     apply_changes(params, {**TINY_PROJECT_CHANGES, **changes})
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    size = params["preprocess"]["image_size"]
+    size = params["preprocess"]["image"]["size"]
     for seed, (split, count) in enumerate((("train", images), ("val", images // 2))):
         folder = root / params["paths"]["processed"] / split
         folder.mkdir(parents=True, exist_ok=True)

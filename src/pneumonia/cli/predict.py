@@ -59,7 +59,7 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=Path,
         default=Path("params.yaml"),
         help="the project's params.yaml, for the default model and the input limits "
-        "(preprocess.max_pixels, preprocess.max_file_bytes; the defaults without it) "
+        "(preprocess.limits.max_pixels, preprocess.limits.max_file_bytes; the defaults without it) "
         "(default: %(default)s)",
     )
     parser.add_argument(

@@ -31,11 +31,14 @@ from pneumonia.config.loading import (
 )
 from pneumonia.config.messages import ConfigError
 from pneumonia.config.schema import (
+    DEFAULT_LIMITS,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_PIXELS,
     SPLITS,
     DownloadConfig,
     EvaluateConfig,
+    ImageInput,
+    InputLimits,
     PreprocessConfig,
     SplitConfig,
     ThresholdRule,
@@ -53,6 +56,7 @@ from pneumonia.config.workers import resolve_workers, usable_cores
 
 __all__ = [
     "BACKBONE_MIN_IMAGE_SIZE",
+    "DEFAULT_LIMITS",
     "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "IMAGENET",
@@ -65,6 +69,8 @@ __all__ = [
     "DownloadConfig",
     "EvaluateConfig",
     "Hyperparameters",
+    "ImageInput",
+    "InputLimits",
     "ModelConfig",
     "OptimizerConfig",
     "PreprocessConfig",

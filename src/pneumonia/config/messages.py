@@ -97,6 +97,17 @@ def _bounds(info: FieldInfo | None, context: dict[str, Any]) -> str:
     return (bounds_text(info.metadata) if info is not None else None) or bounds_text(named) or ""
 
 
+# Keys an older params.yaml has that now live elsewhere: the error names the new place.
+MOVED_KEYS = {
+    "preprocess." + "image_size": "preprocess.image.size",
+    **{
+        f"preprocess.{key}": f"preprocess.image.{key}"
+        for key in ("resize", "clahe", "clahe_clip_limit", "clahe_tile_grid")
+    },
+    **{f"preprocess.{key}": f"preprocess.limits.{key}" for key in ("max_pixels", "max_file_bytes")},
+}
+
+
 def _did_you_mean(key: str, model: type[BaseModel] | None) -> str:
     if model is None:
         return ""
@@ -119,6 +130,8 @@ def _describe(error: dict[str, Any], root: type[BaseModel], prefix: str) -> str:
     )
     info, holder = _field(root, location)
     if kind == "extra_forbidden":
+        if key in MOVED_KEYS:
+            return f"'{key}' has moved to '{MOVED_KEYS[key]}' (see docs/parameters.md)"
         return f"unknown key '{key}'{_did_you_mean(str(location[-1]), holder)}"
     if kind == "missing":
         return f"'{key}' is missing"

@@ -164,12 +164,12 @@ DEFAULT_MAX_FILE_BYTES = 50_000_000
 MIN_MAX_PIXELS = 32 * 32
 
 
-class PreprocessConfig(Section):
-    """The preprocess stage: each split's images as the model's input, and the input limits.
-    The limits are checked before decoding wherever an image is read (download, preprocess,
-    predict, the served model); they change no pixel of an image they let through."""
+class ImageInput(Section):
+    """What the model's input depends on: the image size, the resize and CLAHE. A model records
+    these in its card (the image spec) and predict and the served model read them from there;
+    dvc.yaml's train stage depends on this sub-section as a whole."""
 
-    image_size: Annotated[
+    size: Annotated[
         int,
         Field(
             ge=16,
@@ -194,12 +194,24 @@ class PreprocessConfig(Section):
     clahe_clip_limit: Annotated[float, Field(gt=0, description="CLAHE clip limit")]
     clahe_tile_grid: Annotated[
         int,
-        Field(ge=1, description="CLAHE tiles per side (at most `preprocess.image_size`)"),
+        Field(ge=1, description="CLAHE tiles per side (at most `preprocess.image.size`)"),
     ]
-    workers: Workers
-    sample_grid: Annotated[
-        int, Field(ge=0, description="images per split in the sample grid PNG (0 = none)")
-    ]
+
+    @model_validator(mode="after")
+    def _tiles_fit(self) -> ImageInput:
+        if self.clahe_tile_grid > self.size:
+            raise FieldError(
+                "clahe_tile_grid",
+                f"must be in [1, 'preprocess.image.size'] ([1, {self.size}]), got "
+                f"{self.clahe_tile_grid}",
+            )
+        return self
+
+
+class InputLimits(Section):
+    """The input limits, checked before decoding wherever an image is read (download,
+    preprocess, predict, the served model); they change no pixel of an image they let through."""
+
     max_pixels: Annotated[
         int,
         Field(
@@ -219,15 +231,20 @@ class PreprocessConfig(Section):
         ),
     ]
 
-    @model_validator(mode="after")
-    def _tiles_fit(self) -> PreprocessConfig:
-        if self.clahe_tile_grid > self.image_size:
-            raise FieldError(
-                "clahe_tile_grid",
-                f"must be in [1, 'preprocess.image_size'] ([1, {self.image_size}]), got "
-                f"{self.clahe_tile_grid}",
-            )
-        return self
+
+DEFAULT_LIMITS = InputLimits(max_pixels=DEFAULT_MAX_PIXELS, max_file_bytes=DEFAULT_MAX_FILE_BYTES)
+
+
+class PreprocessConfig(Section):
+    """The preprocess stage: each split's images as the model's input (`image`), the input
+    limits (`limits`), and the stage's own knobs, which change no pixel."""
+
+    image: ImageInput
+    limits: InputLimits
+    workers: Workers
+    sample_grid: Annotated[
+        int, Field(ge=0, description="images per split in the sample grid PNG (0 = none)")
+    ]
 
 
 _THRESHOLD_PROBLEM = (
@@ -358,19 +375,19 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:
-        model, size = self.train.model, self.preprocess.image_size
+        model, size = self.train.model, self.preprocess.image.size
         depth = model.depth
         if model.is_backbone and size < BACKBONE_MIN_IMAGE_SIZE[model.architecture]:
             minimum = BACKBONE_MIN_IMAGE_SIZE[model.architecture]
             raise FieldError(
-                "preprocess.image_size",
+                "preprocess.image.size",
                 f"({size}) is too small for 'train.model.architecture' {model.architecture} "
                 f"(needs >= {minimum}, Keras's minimum for it); raise it or use architecture cnn",
             )
         if not model.is_backbone and size < 2**depth:
             raise FieldError(
                 "train.model.depth",
-                f"{depth} halves the image {depth} times; 'preprocess.image_size' {size} is "
+                f"{depth} halves the image {depth} times; 'preprocess.image.size' {size} is "
                 f"too small (needs >= {2**depth})",
             )
         # One registered name per flavor: promotion compares versions of one kind of model.

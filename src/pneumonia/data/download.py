@@ -290,7 +290,7 @@ def run_download(config: Config) -> DownloadResult:
     """Resolve the source, lay out and check every image, and build the manifest."""
     started = time.perf_counter()
     source = resolve_source(config)
-    max_file_bytes = config.preprocess.max_file_bytes
+    max_file_bytes = config.preprocess.limits.max_file_bytes
     listing = list_files(source, max_file_bytes)
     discovery = discover(listing.files)
     for reason, path in listing.skips:
@@ -301,7 +301,7 @@ def run_download(config: Config) -> DownloadResult:
     paths = [images_dir / image.relative_path for image in discovery.images]
     inspect = partial(
         inspect_image,
-        max_pixels=config.preprocess.max_pixels,
+        max_pixels=config.preprocess.limits.max_pixels,
         max_file_bytes=max_file_bytes,
     )
     checks = list(parallel_map(inspect, paths, config.download.workers))

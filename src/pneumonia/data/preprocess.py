@@ -92,7 +92,7 @@ def preprocess_split(
     and the whole split never has to fit in memory. The file is written under a temporary name
     and renamed to `output` only once every row is in (contracts.files.replacing).
     """
-    size = config.image_size
+    size = config.image.size
     paths = [images_dir / path for path in frame["path"]]
     with replacing(output) as partial:
         reserve_npy(partial, (len(frame), size, size, 1), output)
@@ -199,7 +199,7 @@ def run_preprocess(
                 f"preprocess: split '{name}' has no images; check the split stage"
             )
     output_dir.mkdir(parents=True, exist_ok=True)
-    check_free_space(output_dir, frames, config.image_size)
+    check_free_space(output_dir, frames, config.image.size)
     remove_outputs(output_dir, list(frames))
     for name, frame in frames.items():
         directory = output_dir / name

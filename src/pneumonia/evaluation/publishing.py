@@ -84,7 +84,7 @@ def publish_evaluation(
     limits: dict[str, int] | None = None,
 ) -> OperatingPoint:
     """Log, tag and register what evaluate measured; returns the operating point to write.
-    `limits` are the served model's input limits (params.yaml's preprocess.max_pixels and
+    `limits` are the served model's input limits (params.yaml's preprocess.limits.max_pixels and
     max_file_bytes). Inside an experiment that is not the workspace's (unapplied_experiment),
     the workspace's aliases and the Keras version's tags are left alone (module docstring)."""
     experiment = unapplied_experiment(run.config)

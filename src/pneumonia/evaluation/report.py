@@ -51,7 +51,7 @@ def check_model_input(model: keras.Model, images: np.ndarray, model_path: Path, 
         raise EvaluationError(
             f"{model_path} takes images of shape {expected} but {arrays} holds "
             f"{tuple(images.shape[1:])}; preprocess and train disagree (was "
-            "preprocess.image_size changed without retraining?): run dvc repro"
+            "preprocess.image.size changed without retraining?): run dvc repro"
         )
     if images.dtype != np.uint8:
         raise EvaluationError(f"{arrays}: expected uint8 pixels, found {images.dtype}")

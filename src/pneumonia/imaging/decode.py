@@ -147,8 +147,8 @@ def _read_regular_file(path: str, max_bytes: int) -> bytes | str:
 
 def open_image(source: str | Path | BinaryIO) -> Image.Image:
     """Image.open with only the JPEG and PNG decoders. Pillow's decompression-bomb warning is
-    silenced: header_problem refuses an image over preprocess.max_pixels with a clearer message
-    (Pillow still refuses one over twice its own limit, whatever the param says)."""
+    silenced: header_problem refuses an image over preprocess.limits.max_pixels with a clearer
+    message (Pillow still refuses one over twice its own limit, whatever the param says)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return Image.open(source, formats=OPEN_FORMATS)
@@ -158,7 +158,7 @@ def file_size_problem(size: int, max_file_bytes: int) -> str | None:
     """Why a file of `size` bytes is refused, or None: checked before its bytes are read."""
     if size > max_file_bytes:
         return (
-            f"{size:,} bytes is over preprocess.max_file_bytes ({max_file_bytes:,}); chest "
+            f"{size:,} bytes is over preprocess.limits.max_file_bytes ({max_file_bytes:,}); chest "
             "X-rays are a few MB, raise the limit if this one is real"
         )
     return None
@@ -172,7 +172,7 @@ def header_problem(image: Image.Image, max_pixels: int) -> str | None:
     pixels = image.width * image.height
     if pixels > max_pixels:
         return (
-            f"{image.width}x{image.height} is {pixels:,} pixels, over preprocess.max_pixels "
+            f"{image.width}x{image.height} is {pixels:,} pixels, over preprocess.limits.max_pixels "
             f"({max_pixels:,}); downscale the image or raise the limit"
         )
     return None

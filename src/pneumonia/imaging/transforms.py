@@ -15,19 +15,15 @@ import numpy as np
 from PIL import Image
 
 from pneumonia.config import (
-    DEFAULT_MAX_FILE_BYTES,
-    DEFAULT_MAX_PIXELS,
+    DEFAULT_LIMITS,
     ConfigError,
+    ImageInput,
+    InputLimits,
     PreprocessConfig,
 )
 from pneumonia.contracts.image_spec import IMAGE_SPEC_KEYS, ImageSpec
 from pneumonia.errors import PipelineError
 from pneumonia.imaging.decode import ImageDecodeError, file_size_problem, load_grayscale
-
-# The settings a trained model needs to preprocess new images the same way.
-MODEL_INPUT_KEYS = IMAGE_SPEC_KEYS
-# The input limits: they refuse images but change no pixel of those they let through.
-INPUT_LIMIT_KEYS = ("max_pixels", "max_file_bytes")
 
 
 class PreprocessSettingsError(PipelineError, ValueError):
@@ -57,7 +53,7 @@ def resize_gray(image: Image.Image, size: int, mode: str) -> tuple[np.ndarray, t
         side = min(width, height)
         top, left = (height - side) // 2, (width - side) // 2
         return _resize(pixels[top : top + side, left : left + side], size, size), (0, 0)
-    raise ValueError(f"preprocess.resize must be letterbox, stretch or crop, got {mode!r}")
+    raise ValueError(f"preprocess.image.resize must be letterbox, stretch or crop, got {mode!r}")
 
 
 def apply_clahe(pixels: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
@@ -67,12 +63,13 @@ def apply_clahe(pixels: np.ndarray, clip_limit: float, tile_grid: int) -> np.nda
 
 def preprocess_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
     """One grayscale image -> (S, S) uint8. CLAHE sees the content only, not the letterbox bars."""
-    content, (top, left) = resize_gray(image, config.image_size, config.resize)
-    if config.clahe:
-        content = apply_clahe(content, config.clahe_clip_limit, config.clahe_tile_grid)
-    if content.shape == (config.image_size, config.image_size):
+    spec = config.image
+    content, (top, left) = resize_gray(image, spec.size, spec.resize)
+    if spec.clahe:
+        content = apply_clahe(content, spec.clahe_clip_limit, spec.clahe_tile_grid)
+    if content.shape == (spec.size, spec.size):
         return np.ascontiguousarray(content, dtype=np.uint8)
-    frame = np.zeros((config.image_size, config.image_size), dtype=np.uint8)
+    frame = np.zeros((spec.size, spec.size), dtype=np.uint8)
     frame[top : top + content.shape[0], left : left + content.shape[1]] = content
     return frame
 
@@ -85,10 +82,10 @@ def preprocess_file(
     or too flat to be a chest X-ray."""
     image = load_grayscale(
         path,
-        target=config.image_size,
-        resize=config.resize,
-        max_pixels=config.max_pixels,
-        max_file_bytes=config.max_file_bytes,
+        target=config.image.size,
+        resize=config.image.resize,
+        max_pixels=config.limits.max_pixels,
+        max_file_bytes=config.limits.max_file_bytes,
         check_xray=check_xray,
     )
     return preprocess_image(image, config)
@@ -100,15 +97,15 @@ def preprocess_bytes(
     """preprocess_file for an encoded image held in memory (what the served model receives):
     the same decode, draft scale, limits and resize, so a file and its bytes give identical
     pixels."""
-    problem = file_size_problem(len(data), config.max_file_bytes)
+    problem = file_size_problem(len(data), config.limits.max_file_bytes)
     if problem is not None:
         raise ImageDecodeError(f"{name}: {problem}")
     image = load_grayscale(
         io.BytesIO(data),
-        target=config.image_size,
-        resize=config.resize,
+        target=config.image.size,
+        resize=config.image.resize,
         name=name,
-        max_pixels=config.max_pixels,
+        max_pixels=config.limits.max_pixels,
         check_xray=check_xray,
     )
     return preprocess_image(image, config)
@@ -116,43 +113,39 @@ def preprocess_bytes(
 
 def model_input_settings(config: PreprocessConfig) -> dict[str, Any]:
     """What a model card records of the preprocess settings: those that change the pixels."""
-    return ImageSpec.of(config).as_json()
+    return ImageSpec.of(config.image).as_json()
 
 
 def input_limits(config: PreprocessConfig) -> dict[str, int]:
     """The input limits of a config, as the served model's settings record them."""
-    return {key: getattr(config, key) for key in INPUT_LIMIT_KEYS}
+    return config.limits.model_dump()
 
 
 def config_from_settings(settings: Any, source: str | Path, limits: Any = None) -> PreprocessConfig:
     """The inverse of model_input_settings: a model's recorded preprocess settings (model card,
-    served model) back to a PreprocessConfig, validated like params.yaml's section. `limits`
-    (max_pixels, max_file_bytes: a served model's) default to DEFAULT_MAX_PIXELS and
-    DEFAULT_MAX_FILE_BYTES, for a model card or a served model logged before them."""
+    served model: the image spec's keys) back to a PreprocessConfig, validated like params.yaml's
+    section. `limits` (max_pixels, max_file_bytes: a served model's) default to DEFAULT_LIMITS,
+    for a model card or a served model logged before them."""
     if not isinstance(settings, dict):
         raise PreprocessSettingsError(
             f"{source}: preprocess settings must be a mapping, got {settings!r}"
         )
-    missing = [key for key in MODEL_INPUT_KEYS if key not in settings]
+    missing = [key for key in IMAGE_SPEC_KEYS if key not in settings]
     if missing:
         raise PreprocessSettingsError(f"{source}: preprocess settings lack {', '.join(missing)}")
     if limits is not None and not isinstance(limits, dict):
         raise PreprocessSettingsError(f"{source}: limits must be a mapping, got {limits!r}")
-    # workers and sample_grid only matter to the stage; one image at a time needs neither.
-    section = {
-        **settings,
-        "workers": 1,
-        "sample_grid": 0,
-        "max_pixels": DEFAULT_MAX_PIXELS,
-        "max_file_bytes": DEFAULT_MAX_FILE_BYTES,
-        **(limits or {}),
-    }
     try:
-        return PreprocessConfig.from_section(section, "preprocess")
+        image = ImageInput.from_section(ImageSpec.section_of(settings), "preprocess")
+        bounds = InputLimits.from_section(
+            {**DEFAULT_LIMITS.model_dump(), **(limits or {})}, "limits"
+        )
     except ConfigError as error:
         raise PreprocessSettingsError(f"{source}: bad preprocess settings: {error}") from error
+    # workers and sample_grid only matter to the stage; one image at a time needs neither.
+    return PreprocessConfig(image=image, limits=bounds, workers=1, sample_grid=0)
 
 
 def with_limits(config: PreprocessConfig, limits: PreprocessConfig) -> PreprocessConfig:
     """`config` (a model's preprocessing) with the input limits of `limits` (params.yaml's)."""
-    return config.model_copy(update=input_limits(limits))
+    return config.model_copy(update={"limits": limits.limits})

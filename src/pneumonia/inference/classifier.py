@@ -32,7 +32,7 @@ class Classifier:
             raise PredictionError(
                 f"{self.source}: threshold must be in [0, 1], got {self.threshold}"
             )
-        size = self.preprocess.image_size
+        size = self.preprocess.image.size
         if tuple(self.model.input_shape[1:]) != (size, size, 1):
             raise PredictionError(
                 f"{self.source}: the model takes {tuple(self.model.input_shape[1:])} but its "

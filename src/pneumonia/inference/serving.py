@@ -141,7 +141,7 @@ class PneumoniaServingModel(mlflow.pyfunc.PythonModel):
         )
         # Trace the prediction function now, not inside the first request (and not in two
         # request threads at once).
-        size = self.classifier.preprocess.image_size
+        size = self.classifier.preprocess.image.size
         self.classifier.probabilities(np.zeros((1, size, size, 1), np.uint8))
         guard_scoring_server_json()
 

@@ -120,7 +120,7 @@ def build_model(
         return build_backbone_model(image_size, model, weights)
     if image_size < 2**model.depth:
         raise ValueError(
-            f"preprocess.image_size={image_size} is too small for train.model.depth="
+            f"preprocess.image.size={image_size} is too small for train.model.depth="
             f"{model.depth} (needs >= {2**model.depth})"
         )
     inputs = keras.Input(shape=(image_size, image_size, 1), dtype="uint8", name="image")

@@ -171,7 +171,7 @@ def write_card_and_summary(
     """models/model.json, the stage summary, and the train artifacts in the run."""
     settings, logged = config.train, registration.logged
     card = build_model_card(
-        image_size=config.preprocess.image_size,
+        image_size=config.preprocess.image.size,
         preprocess=model_input_settings(config.preprocess),
         hyperparameters=chosen.hyperparameters.flat(),
         weights=weights_record(settings.model, setup.weights),

@@ -424,7 +424,7 @@ def best_epoch(history: keras.callbacks.History) -> tuple[int, float]:
 
 def load_training_splits(config: Config) -> tuple[SplitArrays, SplitArrays]:
     """The train and val arrays, checked against params before any work (never test)."""
-    size = config.preprocess.image_size
+    size = config.preprocess.image.size
     splits = []
     for name in ("train", "val"):
         images, labels, _ = load_split(config.paths.processed_split(name), mmap=False)
@@ -435,7 +435,7 @@ def load_training_splits(config: Config) -> tuple[SplitArrays, SplitArrays]:
         if images.shape[1:] != (size, size, 1):
             arrays = config.paths.processed_split(name) / IMAGES_FILE
             raise ConfigError(
-                f"params.yaml: 'preprocess.image_size' is {size} but {arrays} holds "
+                f"params.yaml: 'preprocess.image.size' is {size} but {arrays} holds "
                 f"{images.shape[1:]} images; re-run preprocess (dvc repro) or fix the param"
             )
         splits.append(SplitArrays(images, labels))

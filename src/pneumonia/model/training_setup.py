@@ -31,7 +31,7 @@ class TrainingSetup:
         the weights file."""
         return {
             "train": loggable_train_params(config.params["train"]),
-            "preprocess.image_size": self.train.images.shape[1],
+            "preprocess.image.size": self.train.images.shape[1],
             **extra,
             **weights_params(self.weights),
         }

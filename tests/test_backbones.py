@@ -342,7 +342,7 @@ def test_warmup_changes_no_backbone_weight_and_fine_tuning_does(tmp_path):
             "train.fine_tuning.unfreeze": 12,
             "train.fine_tuning.learning_rate": 0.01,
             "train.batch_size": 16,
-            "train.early_stopping_patience": 5,
+            "train.early_stopping_patience": 0,
         },
     )
     weights = resolve_weights(config.train.model, config.project_root)

@@ -219,12 +219,12 @@ def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
     assert card["mlflow"]["version"] == "1"
     assert card["preprocess"]["image_size"] == 32
     history = (repo / "reports" / "train" / "history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,")
+    assert history[0].startswith("epoch,") and history[1].startswith("1,")
     # Two members with consecutive seeds; member 1's curves under its own prefix.
     members = pd.read_csv(repo / "reports" / "train" / "members.csv")
     assert members["seed"].tolist() == [42, 43] and members["epochs_run"].tolist() == [2, 2]
     steps = [m.step for m in client.get_metric_history(parent_id, "member1/val_auc")]
-    assert steps == [0, 1]
+    assert steps == [1, 2]  # epochs as the console counts them
     assert len(ensemble_members(keras.saving.load_model(repo / "models" / "model.keras"))) == 2
     # The acquisition-shift check ran on the raw val images: one row per condition, summary
     # figures in the DVC metrics and on the MLflow run.

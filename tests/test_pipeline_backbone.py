@@ -66,7 +66,7 @@ def test_repro_trains_and_evaluates_a_backbone(pipeline):
     members = pd.read_csv(repo / "reports" / "train" / "members.csv")
     assert members["epochs_run"].tolist() == [2]
     history = pd.read_csv(repo / "reports" / "train" / "history.csv")
-    assert history["epoch"].tolist() == [0, 1]
+    assert history["epoch"].tolist() == [1, 2]
     model = keras.saving.load_model(repo / "models" / "model.keras", safe_mode=True)
     assert ensemble_members(model) == [model]
     assert any(layer.name.startswith(ARCHITECTURE) for layer in model.layers)

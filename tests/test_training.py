@@ -200,7 +200,7 @@ def test_train_stage_keeps_the_epoch_curves_apart_from_the_saved_models_val_auc(
 
     from helpers import PROJECT_ROOT, write_tiny_project
 
-    changes = {"train.epochs": 3, "train.early_stopping_patience": 5, "train.tuning.n_trials": 1}
+    changes = {"train.epochs": 3, "train.early_stopping_patience": 0, "train.tuning.n_trials": 1}
     project = write_tiny_project(tmp_path / "project", changes).parent
     result = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "stages" / "train.py")],

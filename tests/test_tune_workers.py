@@ -278,7 +278,7 @@ def test_train_stage_refits_the_best_trial_of_the_shared_study(shared_study, tra
     chosen = hyperparameters_from(study.best_trial.params, config.train.hyperparameters)
     assert card["hyperparameters"] == chosen.flat()
     assert card["tuning"]["study_name"] == STUDY
-    assert card["tuning"]["best_trial"] == study.best_trial.number
+    assert card["tuning"]["best_trial"] == study.best_trial.number + 1  # 1-based, as printed
     train_run = mlflow.MlflowClient(tracking_server.url).get_run(card["mlflow"]["run_id"])
     assert train_run.data.tags["optuna_study"] == STUDY
     assert train_run.info.artifact_uri.startswith("mlflow-artifacts:")  # the server's store

@@ -126,12 +126,13 @@ def test_pruner_stops_a_trial_through_the_keras_callback(capsys):
     assert lines[-3].startswith("trial 1: optimizer ")
     assert lines[-2].startswith("  epoch 1/3: loss ") and "val_auc" in lines[-2]
     assert lines[-1].startswith("trial 1: pruned in ")
-    assert list(trial.intermediate_values) == [0]  # reported once, then pruned
+    # Reported once, then pruned; at step 0, as Optuna counts steps (its own 0-based way).
+    assert list(trial.intermediate_values) == [0]
     children = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert children["tags.trial_state"].tolist() == ["PRUNED"]
     assert children["status"].tolist() == ["KILLED"]  # pruned, not failed
     history = mlflow.MlflowClient().get_metric_history(children["run_id"][0], MONITOR)
-    assert [metric.step for metric in history] == [0]
+    assert [metric.step for metric in history] == [1]  # MLflow steps are epoch numbers
 
 
 @pytest.mark.slow  # two full 8-epoch fits: real training, the slowest unit test

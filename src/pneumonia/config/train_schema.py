@@ -361,10 +361,10 @@ class _FinalFit(Section):
     early_stopping_patience: Annotated[
         int,
         Field(
-            ge=1,
-            description="epochs without a val AUC gain before stopping (best weights restored); "
-            "8, chosen on val over two seeds, lets the default 8-epoch fit run whole and keep its "
-            "best epoch",
+            ge=0,
+            description="epochs without a val AUC gain before the final fit stops, fewer than "
+            "`train.epochs`; 0 (the default, chosen on val over two seeds) never stops early. "
+            "Either way the best epoch's weights are the ones kept",
         ),
     ]
     class_weight: Annotated[
@@ -402,6 +402,17 @@ class TrainConfig(Hyperparameters, _FinalFit):
 
     augmentation: AugmentationConfig
     tuning: TuningConfig
+
+    @model_validator(mode="after")
+    def _patience_can_stop(self) -> TrainConfig:
+        # A patience of train.epochs or more could never stop the fit: a dead param.
+        if self.early_stopping_patience >= self.epochs:
+            raise FieldError(
+                "early_stopping_patience",
+                f"({self.early_stopping_patience}) must be below 'train.epochs' ({self.epochs}) "
+                "to ever stop the fit; use 0 to train every epoch (the best one is kept anyway)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _member_seeds_fit(self) -> TrainConfig:

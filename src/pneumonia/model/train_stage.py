@@ -31,7 +31,13 @@ from pneumonia.model.training import (
     members_table,
 )
 from pneumonia.model.training_setup import TrainingSetup, start_training_run
-from pneumonia.model.tuning import card_tuning, hyperparameters_from, log_study, study_for_training
+from pneumonia.model.tuning import (
+    card_tuning,
+    hyperparameters_from,
+    log_study,
+    study_for_training,
+    trial_number,
+)
 from pneumonia.registry import (
     LoggedModel,
     describe_model,
@@ -70,7 +76,7 @@ def run_train_stage(run: StageRun, config: Config, setup: TrainingSetup) -> str:
     config.paths.train_reports.mkdir(parents=True, exist_ok=True)
     start_training_run(run, config)
     chosen = choose_hyperparameters(run, config, setup)
-    final, metrics = refit_and_check(run, config, setup, chosen.hyperparameters)
+    final, metrics = refit_and_check(run, config, setup, chosen)
     save_model(final.model, config.paths.model)  # identical weights, identical bytes
     run.log_hashes("output", [config.paths.model])
     history_table(final.histories[0]).to_csv(config.paths.history_table, index=False)
@@ -103,13 +109,24 @@ def choose_hyperparameters(run: StageRun, config: Config, setup: TrainingSetup) 
 
 
 def refit_and_check(
-    run: StageRun, config: Config, setup: TrainingSetup, hyperparameters: Hyperparameters
+    run: StageRun, config: Config, setup: TrainingSetup, chosen: Chosen
 ) -> tuple[FinalFit, dict[str, Any]]:
     """The final fit (one network or the ensemble), its members table, and its figures with the
     acquisition-shift check's."""
     paths, settings = config.paths, config.train
+    refits = (
+        "the fixed hyperparameters"
+        if chosen.study is None
+        else f"trial {trial_number(chosen.study.best_trial.number)}"
+    )
     final = fit_ensemble(
-        hyperparameters, setup.train, setup.val, settings, run.run_id, setup.weights
+        chosen.hyperparameters,
+        setup.train,
+        setup.val,
+        settings,
+        run.run_id,
+        setup.weights,
+        refits=refits,
     )
     pd.DataFrame(members_table(final.histories, settings.seed)).to_csv(
         paths.members_table, index=False
@@ -199,7 +216,7 @@ def summary_line(
 ) -> str:
     return (
         f"train: val ROC AUC {metrics[FINAL_VAL_ROC_AUC]:.4f} ({len(final.histories)} "
-        f"member(s), best epoch {metrics['best_epoch'] + 1}); registered "
+        f"member(s), best epoch {metrics['best_epoch']}); registered "
         f"{config.train.registered_model_name} version {logged.version} ({logged.model_uri})"
     )
 

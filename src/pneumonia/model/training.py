@@ -151,8 +151,9 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             for key, value in (logs or {}).items()
             if np.isscalar(value)
         }
+        # Steps are epoch numbers as the console counts them (1-based).
         for key, value in metrics.items():
-            self.client.log_metric(self.run_id, key, value, step=epoch)
+            self.client.log_metric(self.run_id, key, value, step=epoch + 1)
 
 
 class EpochProgress(keras.callbacks.Callback):
@@ -326,26 +327,32 @@ def fit_ensemble(
     config: TrainConfig,
     run_id: str,
     weights: WeightsFile | None = None,
+    refits: str | None = None,
 ) -> FinalFit:
-    """The final fit: train.ensemble members with seeds seed, seed + 1, ..., each with early
-    stopping on val AUC (best weights restored); their probabilities averaged.
+    """The final fit: train.ensemble members with seeds seed, seed + 1, ..., each keeping its
+    best epoch by val AUC (and stopped early after train.early_stopping_patience epochs without
+    a gain, unless it is 0); their probabilities averaged.
 
     Member 0 logs its curves under the plain metric names (as a single model does); member k
-    under `member<k>/`.
+    under `member<k>/`. `refits` (`trial 3`, `the fixed hyperparameters`) names where the
+    hyperparameters came from in the header line.
     """
     members, histories = [], []
     started = time.perf_counter()
+    patience = config.early_stopping_patience
+    stopping = f"early stopping after {patience} without a gain" if patience else "no early stop"
     say(
-        f"final fit: {config.ensemble} member(s), up to {config.epochs} epoch(s) each, early "
-        f"stopping on {MONITOR} after {config.early_stopping_patience}"
+        f"final fit{f' of {refits}' if refits else ''}: {config.ensemble} member(s), up to "
+        f"{config.epochs} epoch(s) each, keeping the best {MONITOR} ({stopping})"
     )
     for index in range(config.ensemble):
         if config.ensemble > 1:
             say(f"member {index + 1}/{config.ensemble} (seed {config.seed + index})")
+        # Patience 0 is off: a patience of every epoch never stops, and still restores the best.
         stopper = keras.callbacks.EarlyStopping(
             monitor=MONITOR,
             mode="max",
-            patience=config.early_stopping_patience,
+            patience=patience or config.epochs,
             restore_best_weights=True,
         )
         logger = MlflowEpochLogger(run_id, prefix=f"member{index}/" if index else "")
@@ -394,7 +401,7 @@ def final_fit_figures(final: FinalFit, train: SplitArrays, val: SplitArrays) -> 
 def history_table(history: keras.callbacks.History) -> pd.DataFrame:
     """Per-epoch train and val loss, accuracy and AUC (the DVC plots' learning curves)."""
     frame = pd.DataFrame(history.history)
-    frame.insert(0, "epoch", range(len(frame)))
+    frame.insert(0, "epoch", range(1, len(frame) + 1))
     return frame
 
 
@@ -405,7 +412,7 @@ def members_table(histories: list[keras.callbacks.History], seed: int) -> list[d
         epoch, value = best_epoch(history)
         rows.append(
             {
-                "member": index,
+                "member": index + 1,
                 "seed": seed + index,
                 "best_epoch": epoch,
                 "best_val_auc": value,
@@ -416,10 +423,11 @@ def members_table(histories: list[keras.callbacks.History], seed: int) -> list[d
 
 
 def best_epoch(history: keras.callbacks.History) -> tuple[int, float]:
-    """(epoch index, value) of the highest val AUC."""
+    """(epoch, value) of the highest val AUC; the epoch 1-based, as the console, train.json,
+    MLflow's steps and the plots count epochs."""
     values = history.history[MONITOR]
     index = int(np.argmax(values))
-    return index, float(values[index])
+    return index + 1, float(values[index])
 
 
 def load_training_splits(config: Config) -> tuple[SplitArrays, SplitArrays]:

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pneumonia.config import Config, ConfigError, TuningConfig
 from pneumonia.model.training_setup import prepare_training, start_training_run
-from pneumonia.model.tuning import create_study, make_objective, redact_url
+from pneumonia.model.tuning import create_study, make_objective, redact_url, trial_number
 from pneumonia.tracking import stage_run
 
 STAGE = "tune-worker"
@@ -44,7 +44,8 @@ class WorkerResult:
             f"{f' ({counts})' if counts else ''}; the study has {self.study_finished} finished"
         )
         if self.best_trial is not None:
-            line += f", best val AUC {self.best_trial.value:.4f} (trial {self.best_trial.number})"
+            best = self.best_trial
+            line += f", best val AUC {best.value:.4f} (trial {trial_number(best.number)})"
         return line
 
 

@@ -21,6 +21,7 @@ from pneumonia.model.tuning.records import (
     OBJECTIVE_NAMES,
     OWNER_ATTRIBUTE,
     TuningError,
+    trial_number,
 )
 from pneumonia.model.tuning.reporting import card_tuning, log_study, study_plots, study_summary
 from pneumonia.model.tuning.search_space import (
@@ -84,4 +85,5 @@ __all__ = [
     "study_plots",
     "study_summary",
     "suggest",
+    "trial_number",
 ]

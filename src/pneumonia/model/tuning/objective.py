@@ -15,7 +15,7 @@ from optuna_integration import KerasPruningCallback
 from pneumonia.config import TrainConfig
 from pneumonia.model.backbones import WeightsFile
 from pneumonia.model.training import MONITOR, MlflowEpochLogger, SplitArrays, best_epoch, fit
-from pneumonia.model.tuning.records import MLFLOW_RUN_ATTRIBUTE, OWNER_ATTRIBUTE
+from pneumonia.model.tuning.records import MLFLOW_RUN_ATTRIBUTE, OWNER_ATTRIBUTE, trial_number
 from pneumonia.model.tuning.search_space import suggest
 from pneumonia.progress import duration, say
 from pneumonia.tracking import NOTE_TAG, ProcessIdentity
@@ -53,23 +53,25 @@ def make_objective(
         )
         started_trials += 1
         hyperparameters = suggest(trial, config.tuning.search_space, config.hyperparameters)
+        number = trial_number(trial.number)
         name = f"trial {started_trials}" + (f"/{planned}" if planned else "")
-        if trial.number != started_trials - 1:  # a shared study: say which trial of it
-            name += f" (study trial {trial.number})"
+        if number != started_trials:  # a shared study: say which trial of it
+            name += f" (study trial {number})"
         say(f"{name}: {_described(trial.params)}")
         started = time.perf_counter()
         # Not a `with` block: a pruned trial must end as KILLED, not FAILED, and leave the parent
         # run active.
         run = mlflow.start_run(
-            run_name=f"trial-{trial.number}",
+            run_name=f"trial-{number}",
             nested=True,
             parent_run_id=parent_run_id,
             tags={
                 "stage": stage,
+                "trial": str(number),
                 "optuna_trial": str(trial.number),
                 "optuna_study": trial.study.study_name,
             },
-            description=f"Optuna trial {trial.number} of study {trial.study.study_name}",
+            description=f"Trial {number} of study {trial.study.study_name}",
         )
         # Recorded first, so a worker that finds this trial stale can end its run.
         trial.set_user_attr(MLFLOW_RUN_ATTRIBUTE, run.info.run_id)
@@ -89,7 +91,7 @@ def make_objective(
             epoch, value = best_epoch(history)
             mlflow.log_metrics({"best_val_auc": value, "best_epoch": epoch})
             state, status = TrialState.COMPLETE, "FINISHED"
-            outcome = f"{MONITOR} {value:.4f} (epoch {epoch + 1})"
+            outcome = f"{MONITOR} {value:.4f} (epoch {epoch})"
             return value
         except optuna.TrialPruned:
             state, status, outcome = TrialState.PRUNED, "KILLED", "pruned"
@@ -98,7 +100,7 @@ def make_objective(
             mlflow.set_tag("trial_state", state.name)
             mlflow.set_tag(
                 NOTE_TAG,
-                f"Optuna trial {trial.number} of study {trial.study.study_name}: {outcome}; "
+                f"Trial {number} of study {trial.study.study_name}: {outcome}; "
                 f"{hyperparameters.flat()}",
             )
             mlflow.end_run(status=status)

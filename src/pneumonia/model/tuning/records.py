@@ -21,5 +21,12 @@ ARCHITECTURE_ATTRIBUTE = "architecture"
 OBJECTIVE_NAMES = [MONITOR]
 
 
+def trial_number(optuna_number: int) -> int:
+    """A trial as a person counts it (1-based: the console, MLflow run names, train.json, the
+    model card). Optuna's own 0-based number stays in the `optuna_trial` tag and the trials
+    table's `number` column, as optuna-dashboard shows it."""
+    return optuna_number + 1
+
+
 class TuningError(PipelineError, RuntimeError):
     """The study produced no usable trial."""

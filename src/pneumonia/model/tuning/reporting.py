@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pneumonia.config import TuningConfig
-from pneumonia.model.tuning.records import OWNER_ATTRIBUTE
+from pneumonia.model.tuning.records import OWNER_ATTRIBUTE, trial_number
 from pneumonia.tracking import StageRun
 
 
@@ -25,7 +25,7 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
         "complete": states.count("COMPLETE"),
         "pruned": states.count("PRUNED"),
         "failed": states.count("FAIL"),
-        "best_trial": best.number,
+        "best_trial": trial_number(best.number),
         "best_val_auc": best.value,
         "best_params": best.params,
     }
@@ -71,7 +71,7 @@ def log_study(
     """The study's trials table (a header only without tuning), summary, plots and counts in the
     train run; returns the summary."""
     if study is None:
-        trials_table.write_text("number,state,value\n")
+        trials_table.write_text("trial,number,state,value\n")
         return None
     mlflow.set_tag("optuna_study", study.study_name)
     summary = study_summary(study)
@@ -80,6 +80,8 @@ def log_study(
     table = study.trials_dataframe().drop(
         columns=[f"system_attrs_{OWNER_ATTRIBUTE}"], errors="ignore"
     )
+    # `trial` as the console and MLflow count (1-based); `number` is Optuna's own.
+    table.insert(0, "trial", [trial_number(number) for number in table["number"]])
     table.to_csv(trials_table, index=False)
     with tempfile.TemporaryDirectory() as scratch:
         for plot in study_plots(study, Path(scratch)):

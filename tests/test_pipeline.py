@@ -290,6 +290,9 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     train = runs[runs["tags.stage"] == "train"].iloc[0]
     evaluate = runs[runs["tags.stage"] == "evaluate"].iloc[0]
     assert evaluate["tags.train_run_id"] == train["run_id"]
+    # The train run's params are on the evaluate run too, for side-by-side comparison.
+    for key in ("params.train.epochs", "params.preprocess.image.size", "params.chosen.model.dropout"):
+        assert evaluate[key] == train[key], key
     assert evaluate["metrics.test/roc_auc"] == pytest.approx(test["roc_auc"]["value"])
     assert evaluate["metrics.test/roc_auc_low"] == pytest.approx(test["roc_auc"]["ci_low"])
     assert "metrics.test_at_0.5/accuracy" in evaluate

@@ -11,6 +11,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from pneumonia.config import Config
 from pneumonia.contracts.arrays import load_split
@@ -22,6 +23,7 @@ from pneumonia.contracts.metrics_report import (
     measured,
     write_headline,
 )
+from pneumonia.contracts.model_card import ModelCard
 from pneumonia.contracts.operating_point import OperatingPoint, write_operating_point
 from pneumonia.evaluation.model_card import model_card_markdown
 from pneumonia.evaluation.outputs import write_figures, write_gradcam_panels, write_tables
@@ -79,6 +81,7 @@ def run_evaluate_stage(run: StageRun, config: Config, inputs: EvaluationInputs) 
         "input", [paths.model, *(paths.processed_split(name) for name in EVALUATED_SPLITS)]
     )
     mlflow.set_tags(run_tags(card))
+    copy_training_params(run, card)
     report = measure_and_write(config, inputs)
     indexes = {name: index for name, (_, _, index) in inputs.splits.items()}
     point = publish_evaluation(
@@ -100,6 +103,21 @@ def run_evaluate_stage(run: StageRun, config: Config, inputs: EvaluationInputs) 
     summary = summary_line(config, report, point)
     run.describe(f"{summary}\n\n{card_markdown}")
     return summary
+
+
+def copy_training_params(run: StageRun, card: ModelCard) -> None:
+    """The params of the train run that made the model, logged on this run too: MLflow's
+    side-by-side comparison shows a run's own params only, so two evaluate runs then show that
+    `train.epochs` (or any train param) differed. The train run is found by the card's run id;
+    one missing from this store (a copied model) is said in one line, not an error."""
+    train_run_id = card.registry().run_id
+    try:
+        params = mlflow.MlflowClient().get_run(train_run_id).data.params
+    except MlflowException:
+        print(f"evaluate: train run {train_run_id} is not in this store; its params not copied")
+        return
+    own = set(mlflow.get_run(run.run_id).data.params)
+    mlflow.log_params({key: value for key, value in params.items() if key not in own})
 
 
 def measure_and_write(config: Config, inputs: EvaluationInputs) -> dict[str, Any]:

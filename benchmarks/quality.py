@@ -43,7 +43,8 @@ from pneumonia.contracts.metrics_report import (
     HIGH,
     LOW,
     THRESHOLD,
-    headline_key,
+    figure_key,
+    flat_figures,
     read_detail,
     read_headline,
 )
@@ -62,7 +63,7 @@ LINKED_SOURCE = "data/chest_xray"
 SEED_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy")
 VAL_ROC_AUC, WALL_SECONDS = "val_roc_auc", "wall_seconds"
 SUMMARY_COLUMNS = (
-    *(headline_key("test", name) for name in SEED_METRICS),
+    *(figure_key("test", name) for name in SEED_METRICS),
     VAL_ROC_AUC,
     THRESHOLD,
     WALL_SECONDS,
@@ -185,7 +186,7 @@ def seed_row(seed: int, headline: dict[str, float], val_roc_auc: float, seconds:
     row: dict[str, Any] = {"seed": seed}
     for name in SEED_METRICS:
         for bound in BOUNDS:
-            row[headline_key("test", name, bound)] = headline[headline_key("test", name, bound)]
+            row[figure_key("test", name, bound)] = headline[figure_key("test", name, bound)]
     row.update({VAL_ROC_AUC: val_roc_auc, THRESHOLD: headline[THRESHOLD], WALL_SECONDS: seconds})
     return row
 
@@ -217,7 +218,7 @@ def seed_table(rows: list[dict], summary: dict[str, dict[str, float | None]]) ->
     for row in rows:
         cells = []
         for name in SEED_METRICS:
-            value, low, high = (row[headline_key("test", name, bound)] for bound in BOUNDS)
+            value, low, high = (row[figure_key("test", name, bound)] for bound in BOUNDS)
             cells.append(f"{value:.4f} [{low:.3f}, {high:.3f}]")
         lines.append(
             f"{row['seed']:>5}  "
@@ -234,7 +235,7 @@ def seed_table(rows: list[dict], summary: dict[str, dict[str, float | None]]) ->
 
     for statistic in ("mean", "sd", "range"):
         metrics = " ".join(
-            f"{cell(headline_key('test', name), statistic):<22}" for name in SEED_METRICS
+            f"{cell(figure_key('test', name), statistic):<22}" for name in SEED_METRICS
         )
         wall = summary[WALL_SECONDS]
         if statistic == "range":
@@ -305,15 +306,18 @@ def repro(clone: Path, log_path: Path, environment: dict[str, str]) -> tuple[int
 
 
 def print_report(clone: Path, seconds: float) -> tuple[dict[str, float], float]:
-    """The run's table (one line per test metric with its 95% interval); returns metrics.json's
-    headline and train's final val ROC AUC."""
+    """The run's table (one line per test metric with its 95% interval); returns the run's flat
+    figures (metrics_report.flat_figures: the headline with its intervals) and train's final
+    val ROC AUC."""
     # Imported here, not at the top: it loads TensorFlow, which the seed and profile functions
     # (and their unit test) do not need.
     from pneumonia.model.training import FINAL_VAL_ROC_AUC
 
     paths = project_paths(clone / "params.yaml")
-    headline = read_headline(paths.metrics)
     report = read_detail(paths.metrics_detail)
+    headline = flat_figures(report)
+    if read_headline(paths.metrics)[THRESHOLD] != headline[THRESHOLD]:
+        raise SystemExit(f"{paths.metrics} and {paths.metrics_detail} are of different runs")
     train = json.loads(paths.stage_summary("train").read_text())
     test = report["test"][AT_THRESHOLD]
     threshold = report[THRESHOLD]
@@ -328,8 +332,8 @@ def print_report(clone: Path, seconds: float) -> tuple[dict[str, float], float]:
     )
     print(f"{'metric':<12} {'test':>7}  {'95% CI':<17} {'goal':>6} {'met':>4} {'Kermany':>8}")
     for name in ("roc_auc", "accuracy", "sensitivity", "specificity", "precision", "f1"):
-        if name in HEADLINE_METRICS:  # metrics.json's figures
-            value, low, high = (headline[headline_key("test", name, bound)] for bound in BOUNDS)
+        if name in HEADLINE_METRICS:  # the headline's figures
+            value, low, high = (headline[figure_key("test", name, bound)] for bound in BOUNDS)
         else:
             value, low, high = (test[name][key] for key in ("value", "ci_low", "ci_high"))
         goal = GOALS.get(name)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pneumonia.contracts.image_spec import IMAGE_SPEC_KEYS, ImageSpec
-from pneumonia.contracts.metrics_report import Figure, headline_figure, headline_key
+from pneumonia.contracts.metrics_report import Figure, figure_key, flat_figure
 from pneumonia.contracts.model_card import SCHEMA_VERSION as CARD_VERSION
 from pneumonia.contracts.model_card import (
     ModelCard,
@@ -134,11 +134,11 @@ def test_registry_tags_round_trip_and_name_distinct_hashes():
 
 def test_a_headline_figure_is_a_value_with_its_interval():
     headline = {
-        headline_key("test", "roc_auc"): 0.9,
-        headline_key("test", "roc_auc", "low"): 0.85,
-        headline_key("test", "roc_auc", "high"): 0.95,
+        figure_key("test", "roc_auc"): 0.9,
+        figure_key("test", "roc_auc", "low"): 0.85,
+        figure_key("test", "roc_auc", "high"): 0.95,
     }
-    assert headline_figure(headline, "test", "roc_auc") == Figure(value=0.9, low=0.85, high=0.95)
+    assert flat_figure(headline, "test", "roc_auc") == Figure(value=0.9, low=0.85, high=0.95)
 
 
 def test_files_written_before_schema_versions_are_read_through_the_upgrade(tmp_path):

@@ -185,6 +185,7 @@ def test_dvc_outputs_are_the_paths_the_code_writes() -> None:
         "evaluate": {
             paths.threshold,
             paths.evaluate_reports,
+            paths.evaluate_tables,
             paths.metrics,
             paths.model_card_markdown,
         },

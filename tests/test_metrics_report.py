@@ -10,11 +10,13 @@ from pneumonia.config import load_config
 from pneumonia.contracts.files import write_json
 from pneumonia.contracts.image_spec import ImageSpec
 from pneumonia.contracts.metrics_report import (
+    FLAT_FIGURE_KEYS,
     HEADLINE_KEYS,
     HEADLINE_METRICS,
     HEADLINE_SPLITS,
     MetricsReportError,
-    headline_key,
+    figure_key,
+    flat_figures,
     headline_metrics,
     read_headline,
 )
@@ -27,7 +29,7 @@ from pneumonia.evaluation.model_card import (
 )
 from pneumonia.evaluation.report import evaluation_report
 
-from helpers import write_params
+from helpers import PROJECT_ROOT, write_params
 
 SPEC = {
     "image_size": 128,
@@ -64,23 +66,23 @@ def report(tmp_path):
 
 def test_headline_is_flat_few_numeric_and_keyed_as_defined(report, tmp_path):
     headline = headline_metrics(report)
-    assert tuple(headline) == HEADLINE_KEYS
-    assert len(headline) == 1 + len(HEADLINE_SPLITS) * len(HEADLINE_METRICS) * 3 == 25
+    assert (
+        tuple(headline)
+        == HEADLINE_KEYS
+        == (
+            "roc_auc",
+            "sensitivity",
+            "specificity",
+            "accuracy",
+            "threshold",
+            "val_roc_auc",
+        )
+    )
     assert all(type(value) is float for value in headline.values())
     assert headline["threshold"] == 0.45
-    test_auc = report["test"]["at_threshold"]["roc_auc"]
-    assert headline["test_roc_auc"] == test_auc["value"]
-    assert (headline["test_roc_auc_low"], headline["test_roc_auc_high"]) == (
-        test_auc["ci_low"],
-        test_auc["ci_high"],
-    )
-    assert headline["val_specificity"] == report["val"]["at_threshold"]["specificity"]["value"]
-    for split in HEADLINE_SPLITS:
-        for metric in HEADLINE_METRICS:
-            low, value, high = (
-                headline[headline_key(split, metric, bound)] for bound in ("low", None, "high")
-            )
-            assert low <= value <= high, (split, metric)
+    assert headline["roc_auc"] == report["test"]["at_threshold"]["roc_auc"]["value"]
+    assert headline["specificity"] == report["test"]["at_threshold"]["specificity"]["value"]
+    assert headline["val_roc_auc"] == report["val"]["at_threshold"]["roc_auc"]["value"]
     # What evaluate writes round-trips through the reader, and DVC gets a flat object.
     write_json(tmp_path / "metrics.json", headline)
     assert read_headline(tmp_path / "metrics.json") == headline
@@ -90,16 +92,65 @@ def test_headline_is_flat_few_numeric_and_keyed_as_defined(report, tmp_path):
     )
 
 
-def test_an_old_nested_metrics_file_is_refused_naming_the_fix(report, tmp_path):
+def test_flat_figures_carry_every_interval(report):
+    figures = flat_figures(report)
+    assert tuple(figures) == FLAT_FIGURE_KEYS
+    assert len(figures) == 1 + len(HEADLINE_SPLITS) * len(HEADLINE_METRICS) * 3 == 25
+    test_auc = report["test"]["at_threshold"]["roc_auc"]
+    assert (figures["test_roc_auc_low"], figures["test_roc_auc_high"]) == (
+        test_auc["ci_low"],
+        test_auc["ci_high"],
+    )
+    assert figures["val_specificity"] == report["val"]["at_threshold"]["specificity"]["value"]
+    for split in HEADLINE_SPLITS:
+        for metric in HEADLINE_METRICS:
+            low, value, high = (
+                figures[figure_key(split, metric, bound)] for bound in ("low", None, "high")
+            )
+            assert low <= value <= high, (split, metric)
+
+
+def test_dvc_metrics_show_fits_100_columns(report, tmp_path):
+    """The headline is the one DVC metrics file evaluate writes; `dvc metrics show` prints it
+    (and train's report, if dvc.yaml declared it a metric) as one table, at most 100 wide."""
+    import os
+    import subprocess
+
+    import yaml
+
+    write_json(tmp_path / "metrics.json", headline_metrics(report))
+    (tmp_path / "dvc.yaml").write_text("metrics:\n  - metrics.json\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
+    shown = subprocess.run(
+        ["dvc", "metrics", "show"],
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "100"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    widths = [len(line) for line in shown.splitlines()]
+    assert widths and max(widths) <= 100, shown
+    declared = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    metric_files = [
+        next(iter(entry)) if isinstance(entry, dict) else entry
+        for stage in declared["stages"].values()
+        for entry in stage.get("metrics", [])
+    ]
+    assert metric_files == ["${paths.reports}/metrics.json"], metric_files
+
+
+def test_an_old_metrics_file_is_refused_naming_the_fix(report, tmp_path):
     path = tmp_path / "metrics.json"
-    write_json(path, report)  # what evaluate wrote before the headline
-    with pytest.raises(MetricsReportError, match=r"lacks test_roc_auc.*re-run the evaluate stage"):
+    write_json(path, flat_figures(report))  # what evaluate wrote before the narrow headline
+    with pytest.raises(MetricsReportError, match=r"lacks roc_auc.*re-run the evaluate stage"):
         read_headline(path)
-    write_json(path, {**headline_metrics(report), "test_roc_auc": "high"})
-    with pytest.raises(MetricsReportError, match="test_roc_auc is 'high', not a number"):
+    write_json(path, {**headline_metrics(report), "roc_auc": "high"})
+    with pytest.raises(MetricsReportError, match="roc_auc is 'high', not a number"):
         read_headline(path)
     with pytest.raises(ValueError, match="not a headline figure"):
-        headline_key("train", "roc_auc")
+        figure_key("train", "roc_auc")
 
 
 NUMBER = r"(\d+\.\d+|n/a)"
@@ -123,7 +174,7 @@ def test_model_card_has_its_sections_and_the_figures_of_metrics_json(report):
     card = model_card_markdown(
         report, TRAIN_CARD, served={"registered_model": "clf", "version": "7"}
     )
-    headline = headline_metrics(report)
+    headline = flat_figures(report)
     assert card.startswith(TITLE)
     positions = [card.index(f"\n{section}\n") for section in SECTIONS]
     assert positions == sorted(positions)
@@ -134,7 +185,7 @@ def test_model_card_has_its_sections_and_the_figures_of_metrics_json(report):
     for split, figures in (("test", test_figures), ("val", val_figures)):
         for metric in HEADLINE_METRICS:
             quoted = [float(text) for text in figures[words[metric]]]
-            expected = [headline[headline_key(split, metric, b)] for b in (None, "low", "high")]
+            expected = [headline[figure_key(split, metric, b)] for b in (None, "low", "high")]
             assert quoted == pytest.approx(expected, abs=5e-4), (split, metric)
     threshold = re.search(r"Threshold (\d\.\d{4}): an image", card).group(1)
     assert float(threshold) == pytest.approx(headline["threshold"], abs=5e-5)

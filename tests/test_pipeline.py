@@ -254,7 +254,7 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     assert report["threshold"]["chosen_on"] == "val"
     test = report["test"]["at_threshold"]
     headline = read_headline(repo / "reports" / "metrics.json")
-    assert headline["test_roc_auc"] == test["roc_auc"]["value"]
+    assert headline["roc_auc"] == test["roc_auc"]["value"]
     assert report["test"]["images"] == len(PATIENT_FILES[("test", "NORMAL")]) + len(
         PATIENT_FILES[("test", "PNEUMONIA")]
     )
@@ -265,13 +265,13 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     assert metrics == headline
     # The model card quotes the same figures.
     card_text = (repo / "reports" / "model_card.md").read_text()
-    assert f"ROC AUC {headline['test_roc_auc']:.3f}" in card_text
+    assert f"ROC AUC {headline['roc_auc']:.3f}" in card_text
     operating_point = json.loads((repo / "models" / "threshold.json").read_text())
     assert operating_point["threshold"] == report["threshold"]["value"]
     # It names the model file it was chosen for by content.
     assert operating_point["model"]["sha256"] == file_sha256(repo / "models" / "model.keras")
     for name in ("roc", "precision_recall", "calibration", "predictions"):
-        assert (repo / "reports" / "evaluate" / f"{name}.csv").is_file()
+        assert (repo / "reports" / "tables" / f"{name}.csv").is_file()
     rendered = run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo, env)
     assert "index.html" in rendered.stdout
     html = (tmp_path / "plots" / "index.html").read_text()
@@ -281,7 +281,7 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     assert "roc.png" not in html
     # A Grad-CAM panel for every outcome the tiny model produced (which ones occur depends on
     # its scores), and none for the others.
-    outcomes = set(pd.read_csv(repo / "reports" / "evaluate" / "predictions.csv")["outcome"])
+    outcomes = set(pd.read_csv(repo / "reports" / "tables" / "predictions.csv")["outcome"])
     assert outcomes
     for outcome in ("true_positive", "false_positive", "true_negative", "false_negative"):
         assert (f"{outcome}.png" in html) == (outcome in outcomes), outcome
@@ -291,7 +291,11 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     evaluate = runs[runs["tags.stage"] == "evaluate"].iloc[0]
     assert evaluate["tags.train_run_id"] == train["run_id"]
     # The train run's params are on the evaluate run too, for side-by-side comparison.
-    for key in ("params.train.epochs", "params.preprocess.image.size", "params.chosen.model.dropout"):
+    for key in (
+        "params.train.epochs",
+        "params.preprocess.image.size",
+        "params.chosen.model.dropout",
+    ):
         assert evaluate[key] == train[key], key
     assert evaluate["metrics.test/roc_auc"] == pytest.approx(test["roc_auc"]["value"])
     assert evaluate["metrics.test/roc_auc_low"] == pytest.approx(test["roc_auc"]["ci_low"])
@@ -348,7 +352,7 @@ def test_predict_and_promote_in_the_project(pipeline_copy):
     rows = pd.read_csv(io.StringIO(result.stdout))
     scored = rows[rows["error"].isna()].copy()
     scored["path"] = scored["path"].str.removeprefix("data/raw/images/")
-    evaluated = pd.read_csv(repo / "reports" / "evaluate" / "predictions.csv")
+    evaluated = pd.read_csv(repo / "reports" / "tables" / "predictions.csv")
     merged = evaluated.merge(scored, on="path", suffixes=("_evaluate", "_predict"))
     assert len(merged) == len(evaluated) == len(scored)
     np.testing.assert_allclose(
@@ -389,7 +393,14 @@ def test_changing_a_param_shows_in_params_and_metrics_diff(pipeline_copy):
     changed = metrics_diff["reports/metrics.json"]
     assert changed["threshold"]["new"] == 0.01
     # At 0.01 every test image is called pneumonia (the tiny model's scores are not that low).
-    assert read_headline(repo / "reports" / "metrics.json")["test_sensitivity"] == 1.0
+    assert read_headline(repo / "reports" / "metrics.json")["sensitivity"] == 1.0
+    # `dvc plots diff` draws both revisions: the committed one's tables come from the cache.
+    plots = json.loads(run(["dvc", "plots", "diff", "HEAD", "--json"], repo, env).stdout)
+    assert not plots.get("errors"), plots.get("errors")
+    for title in ("Training AUC", "Test ROC (threshold chosen on val)", "Test confusion"):
+        (plot,) = [entries for name, entries in plots["data"].items() if name.startswith(title)]
+        revisions = {value["rev"] for value in plot[0]["content"]["data"]["values"]}
+        assert revisions == {"workspace", "HEAD"}, (title, revisions)
 
 
 def test_a_mistyped_section_fails_the_experiment_naming_the_key(pipeline_copy):

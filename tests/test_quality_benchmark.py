@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia.contracts.metrics_report import HIGH, LOW, THRESHOLD, headline_key
+from pneumonia.contracts.metrics_report import HIGH, LOW, THRESHOLD, figure_key
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,9 +104,9 @@ def row(seed, roc_auc, sensitivity, threshold, seconds):
     headline = {THRESHOLD: threshold}
     figures = {"roc_auc": roc_auc, "sensitivity": sensitivity, "specificity": 0.5, "accuracy": 0.8}
     for name, value in figures.items():
-        headline[headline_key("test", name)] = value
-        headline[headline_key("test", name, LOW)] = value - 0.02
-        headline[headline_key("test", name, HIGH)] = value + 0.02
+        headline[figure_key("test", name)] = value
+        headline[figure_key("test", name, LOW)] = value - 0.02
+        headline[figure_key("test", name, HIGH)] = value + 0.02
     return quality.seed_row(seed, headline, val_roc_auc=0.95, seconds=seconds)
 
 
@@ -117,17 +117,17 @@ def test_seed_summary_mean_sample_sd_and_range():
         row(44, roc_auc=0.96, sensitivity=0.90, threshold=0.4, seconds=720.0),
     ]
     summary = quality.seed_summary(rows)
-    auc = summary[headline_key("test", "roc_auc")]
+    auc = summary[figure_key("test", "roc_auc")]
     assert auc["mean"] == pytest.approx(0.93, abs=1e-12)
     assert auc["sd"] == pytest.approx(0.03, abs=1e-12)  # ddof=1: sqrt(0.0018 / 2)
     assert (auc["min"], auc["max"]) == (0.90, 0.96)
-    sensitivity = summary[headline_key("test", "sensitivity")]
+    sensitivity = summary[figure_key("test", "sensitivity")]
     assert sensitivity["mean"] == pytest.approx(0.95, abs=1e-12)
     # deviations 0.04, 0.01, -0.05: sqrt((0.0016 + 0.0001 + 0.0025) / 2) = sqrt(0.0021)
     assert sensitivity["sd"] == pytest.approx(0.0021**0.5, abs=1e-12)
     assert summary[THRESHOLD]["sd"] == pytest.approx(0.1, abs=1e-12)
     assert summary[quality.WALL_SECONDS] == {"mean": 660.0, "sd": 60.0, "min": 600.0, "max": 720.0}
-    assert summary[headline_key("test", "specificity")]["sd"] == 0.0
+    assert summary[figure_key("test", "specificity")]["sd"] == 0.0
 
     table = quality.seed_table(rows, summary)
     assert len(table) == 1 + 3 + 3  # header, a row per run, mean / sd / range
@@ -138,7 +138,7 @@ def test_seed_summary_mean_sample_sd_and_range():
 
 def test_seed_summary_of_one_run_has_no_sd():
     summary = quality.seed_summary([row(42, 0.94, 0.98, 0.56, 900.0)])
-    auc = summary[headline_key("test", "roc_auc")]
+    auc = summary[figure_key("test", "roc_auc")]
     assert auc == {"mean": 0.94, "sd": None, "min": 0.94, "max": 0.94}
     with pytest.raises(ValueError, match="at least one"):
         quality.seed_summary([])

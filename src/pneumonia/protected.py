@@ -65,11 +65,9 @@ def pipeline_outputs(paths: Paths) -> list[Output]:
         Output("paths.split", paths.split, "folder", dvc),
         Output("paths.processed", paths.processed, "folder", dvc),
         Output("paths.reports", paths.samples, "folder", f"{dvc} ({paths.samples.name}/)"),
-        Output(
-            "paths.reports",
-            paths.evaluate_reports,
-            "folder",
-            f"{dvc} ({paths.evaluate_reports.name}/)",
+        *(
+            Output("paths.reports", folder, "folder", f"{dvc} ({folder.name}/)")
+            for folder in (paths.evaluate_reports, paths.evaluate_tables)
         ),
     ]
     files = [

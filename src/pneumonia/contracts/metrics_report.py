@@ -1,10 +1,13 @@
 """reports/metrics.json, evaluate's headline figures, and the detail report beside it.
 
-metrics.json is what `dvc metrics show` prints: flat and few (the threshold, then ROC AUC,
-sensitivity, specificity and accuracy on test and val, each with its confidence interval).
-Everything else evaluate measured (precision, F1, PR AUC, calibration, confusion counts, test at
-0.5, split sizes, bootstrap settings) is in reports/evaluate/metrics_detail.json, nested. The key
-names are defined here only: evaluate writes them, the model card, benchmarks and tests read them.
+metrics.json is what `dvc metrics show` and `dvc exp show` print, so it is flat and narrow (six
+keys, 100 columns): test ROC AUC, sensitivity, specificity and accuracy at the threshold chosen on
+val, that threshold, and val's ROC AUC. Their confidence intervals, val's other figures and
+everything else evaluate measured (precision, F1, PR AUC, calibration, confusion counts, test at
+0.5, split sizes, bootstrap settings) are in reports/evaluate/metrics_detail.json, nested;
+flat_figures gives the figures with their intervals as one flat mapping (the model card, the
+quality benchmark). The key names are defined here only: evaluate writes them, the model card,
+benchmarks and tests read them.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class MetricsReportError(PipelineError, ValueError):
     """metrics.json is missing or is not the headline this code writes."""
 
 
-def headline_key(split: str, metric: str, bound: str | None = None) -> str:
+def figure_key(split: str, metric: str, bound: str | None = None) -> str:
     """`test_roc_auc`, or `test_roc_auc_low` / `test_roc_auc_high` for an interval bound."""
     if split not in HEADLINE_SPLITS or metric not in HEADLINE_METRICS:
         raise ValueError(f"not a headline figure: {split} {metric}")
@@ -48,27 +51,41 @@ def headline_key(split: str, metric: str, bound: str | None = None) -> str:
     return f"{split}_{metric}" + (f"_{bound}" if bound else "")
 
 
-HEADLINE_KEYS = (
+FLAT_FIGURE_KEYS = (
     THRESHOLD,
     *(
-        headline_key(split, metric, bound)
+        figure_key(split, metric, bound)
         for split in HEADLINE_SPLITS
         for metric in HEADLINE_METRICS
         for bound in (None, LOW, HIGH)
     ),
 )
+# metrics.json: the test figures under the metrics' own names (the file is the test result),
+# the threshold, and val's ROC AUC.
+VAL_ROC_AUC = "val_roc_auc"
+HEADLINE_KEYS = (*HEADLINE_METRICS, THRESHOLD, VAL_ROC_AUC)
 
 
-def headline_metrics(detail: dict[str, Any]) -> dict[str, float]:
-    """metrics.json's figures, taken from the detail report (evaluation.report)."""
-    headline = {THRESHOLD: float(chosen_threshold(detail))}
+def flat_figures(detail: dict[str, Any]) -> dict[str, float]:
+    """The threshold and every headline metric on test and val with its interval bounds, flat
+    (`test_roc_auc`, `test_roc_auc_low`, ...), from the detail report (evaluation.report)."""
+    figures = {THRESHOLD: float(chosen_threshold(detail))}
     for split in HEADLINE_SPLITS:
         for metric in HEADLINE_METRICS:
             figure = measured(detail, split, metric)
-            headline[headline_key(split, metric)] = float(figure.value)
-            headline[headline_key(split, metric, LOW)] = float(figure.low)
-            headline[headline_key(split, metric, HIGH)] = float(figure.high)
-    return headline
+            figures[figure_key(split, metric)] = float(figure.value)
+            figures[figure_key(split, metric, LOW)] = float(figure.low)
+            figures[figure_key(split, metric, HIGH)] = float(figure.high)
+    return figures
+
+
+def headline_metrics(detail: dict[str, Any]) -> dict[str, float]:
+    """metrics.json's six figures, from the detail report (evaluation.report)."""
+    return {
+        **{metric: float(measured(detail, "test", metric).value) for metric in HEADLINE_METRICS},
+        THRESHOLD: float(chosen_threshold(detail)),
+        VAL_ROC_AUC: float(measured(detail, "val", "roc_auc").value),
+    }
 
 
 def write_headline(path: Path, headline: dict[str, float]) -> None:
@@ -79,8 +96,7 @@ def write_headline(path: Path, headline: dict[str, float]) -> None:
 
 
 def read_headline(path: Path) -> dict[str, float]:
-    """metrics.json, checked: every headline key, each a number (NaN where the bootstrap left a
-    bound undefined)."""
+    """metrics.json, checked: every headline key, each a number."""
     data = read_json_object(
         path,
         MetricsReportError,
@@ -129,12 +145,12 @@ def measured(detail: dict[str, Any], split: str, metric: str, at: str = AT_THRES
     return Figure(value=figure[VALUE], low=figure[CI_LOW], high=figure[CI_HIGH])
 
 
-def headline_figure(headline: dict[str, float], split: str, metric: str) -> Figure:
-    """One figure of metrics.json, with its interval."""
+def flat_figure(figures: dict[str, float], split: str, metric: str) -> Figure:
+    """One figure of flat_figures, with its interval."""
     return Figure(
-        value=headline[headline_key(split, metric)],
-        low=headline[headline_key(split, metric, LOW)],
-        high=headline[headline_key(split, metric, HIGH)],
+        value=figures[figure_key(split, metric)],
+        low=figures[figure_key(split, metric, LOW)],
+        high=figures[figure_key(split, metric, HIGH)],
     )
 
 

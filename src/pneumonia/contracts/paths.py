@@ -15,7 +15,9 @@ META_FILE = "meta.json"
 MODEL_FILE = "model.keras"
 MODEL_CARD_FILE = "model.json"
 THRESHOLD_FILE = "threshold.json"
-# Tables the evaluate stage writes (DVC plots' data), in `paths.reports`/evaluate.
+# The tables the evaluate stage writes (the DVC plots' data), in `paths.reports`/tables: an
+# output of their own that DVC caches, so `dvc plots diff` finds another revision's curves. The
+# rest of evaluate's outputs (the Grad-CAM panels are images of patients) stay out of the cache.
 EVALUATE_TABLES = ("roc", "precision_recall", "calibration", "predictions")
 # Evaluate's nested report (in `paths.reports`/evaluate) and its Markdown model card (in
 # `paths.reports`).
@@ -121,12 +123,16 @@ class Paths:
     def evaluate_reports(self) -> Path:
         return self.reports / "evaluate"
 
+    @property
+    def evaluate_tables(self) -> Path:
+        return self.reports / "tables"
+
     def evaluate_table(self, name: str) -> Path:
         if name not in EVALUATE_TABLES:
             raise ValueError(
                 f"unknown evaluate table {name!r}; known: {', '.join(EVALUATE_TABLES)}"
             )
-        return self.evaluate_reports / f"{name}.csv"
+        return self.evaluate_tables / f"{name}.csv"
 
     @property
     def evaluate_plots(self) -> Path:

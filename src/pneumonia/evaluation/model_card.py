@@ -15,8 +15,8 @@ from pneumonia.contracts.metrics_report import (
     HEADLINE_METRICS,
     THRESHOLD,
     at_threshold,
-    headline_figure,
-    headline_metrics,
+    flat_figure,
+    flat_figures,
     measured,
     threshold_rule,
 )
@@ -49,7 +49,7 @@ def figure(value: float, digits: int = 3) -> str:
 
 def with_interval(headline: dict[str, float], split: str, metric: str, confidence: str) -> str:
     """'ROC AUC 0.949 (95% CI 0.932-0.965)'."""
-    measured_figure = headline_figure(headline, split, metric)
+    measured_figure = flat_figure(headline, split, metric)
     value, low, high = measured_figure.value, measured_figure.low, measured_figure.high
     return f"{METRIC_WORDS[metric]} {figure(value)} ({confidence} CI {figure(low)}-{figure(high)})"
 
@@ -95,7 +95,7 @@ def model_card_markdown(
 ) -> str:
     """The card as Markdown, from evaluate's detail report (evaluation.report) and train's
     model.json; `served` names the served model's registered version when there is one."""
-    headline = headline_metrics(report)
+    headline = flat_figures(report)
     lines = [
         TITLE,
         "",
@@ -205,8 +205,8 @@ def threshold_section(report: dict[str, Any], headline: dict[str, float]) -> lis
 
 def specificity_gap(headline: dict[str, float]) -> str:
     """The val-to-test specificity gap in words, called large above GAP."""
-    val_specificity = headline_figure(headline, "val", "specificity").value
-    test_specificity = headline_figure(headline, "test", "specificity").value
+    val_specificity = flat_figure(headline, "val", "specificity").value
+    test_specificity = flat_figure(headline, "test", "specificity").value
     gap = val_specificity - test_specificity
     if math.isnan(gap):
         return "the val and test specificity could not both be measured"

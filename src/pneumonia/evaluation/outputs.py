@@ -26,8 +26,8 @@ from pneumonia.progress import track
 
 
 def write_tables(tables: dict[str, pd.DataFrame], paths: Paths) -> None:
-    """The DVC plots' data: one CSV per table, under reports/evaluate."""
-    paths.evaluate_reports.mkdir(parents=True, exist_ok=True)
+    """The DVC plots' data: one CSV per table, under reports/tables."""
+    paths.evaluate_tables.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
         table.to_csv(paths.evaluate_table(name), index=False)
 

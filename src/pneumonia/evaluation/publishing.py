@@ -246,4 +246,5 @@ def artifact_paths(paths: Paths) -> list[tuple[Path, str | None]]:
         (paths.model_card_markdown, None),
         (paths.threshold, None),
         (paths.evaluate_reports, "evaluation"),
+        (paths.evaluate_tables, "evaluation/tables"),
     ]

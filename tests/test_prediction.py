@@ -23,6 +23,7 @@ from pneumonia.contracts.operating_point import (
 from pneumonia.errors import PipelineError
 from pneumonia.imaging.transforms import preprocess_file
 from pneumonia.inference.classifier import PredictionError
+from pneumonia.inference.gradcam import ANNOTATED_SIDE, annotated_overlay
 from pneumonia.inference.loading import load_classifier, load_model_file
 from pneumonia.inference.prediction import expand_inputs, predict_paths
 
@@ -145,7 +146,28 @@ def test_gradcam_writes_one_overlay_per_image_with_unique_names(tiny_model, tmp_
     ]
     for path in written:
         with Image.open(path) as image:
-            assert image.size == (TINY_SIDE, TINY_SIDE) and image.mode == "RGB"
+            assert image.mode == "RGB" and min(image.size) >= ANNOTATED_SIDE
+            pixels = np.asarray(image)
+        # The colour bar beside the X-ray runs from red (1.0, top) to blue (0.0, bottom), and
+        # the footer under it carries dark text on white.
+        bar = pixels[:ANNOTATED_SIDE, ANNOTATED_SIDE + 8 + 10]
+        assert bar[0, 0] > 100 > bar[0, 2] and bar[-1, 2] > 100 > bar[-1, 0]
+        footer = pixels[ANNOTATED_SIDE:]
+        assert (footer < 100).all(axis=-1).sum() > 200 and (footer == 255).all(axis=-1).mean() > 0.5
+
+
+def test_annotated_overlay_says_the_score_label_and_threshold():
+    """The text differs with the label: a call on either side of the threshold is drawn apart."""
+    grey = np.full((TINY_SIDE, TINY_SIDE), 128, np.uint8)
+    heatmap = np.zeros((TINY_SIDE, TINY_SIDE), np.float32)
+    heatmap[8:16, 8:16] = 1.0
+    above = annotated_overlay(grey, heatmap, 0.9, "PNEUMONIA", 0.5)
+    below = annotated_overlay(grey, heatmap, 0.1, "NORMAL", 0.5)
+    assert above.shape == below.shape and above.shape[0] > ANNOTATED_SIDE
+    assert (above[:ANNOTATED_SIDE] == below[:ANNOTATED_SIDE]).all()  # same map, same overlay
+    assert (above[ANNOTATED_SIDE:] != below[ANNOTATED_SIDE:]).any()  # other text
+    with pytest.raises(ValueError, match="at least 64 pixels"):
+        annotated_overlay(grey, heatmap, 0.9, "PNEUMONIA", 0.5, side=8)
 
 
 def test_missing_default_model_names_the_file_and_dvc_repro(tmp_path, monkeypatch, capsys):

@@ -236,6 +236,11 @@ def limitations_section(headline: dict[str, float]) -> list[str]:
         "is out of scope.",
         "- Labels are image-level pneumonia vs normal; it does not tell bacterial from viral, "
         "nor find other findings (effusion, nodules, tubes).",
+        "- Grad-CAM (the evaluate panels, `pneumonia predict --gradcam`) shows where the score's "
+        "evidence lies, relative within each image, from the network's last feature map: coarse "
+        "(a few cells across the image), not a segmentation nor a reason a clinician could check. "
+        "It can mark the shoulders, diaphragm, abdomen or burnt-in text: shortcuts the model may "
+        "use, which a new site's images need not share.",
         "- Research use only, not a medical device.",
         "",
     ]

@@ -13,13 +13,16 @@ matplotlib.use("Agg")  # files only; no display on CI or servers
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 
-from pneumonia.inference.gradcam import overlay
+from pneumonia.inference.gradcam import CAVEAT, overlay
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: plt.Figure, path: Path, laid_out: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
+    if not laid_out:
+        figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
@@ -102,9 +105,10 @@ def gradcam_panel(
     heading: str,
     path: Path,
 ) -> Path:
-    """One column per image: the X-ray above, its Grad-CAM overlay below."""
+    """One column per image: the X-ray above, its Grad-CAM overlay below, and the map's colour
+    bar with what it can and cannot show."""
     columns = len(images)
-    figure, axes = plt.subplots(2, columns, figsize=(2.2 * columns, 4.8), squeeze=False)
+    figure, axes = plt.subplots(2, columns, figsize=(2.2 * columns + 1.2, 4.8), squeeze=False)
     for column in range(columns):
         grey = images[column, ..., 0]
         axes[0, column].imshow(grey, cmap="gray", vmin=0, vmax=255)
@@ -113,4 +117,10 @@ def gradcam_panel(
         for row in (0, 1):
             axes[row, column].axis("off")
     figure.suptitle(heading, fontsize=9)
-    return _save(figure, path)
+    figure.tight_layout()
+    figure.subplots_adjust(right=1 - 1.0 / figure.get_figwidth())  # room for the bar
+    scale = figure.add_axes((1 - 0.75 / figure.get_figwidth(), 0.08, 0.012, 0.38))
+    bar = figure.colorbar(ScalarMappable(norm=Normalize(0.0, 1.0), cmap="jet"), cax=scale)
+    bar.set_label(f"Grad-CAM, 0-1 relative\n({CAVEAT})", fontsize=6)
+    bar.ax.tick_params(labelsize=6)
+    return _save(figure, path, laid_out=True)

@@ -117,3 +117,47 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.
     colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB).astype(np.float32)
     base = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
     return np.uint8(np.clip((1 - opacity) * base + opacity * colours, 0, 255))
+
+
+# What a Grad-CAM overlay can and cannot show, printed on each one `pneumonia predict` writes
+# (and said in the model card and the README).
+CAVEAT = "coarse; may mark regions outside the lungs (shortcuts)"
+ANNOTATED_SIDE = 512  # the X-ray's side in an annotated overlay, pixels
+_BAR_WIDTH, _MARGIN, _FOOTER = 20, 56, 84
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def annotated_overlay(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    probability: float,
+    label: str,
+    threshold: float,
+    side: int = ANNOTATED_SIDE,
+) -> np.ndarray:
+    """RGB uint8 for a person to read: the overlay at `side` pixels (the model's input is
+    upscaled; Grad-CAM is coarser still), a colour bar of the map's scale on the right, and the
+    score, the label at the operating threshold and the caveat below."""
+    if side < 64:
+        raise ValueError(f"annotated overlay side must be at least 64 pixels, got {side}")
+    grey = np.asarray(image, dtype=np.uint8).reshape(heatmap.shape)
+    big_grey = cv2.resize(grey, (side, side), interpolation=cv2.INTER_CUBIC)
+    big_map = cv2.resize(heatmap.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((side + _FOOTER, side + _BAR_WIDTH + _MARGIN + 8, 3), 255, np.uint8)
+    canvas[:side, :side] = overlay(big_grey, big_map)
+    scale = np.linspace(1.0, 0.0, side, dtype=np.float32)[:, None].repeat(_BAR_WIDTH, axis=1)
+    bar = cv2.applyColorMap(np.uint8(scale * 255), cv2.COLORMAP_JET)
+    left = side + 8
+    canvas[:side, left : left + _BAR_WIDTH] = cv2.cvtColor(bar, cv2.COLOR_BGR2RGB)
+    black = (0, 0, 0)
+    for value, row in (("1.0", 12), ("0.5", side // 2 + 4), ("0.0", side - 4)):
+        cv2.putText(canvas, value, (left + _BAR_WIDTH + 4, row), _FONT, 0.4, black, 1, cv2.LINE_AA)
+    lines = (
+        f"P(pneumonia) {probability:.3f} -> {label} (threshold {threshold:.3f})",
+        "Grad-CAM: where the evidence for pneumonia lies, 0-1 relative",
+        CAVEAT,
+    )
+    for number, text in enumerate(lines):
+        position = (6, side + 22 + 24 * number)
+        cv2.putText(canvas, text, position, _FONT, 0.45, black, 1, cv2.LINE_AA)
+    return canvas

@@ -17,7 +17,7 @@ from pneumonia.contracts.labels import label_for
 from pneumonia.imaging.decode import ImageDecodeError
 from pneumonia.imaging.transforms import preprocess_bytes, preprocess_file
 from pneumonia.inference.classifier import Classifier, Prediction, PredictionError
-from pneumonia.inference.gradcam import gradcam_heatmaps, overlay
+from pneumonia.inference.gradcam import annotated_overlay, gradcam_heatmaps
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 DEFAULT_BATCH_SIZE = 32
@@ -120,9 +120,19 @@ class GradcamWriter:
         self._used.add(candidate)
         return self.folder / candidate
 
-    def write(self, name: str, image: np.ndarray, heatmap: np.ndarray) -> Path:
+    def write(
+        self,
+        name: str,
+        image: np.ndarray,
+        heatmap: np.ndarray,
+        probability: float,
+        threshold: float,
+    ) -> Path:
+        """The annotated overlay (gradcam.annotated_overlay) of one image, as `<stem>.png`."""
         path = self.target(name)
-        Image.fromarray(overlay(image[..., 0], heatmap)).save(path)
+        label = label_for(probability, threshold)
+        annotated = annotated_overlay(image[..., 0], heatmap, probability, label, threshold)
+        Image.fromarray(annotated).save(path)
         return path
 
 
@@ -158,7 +168,13 @@ def classify(
     if gradcam is not None and decoded:
         heatmaps, _ = gradcam_heatmaps(classifier.model, images, classifier.threshold)
         for row, position in enumerate(decoded):
-            written = gradcam.write(sources[position][0], images[row], heatmaps[row])
+            written = gradcam.write(
+                sources[position][0],
+                images[row],
+                heatmaps[row],
+                float(scores[position]),
+                classifier.threshold,
+            )
             overlays[position] = str(written)
     results = []
     for position, (name, _) in enumerate(sources):

@@ -88,8 +88,8 @@ class ModelConfig(Section):
 
 class FineTuningConfig(Section):
     """A backbone's two phases, Keras's transfer-learning recipe (the cnn ignores them): warm-up
-    with the backbone frozen, then fine-tuning with `unfreeze` of it trainable, each
-    early-stopped on val AUC."""
+    with the backbone frozen, then fine-tuning with `unfreeze` of it trainable, each keeping its
+    best epoch by val AUC (and stopped early as `train.early_stopping_patience` says)."""
 
     warmup_epochs: Annotated[
         int,

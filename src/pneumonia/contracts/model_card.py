@@ -26,8 +26,8 @@ SCHEMA_VERSION = 1
 PREPROCESS = "preprocess"
 REGISTRY = "mlflow"
 SELECTION = (
-    "Optuna on val ROC AUC; final fit (train.ensemble members, averaged) early-stopped on val "
-    "ROC AUC"
+    "Optuna on val ROC AUC; final fit (train.ensemble members, averaged) keeping each member's "
+    "best epoch by val ROC AUC"
 )
 FIX = "re-run the train stage"
 

@@ -124,7 +124,8 @@ def opening_line(train_card: ModelCard, served: dict[str, str] | None) -> str:
             else ""
         )
         + ". Written by the evaluate stage from reports/evaluate/metrics_detail.json and "
-        "models/model.json; the figures below are the ones in reports/metrics.json."
+        "models/model.json; the test figures below are the ones in reports/metrics.json, their "
+        "intervals those of metrics_detail.json."
     )
 
 
@@ -150,7 +151,7 @@ def data_section(report: dict[str, Any]) -> list[str]:
         "chest-xray-pneumonia`), JPEGs labelled NORMAL or PNEUMONIA.",
         "- Split: the official test split is kept as test; the official train and val images are "
         "re-split into train and val by patient (no child in two splits), stratified by class.",
-        f"- Val (tuning, early stopping, threshold): {split_counts(report['val'])}.",
+        f"- Val (tuning, the best epoch, threshold): {split_counts(report['val'])}.",
         f"- Test (measured once, never used to choose anything): {split_counts(report['test'])}.",
         "",
     ]

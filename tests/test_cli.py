@@ -72,6 +72,8 @@ COMMAND_OPTIONS = {
         ("--from", "source_alias", "_StoreAction", None, None, None, None, "ALIAS"),
         ("--to", "target_alias", "_StoreAction", None, "champion", None, None, "ALIAS"),
         ("--force", "force", "_StoreTrueAction", None, False, 0, None, None),
+        # Added since: a DVC experiment's version is promoted only when asked.
+        ("--allow-experiment", "allow_experiment", "_StoreTrueAction", None, False, 0, None, None),
         ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
     ],
     "check-params": [

@@ -403,6 +403,36 @@ def test_changing_a_param_shows_in_params_and_metrics_diff(pipeline_copy):
         assert revisions == {"workspace", "HEAD"}, (title, revisions)
 
 
+def test_a_workspace_experiment_moves_no_alias_and_promote_refuses_it(pipeline_copy):
+    """`dvc exp run` in the workspace (the README's sens95 example) registers its served model
+    under `exp-<name>` only: @candidate stays on the pipeline's version, and promote refuses the
+    experiment's version unless told."""
+    repo, env = pipeline_copy["repo"], pipeline_copy["env"]
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "evaluated", "--allow-empty"], repo, env)
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    before = client.get_model_version_by_alias("pneumonia-classifier", "candidate").version
+    rule = "evaluate.threshold=sensitivity:0.95"
+    result = run(["dvc", "exp", "run", "-n", "sens95", "-S", rule], repo, env)
+    assert "Running stage 'evaluate'" in result.stdout
+    assert "experiment sens95: pneumonia-classifier" in result.stdout
+    assert client.get_model_version_by_alias("pneumonia-classifier", "candidate").version == before
+    served = client.get_model_version_by_alias("pneumonia-classifier", "exp-sens95")
+    assert served.version != before and served.tags["dvc_experiment"] == "sens95"
+    refused = subprocess.run(
+        ["pneumonia", "promote", "--from", "exp-sens95"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "registered by DVC experiment 'sens95'" in refused.stderr
+    allowed = run(["pneumonia", "promote", "--from", "exp-sens95", "--allow-experiment"], repo, env)
+    assert allowed.stdout.startswith(f"promoted: pneumonia-classifier v{served.version}")
+
+
 def test_a_mistyped_section_fails_the_experiment_naming_the_key(pipeline_copy):
     """`-S +evalute...` adds a section no stage reads; the validate stage refuses it."""
     repo, env = pipeline_copy["repo"], pipeline_copy["env"]

@@ -24,14 +24,14 @@ from pneumonia.contracts.files import file_sha256
 from pneumonia.contracts.model_card import read_model_card, write_model_card
 from pneumonia.evaluation.publishing import (
     describe_models,
+    dvc_experiment,
     publish_evaluation,
     registered_summary,
-    unapplied_experiment,
 )
 from pneumonia.evaluation.report import score_and_measure
 from pneumonia.inference.classifier import PredictionError
 from pneumonia.inference.loading import SETTINGS_ARTIFACT, check_served_model, load_classifier
-from pneumonia.promotion import promote
+from pneumonia.promotion import PromotionError, promote
 from pneumonia.tracking import stage_run
 
 from helpers import blob_pixels, split_index, write_params
@@ -153,7 +153,7 @@ def test_experiments_leave_the_workspace_registry_alone_and_each_rule_keeps_its_
     workspace_description = client.get_model_version(KERAS, keras_version).description
     assert workspace_description == "card of the sensitivity:0.9 evaluation"
 
-    # A queued experiment (DVC runs it in a temporary copy; DVC_ROOT names the project): its
+    # A queued experiment (DVC runs it in a temporary copy; DVC_ROOT names the copy): its
     # served version is registered with its own operating point, under exp-<name>; nothing of
     # the workspace's changes.
     elsewhere = {"DVC_EXP_NAME": "queued/otter.1", "DVC_ROOT": str(project["root"] / "elsewhere")}
@@ -175,8 +175,15 @@ def test_experiments_leave_the_workspace_registry_alone_and_each_rule_keeps_its_
         load_config(project["params"]).evaluate, queued
     )
 
-    # The experiment's model is promoted by its alias, compared with the champion as any other.
-    decision = promote(SERVED, "exp-queued-otter-1")
+    # promote refuses the experiment's version, naming the experiment and both ways out; with
+    # --allow-experiment it is compared with the champion as any other (--force is not enough).
+    with pytest.raises(
+        PromotionError,
+        match=r"registered by DVC experiment 'queued/otter\.1'.*"
+        r"--allow-experiment.*dvc exp apply queued/otter\.1",
+    ):
+        promote(SERVED, "exp-queued-otter-1", force=True)
+    decision = promote(SERVED, "exp-queued-otter-1", allow_experiment=True)
     assert decision.champion == first.serving_model["version"]
 
     # predict of the Keras version applies the workspace's threshold, not the experiment's.
@@ -184,26 +191,20 @@ def test_experiments_leave_the_workspace_registry_alone_and_each_rule_keeps_its_
     assert classifier.threshold == second.threshold
     assert load_classifier(f"models:/{SERVED}@exp-queued-otter-1").threshold == 0.3
 
-    # `dvc exp run` in the workspace (DVC_ROOT is the workspace): its results are the
-    # workspace's, recorded as `dvc repro` records them.
+    # `dvc exp run` in the workspace (DVC_ROOT is the workspace) is a throwaway experiment too:
+    # it moves no workspace alias and leaves the Keras version's tags alone.
     here = {"DVC_EXP_NAME": "in-place", "DVC_ROOT": str(project["root"])}
     in_place, _ = evaluate(project, monkeypatch, "youden", here)
-    assert in_place.serving_model["alias"] == "candidate"
-    assert alias_version(SERVED, "candidate") == in_place.serving_model["version"]
-    assert tags_of(KERAS, keras_version)[registry_tags.THRESHOLD_RULE] == "youden"
+    assert in_place.serving_model["alias"] == "exp-in-place"
+    assert alias_version(SERVED, "candidate") == second.serving_model["version"]
+    assert tags_of(KERAS, keras_version) == workspace_tags
 
 
-def test_unapplied_experiment_needs_a_dvc_experiment_outside_the_workspace(tmp_path):
-    config = load_config(write_params(tmp_path / "project", {}))
-    root = str(config.workspace)
-    assert unapplied_experiment(config, {}) is None
-    assert unapplied_experiment(config, {"DVC_EXP_NAME": "x", "DVC_ROOT": root}) is None
-    assert unapplied_experiment(config, {"DVC_EXP_NAME": "x", "DVC_ROOT": "/elsewhere"}) == "x"
-    # In a DVC temporary workspace (.dvc/tmp/exps/...) whatever DVC_ROOT says.
-    temporary = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
-    inside = load_config(write_params(temporary, {}))
-    assert unapplied_experiment(inside, {"DVC_EXP_NAME": "x"}) == "x"
-    assert unapplied_experiment(inside, {}) is None
+def test_any_dvc_experiment_is_an_experiment_wherever_it_runs(tmp_path):
+    assert dvc_experiment({}) is None
+    assert dvc_experiment({"DVC_EXP_NAME": ""}) is None
+    assert dvc_experiment({"DVC_EXP_NAME": "x", "DVC_ROOT": str(tmp_path)}) == "x"
+    assert dvc_experiment({"DVC_EXP_NAME": "x", "DVC_ROOT": "/elsewhere"}) == "x"
 
 
 def served_settings_file(version: str) -> Path:

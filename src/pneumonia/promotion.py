@@ -13,9 +13,8 @@ A tag is trusted only when it is a plain decimal in [0, 1] and equals the metric
 `val_dataset_digest` tag names. Val figures of two versions are comparable only when they were
 measured on the same val images: promotion refuses when the two digests differ, unless forced.
 
-Two promotes of one registered model run one after the other: each holds the model's promotion
-lock (a registered model `<name>.promotion-lock`, created only if absent, which the registry does
-atomically on a database or a tracking server) while it reads both aliases, decides and moves the
+Two promotes of one registered model run one after the other, each holding the model's
+promotion lock (pneumonia.promotion_lock) while it reads both aliases, decides and moves the
 target alias, then re-reads the alias to confirm. So a promote that waited compares with the
 champion the other one left.
 """
@@ -23,38 +22,27 @@ champion the other one left.
 from __future__ import annotations
 
 import math
-import os
-import random
-import socket
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from pneumonia.contracts import registry_tags
-from pneumonia.errors import PipelineError
-from pneumonia.redaction import redact_text, redact_url, tracking_urls
-from pneumonia.tracking import ProcessIdentity
+from pneumonia.promotion_lock import (
+    LOCK_WAIT_SECONDS,
+    PromotionError,
+    call_registry,
+    promotion_lock,
+    registry_failure,
+    store_label,
+)
+
+__all__ = ["Decision", "PromotionError", "compare", "promote", "promotion_lock"]
 
 COMPARED_TAGS = registry_tags.COMPARED
 DATASET_TAG = registry_tags.VAL_DATASET_DIGEST
-# How long a promote waits for another one to release the lock (a promote takes about a second).
-LOCK_WAIT_SECONDS = 60.0
-# Tries of one registry call the store reports temporarily unavailable (about 15 s in all).
-RETRIES = 12
-T = TypeVar("T")
-
-
-class PromotionError(PipelineError, ValueError):
-    """An alias or the tags promotion compares are missing or untrustworthy, or the registry
-    cannot be read; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -78,42 +66,13 @@ class Decision:
         return f"{head}. {self.reason}"
 
 
-def _store() -> str:
-    return redact_url(mlflow.get_tracking_uri())
-
-
-def _registry_failure(error: Exception, doing: str) -> PromotionError:
-    """The registry did not answer (a server down or unreachable, a database that cannot be
-    opened): one line with the masked URI and the fix, never "not found"."""
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    detail = redact_text(text, mlflow.get_tracking_uri(), *tracking_urls())
-    return PromotionError(
-        f"the model registry at {_store()} is unreachable or failed while {doing} ({detail}); "
-        "start the tracking server, or point MLFLOW_TRACKING_URI at a reachable one"
-    )
-
-
-def _call(method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """A registry call, tried again while the store says it is temporarily unavailable (SQLite
-    answers "database is locked" at once, without waiting, when two processes' transactions
-    cross: concurrent promotes do that)."""
-    for attempt in range(RETRIES):
-        try:
-            return method(*args, **kwargs)
-        except MlflowException as error:
-            if error.error_code != "TEMPORARILY_UNAVAILABLE" or attempt == RETRIES - 1:
-                raise
-        time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")  # the loop returns or raises
-
-
 def version_by_alias(client: mlflow.MlflowClient, name: str, alias: str) -> ModelVersion | None:
     try:
-        return _call(client.get_model_version_by_alias, name, alias)
+        return call_registry(client.get_model_version_by_alias, name, alias)
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
-        raise _registry_failure(error, f"reading alias '{alias}' of {name}") from error
+        raise registry_failure(error, f"reading alias '{alias}' of {name}") from error
 
 
 def _label(version: ModelVersion, alias: str | None = None) -> str:
@@ -153,13 +112,13 @@ def check_measured(
             "figures to a measurement; the evaluate stage sets it (dvc repro)"
         )
     try:
-        run = _call(client.get_run, run_id)
+        run = call_registry(client.get_run, run_id)
     except MlflowException as error:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise _registry_failure(error, f"reading evaluate run {run_id}") from error
+            raise registry_failure(error, f"reading evaluate run {run_id}") from error
         raise PromotionError(
             f"{label}: its evaluate run {run_id} ({registry_tags.EVALUATE_RUN_ID}) is not in "
-            f"{_store()}, so its val figures cannot be checked; re-run the evaluate stage"
+            f"{store_label()}, so its val figures cannot be checked; re-run the evaluate stage"
         ) from error
     logged = run.data.metrics
     for tag, value in zip(COMPARED_TAGS, scores, strict=True):
@@ -212,126 +171,38 @@ def _check_alias(alias: str, option: str) -> str:
         raise PromotionError(f"{option} alias: {error}") from None
 
 
-@contextmanager
-def promotion_lock(
-    client: mlflow.MlflowClient, name: str, wait_seconds: float = LOCK_WAIT_SECONDS
-) -> Iterator[None]:
-    """Hold `name`'s promotion lock: the registered model `<name>.promotion-lock`, which the
-    registry creates only if it is absent (RESOURCE_ALREADY_EXISTS otherwise, atomically on a
-    database-backed store or a tracking server). Tagged with a token of this holder, re-read to
-    confirm, and deleted on the way out only while it still holds that token."""
-    lock = registry_tags.promotion_lock_name(name)
-    token = uuid.uuid4().hex
-    holder = f"pneumonia promote, process {os.getpid()} on {socket.gethostname()}"
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        # Waiting promotes poll by reading: only a lock that looks free is tried, so they do not
-        # keep writing while the holder works.
-        tags = _lock_tags(client, lock)
-        if tags and ProcessIdentity.from_tags(tags).is_gone():
-            # Its holder was killed (SIGKILL, out of memory) before it could delete the lock:
-            # proven on this machine only (tracking.ProcessIdentity), never by a guess.
-            _break_lock(client, lock, tags)
-            tags = _lock_tags(client, lock)
-        if not tags and _try_lock(client, lock, name, token, holder):
-            break
-        if time.monotonic() > deadline:
-            tags = _lock_tags(client, lock)
-            raise PromotionError(
-                f"another promote of {name} has held the promotion lock for over "
-                f"{wait_seconds:.0f} s ({tags.get(registry_tags.LOCK_HOLDER, 'holder unknown')}, "
-                f"since {tags.get(registry_tags.LOCK_SINCE, 'unknown')}); if no promote is "
-                f"running (one was killed), delete the registered model '{lock}' (MLflow UI, "
-                "Models) and promote again"
-            )
-        time.sleep(0.05 + random.random() * 0.1)  # jitter: waiting promotes do not collide
-    try:
-        yield
-    finally:
-        try:
-            if _lock_tags(client, lock).get(registry_tags.LOCK_TOKEN) == token:
-                _call(client.delete_registered_model, lock)
-        except (MlflowException, PipelineError) as problem:
-            # The promote's own outcome (or error) is what to report; the next promote finds
-            # the lock and, this process being gone by then, breaks it.
-            print(f"promote: could not release the promotion lock {lock}: {problem}")
-
-
-def _break_lock(client: mlflow.MlflowClient, lock: str, tags: dict[str, str]) -> None:
-    """Delete a lock whose holder is proven gone, only while it still holds that holder's token
-    (another waiter may have broken it and taken it already)."""
-    if _lock_tags(client, lock).get(registry_tags.LOCK_TOKEN) != tags.get(registry_tags.LOCK_TOKEN):
-        return
-    try:
-        _call(client.delete_registered_model, lock)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise _registry_failure(error, f"breaking the promotion lock {lock}") from error
-    print(
-        f"promote: broke the promotion lock {lock}: its holder "
-        f"({tags.get(registry_tags.LOCK_HOLDER, 'unknown')}) is gone"
-    )
-
-
-def _try_lock(client: mlflow.MlflowClient, lock: str, name: str, token: str, holder: str) -> bool:
-    """Create the lock registered model with this holder's token; False when it exists."""
-    try:
-        _call(
-            client.create_registered_model,
-            lock,
-            tags={
-                registry_tags.LOCK_TOKEN: token,
-                registry_tags.LOCK_HOLDER: holder,
-                registry_tags.LOCK_SINCE: datetime.now(timezone.utc).isoformat(),
-                **ProcessIdentity.current().tags(),
-            },
-            description=f"Held by {holder} while it promotes {name}; deleted when it ends.",
-        )
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_ALREADY_EXISTS":
-            return False
-        raise _registry_failure(error, f"taking the promotion lock of {name}") from error
-    # Re-read: the lock is ours only if it holds our token.
-    return _lock_tags(client, lock).get(registry_tags.LOCK_TOKEN) == token
-
-
-def _lock_tags(client: mlflow.MlflowClient, lock: str) -> dict[str, str]:
-    try:
-        return dict(_call(client.get_registered_model, lock).tags)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return {}
-        raise _registry_failure(error, f"reading the promotion lock {lock}") from error
-
-
 def promote(
     name: str,
     source_alias: str,
     target_alias: str = "champion",
     force: bool = False,
     wait_seconds: float = LOCK_WAIT_SECONDS,
+    allow_experiment: bool = False,
 ) -> Decision:
     """Compare the `source_alias` version (the alias evaluate sets: params.yaml's evaluate.alias,
     which `pneumonia promote` passes unless --from names another) with the `target_alias`
     version on val and move `target_alias` when the source is at least as good (always with
-    `force`, which also replaces a champion whose figures cannot be compared)."""
+    `force`, which also replaces a champion whose figures cannot be compared). A version a DVC
+    experiment registered is refused unless `allow_experiment` (`force` does not imply it)."""
     _check_alias(source_alias, "--from")
     _check_alias(target_alias, "--to")
     if source_alias == target_alias:
         raise PromotionError(f"--from and --to are both '{source_alias}'")
     client = mlflow.MlflowClient()
     try:
-        _call(client.get_registered_model, name)
+        call_registry(client.get_registered_model, name)
     except MlflowException as error:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise _registry_failure(error, f"reading registered model '{name}'") from error
+            raise registry_failure(error, f"reading registered model '{name}'") from error
         raise PromotionError(
-            f"registered model '{name}' not found in {_store()}; the evaluate stage registers it "
-            "(dvc repro), or set MLFLOW_TRACKING_URI"
+            f"registered model '{name}' not found in {store_label()}; the evaluate stage "
+            "registers it (dvc repro), or set MLFLOW_TRACKING_URI"
         ) from error
     before = version_by_alias(client, name, target_alias)
     with promotion_lock(client, name, wait_seconds):
-        decision = _decide_and_move(client, name, source_alias, target_alias, force)
+        decision = _decide_and_move(
+            client, name, source_alias, target_alias, force, allow_experiment
+        )
     seen = before.version if before is not None else None
     if decision.champion != (str(seen) if seen is not None else None):
         moved = (
@@ -344,13 +215,25 @@ def promote(
 
 
 def _decide_and_move(
-    client: mlflow.MlflowClient, name: str, source_alias: str, target_alias: str, force: bool
+    client: mlflow.MlflowClient,
+    name: str,
+    source_alias: str,
+    target_alias: str,
+    force: bool,
+    allow_experiment: bool,
 ) -> Decision:
     """Under the promotion lock: read both aliases, decide, move the target alias, confirm."""
     candidate = version_by_alias(client, name, source_alias)
     if candidate is None:
         raise PromotionError(
             f"{name} has no version with alias '{source_alias}'; the evaluate stage sets it"
+        )
+    experiment = candidate.tags.get(registry_tags.DVC_EXPERIMENT)
+    if experiment and not allow_experiment:
+        raise PromotionError(
+            f"{name} v{candidate.version} (@{source_alias}) was registered by DVC experiment "
+            f"'{experiment}', not by the workspace's pipeline; --allow-experiment promotes it, "
+            f"or make it the workspace's: dvc exp apply {experiment} && dvc repro -f evaluate"
         )
     champion = version_by_alias(client, name, target_alias)
     candidate_scores = trusted_scores(client, candidate, source_alias)
@@ -422,8 +305,8 @@ def _move(
     """Point the alias at the candidate, then re-read it: an alias moved by something that
     does not take the lock (evaluate, the MLflow UI) in between is reported, not hidden."""
     try:
-        _call(client.set_registered_model_alias, name, target_alias, candidate.version)
-        _call(
+        call_registry(client.set_registered_model_alias, name, target_alias, candidate.version)
+        call_registry(
             client.set_model_version_tag,
             name,
             candidate.version,
@@ -431,7 +314,7 @@ def _move(
             datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
         if champion is not None:
-            _call(
+            call_registry(
                 client.set_model_version_tag,
                 name,
                 candidate.version,
@@ -439,7 +322,7 @@ def _move(
                 champion.version,
             )
     except MlflowException as error:
-        raise _registry_failure(error, f"moving @{target_alias} of {name}") from error
+        raise registry_failure(error, f"moving @{target_alias} of {name}") from error
     now = version_by_alias(client, name, target_alias)
     if now is None or str(now.version) != str(candidate.version):
         raise PromotionError(

@@ -38,6 +38,12 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument(
         "--force", action="store_true", help="promote even if the candidate is worse"
     )
+    parser.add_argument(
+        "--allow-experiment",
+        action="store_true",
+        help="promote a version a DVC experiment registered (refused without it; --force does "
+        "not imply it)",
+    )
     params_option(parser)
     parser.set_defaults(handler=run)
     return parser
@@ -56,6 +62,12 @@ def run(arguments: argparse.Namespace) -> None:
         name = evaluate.serving_model_name if name is None else name
         source_alias = evaluate.alias if source_alias is None else source_alias
     use_project_store(find_project_root(arguments.params.resolve().parent))
-    decision = promote(name, source_alias, arguments.target_alias, arguments.force)
+    decision = promote(
+        name,
+        source_alias,
+        arguments.target_alias,
+        arguments.force,
+        allow_experiment=arguments.allow_experiment,
+    )
     with stdout_may_close():
         print(decision.summary(), flush=True)

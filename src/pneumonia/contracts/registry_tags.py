@@ -32,8 +32,8 @@ SOURCE_MODEL_ID = "source_model_id"
 # input limits) as the store held it right after registration. Loading refuses a served model
 # whose settings.json differs: its threshold would no longer be the one the registry records.
 SETTINGS_SHA256 = "settings_sha256"
-# On versions evaluate registered inside a DVC experiment that is not the workspace's (a queued or
-# --temp `dvc exp run`): the experiment's name (DVC_EXP_NAME).
+# On versions evaluate registered inside a DVC experiment (any `dvc exp run`: in the workspace,
+# queued or --temp): the experiment's name (DVC_EXP_NAME). promote refuses them unless told.
 DVC_EXPERIMENT = "dvc_experiment"
 # On the Keras model's versions, one per threshold rule evaluated on it: the threshold that rule
 # chose, so evaluating the same file under another rule records its operating point without

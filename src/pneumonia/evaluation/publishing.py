@@ -3,10 +3,10 @@ against the trained model, the registry tags promotion compares, the served mode
 in, probability and label at the chosen threshold out), and the operating point that ties the
 threshold to the model it was chosen for.
 
-The workspace's evaluation (`dvc repro`, or `dvc exp run` in the workspace) and an experiment's
-(a queued or `--temp` `dvc exp run`, which DVC runs in a temporary copy and never applies to the
-workspace by itself) are recorded differently, so that an experiment cannot change what the
-workspace's registry entries say:
+The workspace's evaluation (`dvc repro`, or `python stages/evaluate.py`) and an experiment's
+(any `dvc exp run`: in the workspace, queued or `--temp`) are recorded differently, so that a
+throwaway experiment cannot move the alias a server or `pneumonia promote` reads, nor change what
+the workspace's registry entries say:
 
 - Both register a new served-model version carrying its own operating point (threshold, rule,
   val figures, the evaluate run) and the sha256 of its settings.json.
@@ -16,8 +16,8 @@ workspace's registry entries say:
   applies. It also records `threshold.<rule>` on the Keras version, one tag per rule, so
   evaluating the same file under another rule keeps every rule's threshold.
 - An experiment's evaluation leaves the Keras version and the workspace's aliases alone: its
-  served version is tagged `dvc_experiment=<name>` and gets the alias `exp-<name>`; promote it
-  with `pneumonia promote --from exp-<name>`.
+  served version is tagged `dvc_experiment=<name>` and gets the alias `exp-<name>`; promote
+  refuses it unless told (`pneumonia promote --from exp-<name> --allow-experiment`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pneumonia.config import Config, EvaluateConfig
+from pneumonia.config import EvaluateConfig
 from pneumonia.contracts import registry_tags
 from pneumonia.contracts.files import file_sha256
 from pneumonia.contracts.metrics_report import AT_0_5, at_threshold, chosen_threshold, measured
@@ -47,20 +47,12 @@ from pneumonia.registry import describe_model, tag_version
 from pneumonia.tracking import StageRun
 
 
-def unapplied_experiment(config: Config, environ: Mapping[str, str] | None = None) -> str | None:
-    """The name of the DVC experiment this stage runs in when its results do not land in the
-    workspace: DVC_EXP_NAME, set by `dvc exp run`, while the stage runs in a DVC temporary
-    workspace (a queued or --temp run) rather than in the project (DVC_ROOT, the project's root
-    DVC gives the stage, names the workspace). None for `dvc repro` and for `dvc exp run` in the
-    workspace."""
+def dvc_experiment(environ: Mapping[str, str] | None = None) -> str | None:
+    """The name of the DVC experiment this stage runs in (DVC_EXP_NAME, which `dvc exp run`
+    sets for every stage, in the workspace or not); None for `dvc repro` and a stage run by
+    hand."""
     environ = os.environ if environ is None else environ
-    name = environ.get("DVC_EXP_NAME")
-    if not name:
-        return None
-    workspace = config.workspace.resolve()
-    root = environ.get("DVC_ROOT")
-    elsewhere = root is not None and Path(root).resolve() != workspace
-    return name if elsewhere or workspace != config.project_root.resolve() else None
+    return environ.get("DVC_EXP_NAME") or None
 
 
 def settings_sha256(model_id: str) -> str:
@@ -85,9 +77,9 @@ def publish_evaluation(
 ) -> OperatingPoint:
     """Log, tag and register what evaluate measured; returns the operating point to write.
     `limits` are the served model's input limits (params.yaml's preprocess.limits.max_pixels and
-    max_file_bytes). Inside an experiment that is not the workspace's (unapplied_experiment),
-    the workspace's aliases and the Keras version's tags are left alone (module docstring)."""
-    experiment = unapplied_experiment(run.config)
+    max_file_bytes). Inside a DVC experiment (dvc_experiment) the workspace's aliases and the
+    Keras version's tags are left alone (module docstring)."""
+    experiment = dvc_experiment()
     trained = card.registry()
     threshold = chosen_threshold(report)
     datasets = log_measured(run, paths, report, indexes, trained.model_id or None)

@@ -189,6 +189,32 @@ def test_cli_takes_the_name_from_params_and_prints_the_decision(registry, tmp_pa
     )
 
 
+def test_an_experiments_version_is_refused_unless_allowed_and_force_is_not_enough(registry, capsys):
+    """A version a DVC experiment registered (tag dvc_experiment, any `dvc exp run`) is not the
+    workspace's: promote refuses it in one line naming the experiment and both ways out, even
+    with --force; --allow-experiment compares its val figures as any candidate's."""
+    old = add_version(registry, 0.90, 0.9, 0.8, alias="champion")
+    worse = add_version(registry, 0.80, 0.9, 0.8, alias="exp-sens95", dvc_experiment="sens95")
+    for extra in ([], ["--force"]):
+        status, out, err = run_cli(
+            ["promote", "--name", NAME, "--from", "exp-sens95", *extra], capsys
+        )
+        assert status == 2 and out == "" and len(err.splitlines()) == 1, err
+        assert err.startswith(
+            f"error: {NAME} v{worse} (@exp-sens95) was registered by DVC experiment 'sens95'"
+        )
+        assert "--allow-experiment" in err and "dvc exp apply sens95" in err
+    assert champion(registry) == old
+
+    arguments = ["promote", "--name", NAME, "--from", "exp-sens95", "--allow-experiment"]
+    status, out, _ = run_cli(arguments, capsys)
+    assert status == 0 and out.startswith(f"kept: @champion stays on v{old}"), out
+    better = add_version(registry, 0.95, 0.9, 0.8, alias="exp-sens95", dvc_experiment="sens95")
+    status, out, _ = run_cli(arguments, capsys)
+    assert status == 0 and out.startswith(f"promoted: {NAME} v{better} (@exp-sens95)"), out
+    assert champion(registry) == better
+
+
 def test_a_candidate_without_its_val_set_digest_or_with_infinite_figures_is_refused(registry):
     version = add_version(registry, 0.9, 0.9, 0.9, alias="candidate", val_dataset_digest="")
     with pytest.raises(PromotionError, match=f"v{version}: tag 'val_dataset_digest' is missing"):

@@ -133,6 +133,10 @@ def test_experiments_leave_the_workspace_registry_alone_and_each_rule_keeps_its_
     assert alias_version(SERVED, "candidate") == first.serving_model["version"]
     assert first.serving_model["alias"] == "candidate"
     assert registry_tags.DVC_EXPERIMENT not in first.serving_model
+    settings = load_config(project["params"]).evaluate
+    served_name = f"{SERVED} v{first.serving_model['version']}"
+    summary = registered_summary(settings, first)
+    assert summary == f"; {KERAS} v{keras_version} and {served_name} are @candidate"
     # The tags are the metrics the evaluate run logged under the names promote reads.
     run = client.get_run(tags[registry_tags.EVALUATE_RUN_ID])
     for tag, metric in registry_tags.LOGGED_METRIC.items():
@@ -153,7 +157,7 @@ def test_experiments_leave_the_workspace_registry_alone_and_each_rule_keeps_its_
     workspace_description = client.get_model_version(KERAS, keras_version).description
     assert workspace_description == "card of the sensitivity:0.9 evaluation"
 
-    # A queued experiment (DVC runs it in a temporary copy; DVC_ROOT names the copy): its
+    # A queued experiment (DVC runs it in a temporary copy; only DVC_EXP_NAME matters): its
     # served version is registered with its own operating point, under exp-<name>; nothing of
     # the workspace's changes.
     elsewhere = {"DVC_EXP_NAME": "queued/otter.1", "DVC_ROOT": str(project["root"] / "elsewhere")}
@@ -198,6 +202,14 @@ def test_experiments_leave_the_workspace_registry_alone_and_each_rule_keeps_its_
     assert in_place.serving_model["alias"] == "exp-in-place"
     assert alias_version(SERVED, "candidate") == second.serving_model["version"]
     assert tags_of(KERAS, keras_version) == workspace_tags
+    assert tags_of(SERVED, in_place.serving_model["version"])["dvc_experiment"] == "in-place"
+    # Its summary says what happened, claiming no temporary copy.
+    summary = registered_summary(settings, in_place)
+    assert summary.startswith(
+        f"; experiment in-place: {SERVED} v{in_place.serving_model['version']} is @exp-in-place"
+    )
+    assert "@candidate" in summary and "left as they were" in summary
+    assert "temp" not in summary and "applied" not in summary
 
 
 def test_any_dvc_experiment_is_an_experiment_wherever_it_runs(tmp_path):

@@ -233,7 +233,7 @@ def _decide_and_move(
         raise PromotionError(
             f"{name} v{candidate.version} (@{source_alias}) was registered by DVC experiment "
             f"'{experiment}', not by the workspace's pipeline; --allow-experiment promotes it, "
-            f"or make it the workspace's: dvc exp apply {experiment} && dvc repro -f evaluate"
+            f"or make it the workspace's: dvc exp apply {experiment} && dvc repro -f -s evaluate"
         )
     champion = version_by_alias(client, name, target_alias)
     candidate_scores = trusted_scores(client, candidate, source_alias)

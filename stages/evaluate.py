@@ -1,8 +1,8 @@
 """DVC stage `evaluate`: choose the operating threshold on val, measure the model on the official
 test split (once, at that threshold and at 0.5) with patient-bootstrap confidence intervals,
 write the DVC metrics and plots, log them to MLflow against the trained model, log and register
-the served model, and mark both registered versions with the `evaluate.alias` alias (in a queued
-or --temp DVC experiment: only the served version, with the alias `exp-<name>`; see
+the served model, and mark both registered versions with the `evaluate.alias` alias (in any DVC
+experiment, `dvc exp run`: only the served version, with the alias `exp-<name>`; see
 pneumonia.evaluation.publishing). The steps: pneumonia.evaluation.evaluate_stage."""
 
 import _bootstrap  # noqa: F401  (this tree's src/ before any installed pneumonia)

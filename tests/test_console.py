@@ -238,3 +238,23 @@ def test_train_names_its_device_on_its_first_line(tmp_path):
     assert lines[0].endswith(("mixed precision on", "mixed precision off"))
     assert result.returncode == 2 and lines[-1].startswith("error: "), result.stderr
     assert "failed call to cuInit" not in result.stderr  # this machine's benign line
+
+
+def test_mlflow_registration_lines_are_dropped_and_the_rest_kept(capsys):
+    """MLflow's registry client prints its registration lines with its own eprint (to
+    sys.stderr, not through logging); inside without_registry_chatter only those go."""
+    from mlflow.utils.logging_utils import eprint
+
+    from pneumonia.console import without_registry_chatter
+
+    with without_registry_chatter():
+        eprint("Successfully registered model 'pneumonia-cnn'.")
+        eprint(
+            "Registered model 'pneumonia-classifier' already exists. Creating a new version of "
+            "this model..."
+        )
+        eprint("Created version '3' of model 'pneumonia-classifier'.")
+        eprint("a real warning")
+        print("partial line without a newline", end="", file=sys.stderr)
+    err = capsys.readouterr().err
+    assert err == "a real warning\npartial line without a newline"

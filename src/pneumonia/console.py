@@ -58,6 +58,12 @@ NOISE_LOG_MESSAGES: dict[str, tuple[str, ...]] = {
     ),
     "mlflow.pyfunc": ("Validating input example against model signature",),
 }
+# What MLflow's registry client prints itself when it registers a model (to sys.stderr, not
+# through logging): the stages' summary lines say what they registered.
+REGISTRY_CHATTER = re.compile(
+    r"(Successfully registered model '.*'\.|Registered model '.*' already exists\. Creating a new "
+    r"version of this model\.\.\.|Created version '.*' of model '.*'\.)\n?\Z"
+)
 # Python warnings dropped, as regular expressions matched against the start of the message.
 NOISE_WARNINGS = (r"optuna\.visualization\.matplotlib\.\S+ is experimental",)
 # The cuInit failure of a machine with an NVIDIA driver and no NVIDIA GPU, as TensorFlow 2.16+
@@ -158,6 +164,43 @@ class _KerasNotices(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or record.getMessage().startswith(KERAS_NOTICES)
+
+
+class _LinesWithout:
+    """A text stream that passes whole lines on to `stream`, except those `pattern` matches."""
+
+    def __init__(self, stream, pattern: re.Pattern[str]):
+        self.stream, self.pattern, self.pending = stream, pattern, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if not self.pattern.match(line + "\n"):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending and not self.pattern.match(self.pending):
+            self.stream.write(self.pending)
+        self.pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def without_registry_chatter() -> Iterator[None]:
+    """sys.stderr without MLflow's registration lines (REGISTRY_CHATTER) inside the block."""
+    real = sys.stderr
+    filtered = _LinesWithout(real, REGISTRY_CHATTER)
+    sys.stderr = filtered
+    try:
+        yield
+    finally:
+        filtered.flush()
+        sys.stderr = real
 
 
 def quiet_console() -> None:

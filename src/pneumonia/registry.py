@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 from mlflow.models import Model, infer_signature
 
-from pneumonia.console import NODEDEF_LINE, native_stderr_without
+from pneumonia.console import NODEDEF_LINE, native_stderr_without, without_registry_chatter
 from pneumonia.contracts import registry_tags
 
 MODEL_ARTIFACT = "model"
@@ -54,7 +54,11 @@ def log_and_register(
     # predict_on_batch, not predict: under op determinism predict's tf.data map logs an error.
     signature = infer_signature(example, np.asarray(model.predict_on_batch(example)))
     # MLflow checks the logged model by predicting the example with it (through Keras' predict).
-    with warnings.catch_warnings(), native_stderr_without((NODEDEF_LINE,)):
+    with (
+        warnings.catch_warnings(),
+        native_stderr_without((NODEDEF_LINE,)),
+        without_registry_chatter(),
+    ):
         warnings.simplefilter("ignore", UserWarning)  # pip-requirement inference chatter
         info = Model.log(
             artifact_path=None,

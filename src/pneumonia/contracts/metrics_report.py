@@ -107,7 +107,7 @@ def read_headline(path: Path) -> dict[str, float]:
     if missing:
         raise MetricsReportError(
             f"{path}: lacks {', '.join(missing)} (written by an older version?); re-run the "
-            "evaluate stage (dvc repro -f evaluate)"
+            "evaluate stage (dvc repro -f -s evaluate)"
         )
     headline = {}
     for key in HEADLINE_KEYS:

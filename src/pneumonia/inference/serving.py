@@ -61,6 +61,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 from PIL import Image
 
+from pneumonia.console import without_registry_chatter
 from pneumonia.contracts.files import file_sha256
 from pneumonia.contracts.labels import POSITIVE_CLASS
 from pneumonia.contracts.model_reference import ModelReference
@@ -366,7 +367,7 @@ def log_serving_model(
         example = None
         if example_image is not None:
             example = pd.DataFrame({INPUT_COLUMN: [example_image]})
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), without_registry_chatter():
             warnings.simplefilter("ignore", UserWarning)  # MLflow's notes on pip requirements
             info = mlflow.pyfunc.log_model(
                 name=SERVING_ARTIFACT,

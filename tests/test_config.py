@@ -107,7 +107,17 @@ def test_project_params_load():
         ({"evaluate.alias": "v2"}, "'evaluate.alias' must be a name"),
         ({"evaluate.alias": "my alias"}, "'evaluate.alias' must be a name"),
         ({"evaluate.thresold": 0.5}, "unknown key 'evaluate.thresold'; did you mean 'threshold'"),
-        # A params.yaml from before the preprocess section was split (`dvc exp run -S` too).
+        # Patience that could never stop the fit early (Keras stops after `patience` epochs in
+        # a row without a gain, which must end before the last epoch).
+        (
+            {"train.epochs": 8, "train.early_stopping_patience": 8},
+            "'train.early_stopping_patience' \\(8\\) must be below 'train.epochs' - 1",
+        ),
+        (
+            {"train.epochs": 8, "train.early_stopping_patience": 7},
+            "'train.early_stopping_patience' \\(7\\) must be below",
+        ),
+        # A params.yaml from before the preprocess section was split (or `-S +key=...`).
         (
             {"preprocess.image_size": 96},
             "'preprocess.image_size' has moved to 'preprocess.image.size'",

@@ -196,6 +196,15 @@ def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
     trials = runs[runs["tags.mlflow.parentRunId"] == parent_id]
     assert len(trials) == TRIALS
     assert set(trials["tags.trial_state"]) <= {"COMPLETE", "PRUNED"}
+    # Trials counted from 1 in the names and the `trial` tag; Optuna's own number beside it.
+    numbers = sorted(int(number) for number in trials["tags.trial"])
+    assert numbers == list(range(1, TRIALS + 1))
+    assert sorted(trials["tags.mlflow.runName"]) == sorted(f"trial-{n}" for n in numbers)
+    for trial, optuna_number in zip(trials["tags.trial"], trials["tags.optuna_trial"], strict=True):
+        assert int(trial) == int(optuna_number) + 1
+    table = pd.read_csv(repo / "reports" / "train" / "trials.csv")
+    assert list(table.columns[:2]) == ["trial", "number"]
+    assert (table["trial"] == table["number"] + 1).all()
     client = mlflow.MlflowClient()
     for run_id, state in zip(trials["run_id"], trials["tags.trial_state"], strict=True):
         assert client.get_run(run_id).data.params["optimizer.name"] in {"adam", "rmsprop"}
@@ -223,7 +232,7 @@ def test_train_logs_trials_as_nested_runs_and_registers_the_model(pipeline):
     # Two members with consecutive seeds; member 1's curves under its own prefix.
     members = pd.read_csv(repo / "reports" / "train" / "members.csv")
     assert members["seed"].tolist() == [42, 43] and members["epochs_run"].tolist() == [2, 2]
-    steps = [m.step for m in client.get_metric_history(parent_id, "member1/val_auc")]
+    steps = [m.step for m in client.get_metric_history(parent_id, "member2/val_auc")]
     assert steps == [1, 2]  # epochs as the console counts them
     assert len(ensemble_members(keras.saving.load_model(repo / "models" / "model.keras"))) == 2
     # The acquisition-shift check ran on the raw val images: one row per condition, summary

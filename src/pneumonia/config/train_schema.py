@@ -363,7 +363,7 @@ class _FinalFit(Section):
         Field(
             ge=0,
             description="epochs without a val AUC gain before the final fit stops, fewer than "
-            "`train.epochs`; 0 (the default, chosen on val over two seeds) never stops early. "
+            "`train.epochs` - 1; 0 (the default, chosen on val over two seeds) never stops early. "
             "Either way the best epoch's weights are the ones kept",
         ),
     ]
@@ -405,12 +405,14 @@ class TrainConfig(Hyperparameters, _FinalFit):
 
     @model_validator(mode="after")
     def _patience_can_stop(self) -> TrainConfig:
-        # A patience of train.epochs or more could never stop the fit: a dead param.
-        if self.early_stopping_patience >= self.epochs:
+        # Keras stops once `patience` epochs in a row bring no gain; that can happen before the
+        # last epoch only when patience < epochs - 1. A larger one is a dead param.
+        patience = self.early_stopping_patience
+        if patience and patience >= self.epochs - 1:
             raise FieldError(
                 "early_stopping_patience",
-                f"({self.early_stopping_patience}) must be below 'train.epochs' ({self.epochs}) "
-                "to ever stop the fit; use 0 to train every epoch (the best one is kept anyway)",
+                f"({patience}) must be below 'train.epochs' - 1 ({self.epochs - 1}) to ever stop "
+                "the fit early; use 0 to train every epoch (the best one is kept anyway)",
             )
         return self
 

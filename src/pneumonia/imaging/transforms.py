@@ -136,7 +136,7 @@ def config_from_settings(settings: Any, source: str | Path, limits: Any = None) 
     if limits is not None and not isinstance(limits, dict):
         raise PreprocessSettingsError(f"{source}: limits must be a mapping, got {limits!r}")
     try:
-        image = ImageInput.from_section(ImageSpec.section_of(settings), "preprocess")
+        image = ImageInput.from_section(ImageSpec.section_of(settings), "preprocess.image")
         bounds = InputLimits.from_section(
             {**DEFAULT_LIMITS.model_dump(), **(limits or {})}, "limits"
         )

@@ -153,7 +153,7 @@ def annotated_overlay(
     for value, row in (("1.0", 12), ("0.5", side // 2 + 4), ("0.0", side - 4)):
         cv2.putText(canvas, value, (left + _BAR_WIDTH + 4, row), _FONT, 0.4, black, 1, cv2.LINE_AA)
     lines = (
-        f"P(pneumonia) {probability:.3f} -> {label} (threshold {threshold:.3f})",
+        f"P(pneumonia) {probability:.4f} -> {label} (threshold {threshold:.4f})",
         "Grad-CAM: where the evidence for pneumonia lies, 0-1 relative",
         CAVEAT,
     )

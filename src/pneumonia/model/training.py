@@ -333,7 +333,7 @@ def fit_ensemble(
     best epoch by val AUC (and stopped early after train.early_stopping_patience epochs without
     a gain, unless it is 0); their probabilities averaged.
 
-    Member 0 logs its curves under the plain metric names (as a single model does); member k
+    Member 1 logs its curves under the plain metric names (as a single model does); member k > 1
     under `member<k>/`. `refits` (`trial 3`, `the fixed hyperparameters`) names where the
     hyperparameters came from in the header line.
     """
@@ -348,14 +348,16 @@ def fit_ensemble(
     for index in range(config.ensemble):
         if config.ensemble > 1:
             say(f"member {index + 1}/{config.ensemble} (seed {config.seed + index})")
-        # Patience 0 is off: a patience of every epoch never stops, and still restores the best.
+        # Patience 0 is off: a patience no phase can reach (a backbone's warm-up is a phase of
+        # its own, of any length) never stops, and still restores the best.
         stopper = keras.callbacks.EarlyStopping(
             monitor=MONITOR,
             mode="max",
-            patience=patience or config.epochs,
+            patience=patience or NEVER_STOP,
             restore_best_weights=True,
         )
-        logger = MlflowEpochLogger(run_id, prefix=f"member{index}/" if index else "")
+        # Members are counted from 1, as the console and members.csv count them.
+        logger = MlflowEpochLogger(run_id, prefix=f"member{index + 1}/" if index else "")
         model, history = fit(
             hyperparameters,
             train,
@@ -375,6 +377,8 @@ def fit_ensemble(
 
 # Figures of the final fit that vary from run to run on the same weights.
 TIMING_FIGURES = ("final_fit_seconds", "train_images_per_second")
+# An early-stopping patience no fit reaches: train.early_stopping_patience 0.
+NEVER_STOP = 2**31 - 1
 
 
 def final_fit_figures(final: FinalFit, train: SplitArrays, val: SplitArrays) -> dict[str, Any]:

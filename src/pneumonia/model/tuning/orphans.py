@@ -14,6 +14,7 @@ from pneumonia.model.tuning.records import (
     FRESH_STUDY_ATTRIBUTE,
     MLFLOW_RUN_ATTRIBUTE,
     OWNER_ATTRIBUTE,
+    trial_number,
 )
 from pneumonia.tracking import ProcessIdentity
 
@@ -42,7 +43,8 @@ class RequeueStaleTrial:
                 # The dead worker may have logged to another tracking server; the study is
                 # what matters here, so go on.
                 print(
-                    f"tuning: could not end MLflow run {run_id} of stale trial {trial.number}: "
+                    f"tuning: could not end MLflow run {run_id} of stale trial "
+                    f"{trial_number(trial.number)}: "
                     f"{error}"
                 )
         self.retry(study, trial)

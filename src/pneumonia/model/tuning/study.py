@@ -20,6 +20,7 @@ from pneumonia.model.tuning.records import (
     FRESH_STUDY_ATTRIBUTE,
     OBJECTIVE_NAMES,
     TuningError,
+    trial_number,
 )
 from pneumonia.model.tuning.search_space import fixed_trial_params
 from pneumonia.model.tuning.storage import make_storage
@@ -130,7 +131,8 @@ def run_study(
         storage = make_storage(config.tuning, project_root)
         failed = fail_orphaned_trials(storage, config.registered_model_name)
         if failed:
-            print(f"train: failed {len(failed)} trial(s) a killed run left RUNNING: {failed}")
+            named = ", ".join(f"{study} trial {trial_number(number)}" for study, number in failed)
+            print(f"train: failed {len(failed)} trial(s) a killed run left RUNNING: {named}")
     say(
         f"tuning: {config.tuning.n_trials} trial(s) of {config.tuning.epochs} epoch(s) on "
         f"{MONITOR}, study {study.study_name}"

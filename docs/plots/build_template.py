@@ -45,7 +45,7 @@ There is deliberately no scripts placeholder: DVC would put its CDN script tags 
 </style>
 </head>
 <body>
-<h1>pneumonia: training curves, test evaluation, Grad-CAM panels</h1>
+<h1>pneumonia: training curves, test evaluation, sample grids</h1>
 <p>Test-split figures use the threshold chosen on val. Sources: reports/ (see dvc.yaml, plots).</p>
 {plot_divs}
 </body>

@@ -4,7 +4,9 @@ read by predict (a model file) and recorded in the served model.
 Schema versions (SCHEMA_VERSION, `upgrade`):
 - 0: written before operating points were versioned, no `schema_version` key;
 - 1: the same keys, plus `schema_version: 1`, and an optional `site` (absent: the dataset's own
-  val split; the site-readiness work adds operating points chosen for a site).
+  val split);
+- 2: the same keys, plus the optional `calibration` (SiteCalibration) and `version` of an
+  operating point chosen on a site's own labeled cases (`chosen_on: site`, site.points).
 """
 
 from __future__ import annotations
@@ -21,12 +23,40 @@ from pneumonia.contracts.model_reference import MODEL_KEYS, REFERENCE_SHA256, Mo
 from pneumonia.contracts.versioning import SCHEMA_VERSION_KEY, current_form, validated
 from pneumonia.errors import PipelineError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FIX = "re-run the evaluate stage"
 
 
 class OperatingPointError(PipelineError, ValueError):
     """The operating point is missing, malformed, or belongs to another model."""
+
+
+class Interval(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    value: float
+    low: float
+    high: float
+
+
+class SiteCalibration(BaseModel):
+    """How a site's threshold was chosen, on which cases, and what it measured on them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    target_sensitivity: float
+    confidence: float
+    positives: int  # pneumonia images of the calibration cases
+    negatives: int
+    detected: int  # of the positives, called pneumonia at the threshold
+    sensitivity_lower_bound: float  # one-sided, at `confidence`
+    # Measured on the calibration cases themselves, with two-sided exact intervals at
+    # `confidence`: the cases chose the threshold, so these are in-sample figures.
+    sensitivity: Interval
+    specificity: Interval
+    folder: str
+    created: str  # UTC, ISO 8601
 
 
 class OperatingPoint(BaseModel):
@@ -42,22 +72,32 @@ class OperatingPoint(BaseModel):
     serving_model: dict[str, Any] | None = None  # the served model registered with it
     chosen_on: str = "val"
     site: str | None = None
+    version: int | None = None  # a site point's version (site.points): never overwritten
+    calibration: SiteCalibration | None = None
     schema_version: int = SCHEMA_VERSION
 
     def as_json(self) -> dict[str, Any]:
-        """The file's keys: those of before, `schema_version`, and `serving_model` and `site`
-        only when set."""
-        values = self.model_dump(mode="json", exclude={"model", "serving_model", "site"})
+        """The file's keys: those of before, `schema_version`, and `serving_model`, `site`,
+        `version` and `calibration` only when set."""
+        optional_keys = ("serving_model", "site", "version", "calibration")
+        values = self.model_dump(mode="json", exclude={"model", *optional_keys})
         values["model"] = self.model.as_json()
-        for optional in ("serving_model", "site"):
+        for optional in optional_keys:
             if getattr(self, optional) is not None:
-                values[optional] = getattr(self, optional)
+                values[optional] = self.model_dump(mode="json", include={optional})[optional]
         return values
+
+    @property
+    def name(self) -> str:
+        """What an output row says it was called at: `val (youden)`, `site <name> v<n>`."""
+        if self.site is None:
+            return f"{self.chosen_on} ({self.rule})" if self.rule else self.chosen_on
+        return f"site {self.site} v{self.version}"
 
 
 def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
-    """An operating point of the version before SCHEMA_VERSION in the next one: 0 -> 1 adds the
-    key only (no site: the dataset's own val split)."""
+    """An operating point of the version before SCHEMA_VERSION in the next one: 0 -> 1 and
+    1 -> 2 add the key only (no site: the dataset's own val split)."""
     return {**raw, SCHEMA_VERSION_KEY: raw.get(SCHEMA_VERSION_KEY, 0) + 1}
 
 

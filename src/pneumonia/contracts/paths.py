@@ -15,6 +15,9 @@ META_FILE = "meta.json"
 MODEL_FILE = "model.keras"
 MODEL_CARD_FILE = "model.json"
 THRESHOLD_FILE = "threshold.json"
+# Beside them, evaluate's site reference (contracts.site_reference): what a site check compares
+# a new site's images against.
+SITE_REFERENCE_FILE = "site_reference.npz"
 # The tables the evaluate stage writes (the DVC plots' data), in `paths.reports`/tables: an
 # output of their own that DVC caches, so `dvc plots diff` finds another revision's curves. The
 # rest of evaluate's outputs (the Grad-CAM panels are images of patients) stay out of the cache.
@@ -72,6 +75,10 @@ class Paths:
     @property
     def threshold(self) -> Path:
         return self.models / THRESHOLD_FILE
+
+    @property
+    def site_reference(self) -> Path:
+        return self.models / SITE_REFERENCE_FILE
 
     @property
     def train_reports(self) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from pneumonia.config import Config
 from pneumonia.contracts.arrays import load_split
-from pneumonia.contracts.files import write_json
+from pneumonia.contracts.files import file_sha256, write_json
 from pneumonia.contracts.metrics_report import (
     at_threshold,
     chosen_threshold,
@@ -25,6 +26,8 @@ from pneumonia.contracts.metrics_report import (
 )
 from pneumonia.contracts.model_card import ModelCard
 from pneumonia.contracts.operating_point import OperatingPoint, write_operating_point
+from pneumonia.contracts.paths import Paths
+from pneumonia.contracts.site_reference import SiteReference, write_site_reference
 from pneumonia.evaluation.model_card import model_card_markdown
 from pneumonia.evaluation.outputs import write_figures, write_gradcam_panels, write_tables
 from pneumonia.evaluation.publishing import (
@@ -42,6 +45,8 @@ from pneumonia.evaluation.report import (
 )
 from pneumonia.imaging.transforms import input_limits
 from pneumonia.inference.loading import CardedModel, load_carded_model
+from pneumonia.site.features import feature_layer_names, features_and_scores
+from pneumonia.site.reference import build_site_reference
 from pneumonia.tracking import StageRun
 
 EVALUATED_SPLITS = ("val", "test")
@@ -145,7 +150,29 @@ def measure_and_write(config: Config, inputs: EvaluationInputs) -> dict[str, Any
     )
     write_json(paths.metrics_detail, report)
     write_headline(paths.metrics, headline_metrics(report))
+    write_site_reference(
+        paths.site_reference,
+        site_reference_of(model, inputs.splits["val"], threshold, paths, settings.seed),
+    )
     return report
+
+
+def site_reference_of(
+    model: keras.Model, val: Split, threshold: float, paths: Paths, seed: int
+) -> SiteReference:
+    """The model's site reference (contracts.site_reference): its pooled features and scores of
+    the val images, val's patients split into reference and control halves with `seed`."""
+    images, _, index = val
+    features, scores = features_and_scores(model, images)
+    return build_site_reference(
+        features,
+        scores,
+        index["patient_id"].to_numpy(),
+        model_sha256=file_sha256(paths.model),
+        feature_layers=feature_layer_names(model),
+        threshold=threshold,
+        seed=seed,
+    )
 
 
 def summary_line(config: Config, report: dict[str, Any], point: OperatingPoint) -> str:

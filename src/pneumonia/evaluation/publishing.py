@@ -237,6 +237,7 @@ def artifact_paths(paths: Paths) -> list[tuple[Path, str | None]]:
         (paths.metrics, None),
         (paths.model_card_markdown, None),
         (paths.threshold, None),
+        (paths.site_reference, None),
         (paths.evaluate_reports, "evaluation"),
         (paths.evaluate_tables, "evaluation/tables"),
     ]

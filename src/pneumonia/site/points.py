@@ -1,0 +1,117 @@
+"""Where a site's operating points live: `<paths.models>/sites/<site>/v<n>.json`, beside the
+model, one file per calibration. A re-calibration adds the next version and never overwrites
+one (the file is created exclusively); `--site NAME` uses the newest, `NAME@v<n>` a given one.
+Each names the model file (sha256) it was chosen for, and is refused for any other."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from pneumonia.contracts.files import partial_path
+from pneumonia.contracts.operating_point import (
+    OperatingPoint,
+    OperatingPointError,
+    read_operating_point,
+)
+
+SITES_FOLDER = "sites"
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_VERSION_FILE = re.compile(r"v(?P<version>[1-9][0-9]*)\.json")
+_REFERENCE = re.compile(r"(?P<site>[^@]+)(?:@v(?P<version>[1-9][0-9]*))?")
+
+
+def sites_folder(models: Path) -> Path:
+    return models / SITES_FOLDER
+
+
+def check_site_name(name: str) -> str:
+    if not SITE_NAME.fullmatch(name):
+        raise OperatingPointError(
+            f"site name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit (it names a folder and a registry alias)"
+        )
+    return name
+
+
+def site_versions(models: Path, site: str) -> list[int]:
+    folder = sites_folder(models) / check_site_name(site)
+    if not folder.is_dir():
+        return []
+    found = (_VERSION_FILE.fullmatch(entry.name) for entry in folder.iterdir())
+    return sorted(int(match["version"]) for match in found if match)
+
+
+def store_site_point(models: Path, point: OperatingPoint) -> tuple[OperatingPoint, Path]:
+    """The point as the site's next version; returns it (with its version) and its file."""
+    if point.site is None:
+        raise OperatingPointError("not a site operating point (no site name)")
+    folder = sites_folder(models) / check_site_name(point.site)
+    folder.mkdir(parents=True, exist_ok=True)
+    version = max(site_versions(models, point.site), default=0) + 1
+    while True:
+        numbered = point.model_copy(update={"version": version})
+        target = folder / f"v{version}.json"
+        partial = partial_path(target)
+        partial.write_text(json.dumps(numbered.as_json(), indent=2, sort_keys=True) + "\n")
+        try:
+            # A hard link fails if the version exists: two calibrations at once get two numbers.
+            os.link(partial, target)
+        except FileExistsError:
+            version += 1
+            continue
+        finally:
+            partial.unlink(missing_ok=True)
+        return numbered, target
+
+
+def parse_site_reference(text: str) -> tuple[str, int | None]:
+    """`NAME` (the newest version) or `NAME@v<n>`."""
+    match = _REFERENCE.fullmatch(text)
+    if not match:
+        raise OperatingPointError(f"--site {text!r}: expected NAME or NAME@v<n>")
+    version = match["version"]
+    return check_site_name(match["site"]), int(version) if version else None
+
+
+def read_site_point(models: Path, text: str) -> tuple[OperatingPoint, Path]:
+    """The site point `NAME` or `NAME@v<n>` names, and its file."""
+    site, version = parse_site_reference(text)
+    versions = site_versions(models, site)
+    if not versions:
+        known = list_sites(models)
+        raise OperatingPointError(
+            f"no operating point for site {site!r} in {sites_folder(models)} (known: "
+            f"{', '.join(known) or 'none'}); run pneumonia site calibrate FOLDER --name {site}"
+        )
+    if version is not None and version not in versions:
+        raise OperatingPointError(
+            f"site {site!r} has versions {', '.join(f'v{v}' for v in versions)}, not v{version}"
+        )
+    path = sites_folder(models) / site / f"v{version or versions[-1]}.json"
+    point = read_operating_point(path)
+    if point.site != site or point.calibration is None:
+        raise OperatingPointError(f"{path}: not an operating point of site {site!r}")
+    return point, path
+
+
+def list_sites(models: Path) -> list[str]:
+    folder = sites_folder(models)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if entry.is_dir() and SITE_NAME.fullmatch(entry.name) and site_versions(models, entry.name)
+    )
+
+
+def all_site_points(models: Path) -> list[tuple[OperatingPoint, Path]]:
+    """Every stored site point, by site then version."""
+    return [
+        read_site_point(models, f"{site}@v{version}")
+        for site in list_sites(models)
+        for version in site_versions(models, site)
+    ]

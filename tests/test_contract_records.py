@@ -85,10 +85,10 @@ def test_the_operating_point_round_trips_with_its_model_reference_and_site(tmp_p
     )
     write_operating_point(path, point)
     written = json.loads(path.read_text())
-    assert written["schema_version"] == POINT_VERSION == 1
+    assert written["schema_version"] == POINT_VERSION == 2
     assert written["model"]["sha256"] == "ab" * 32
     # No site and no served model: the keys are not written (as before the site existed).
-    assert "site" not in written and "serving_model" not in written
+    assert not {"site", "serving_model", "version", "calibration"} & set(written)
     assert read_operating_point(path) == point
     sited = point.model_copy(update={"site": "hospital-b"})
     write_operating_point(path, sited)

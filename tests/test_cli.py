@@ -27,7 +27,14 @@ def test_every_command_and_option_has_help_and_every_command_an_example():
     (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     summaries = {choice.dest: choice.help for choice in action._choices_actions}
     commands = _subcommands(parser)
-    assert set(commands) == {"predict", "shift-check", "promote", "check-params", "tune-worker"}
+    assert set(commands) == {
+        "predict",
+        "shift-check",
+        "site",
+        "promote",
+        "check-params",
+        "tune-worker",
+    }
     missing = []
     for name, command in commands.items():
         if not summaries.get(name):
@@ -54,6 +61,8 @@ COMMAND_OPTIONS = {
         ("inputs", "inputs", "_StoreAction", None, None, "+", None, "IMAGE_OR_DIR"),
         ("--model", "model", "_StoreAction", None, None, None, None, None),
         ("--threshold", "threshold", "_StoreAction", "_probability", None, None, None, None),
+        # Added since: a site's operating point (issue 25), exclusive with --threshold.
+        ("--site", "site", "_StoreAction", None, None, None, None, "NAME"),
         ("--format", "format", "_StoreAction", None, "json", None, ("json", "csv"), None),
         ("--gradcam", "gradcam", "_StoreAction", "Path", None, None, None, "DIR"),
         ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
@@ -65,6 +74,19 @@ COMMAND_OPTIONS = {
         ("--members", "members", "_StoreAction", "_positive_int", None, None, None, "K"),
         ("--format", "format", "_StoreAction", None, "json", None, ("json", "csv"), None),
         ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
+    ],
+    "site": [
+        ("-h/--help", "help", "_HelpAction", None, "==SUPPRESS==", 0, None, None),
+        (
+            "site_command",
+            "site_command",
+            "_SubParsersAction",
+            None,
+            None,
+            "A...",
+            ("check", "calibrate", "list"),
+            "ACTION",
+        ),
     ],
     "promote": [
         ("-h/--help", "help", "_HelpAction", None, "==SUPPRESS==", 0, None, None),
@@ -124,7 +146,7 @@ def test_a_bad_option_value_is_refused_with_the_message_and_status_it_always_had
 
 
 @pytest.mark.parametrize(
-    "command", ["predict", "shift-check", "promote", "check-params", "tune-worker"]
+    "command", ["predict", "shift-check", "site", "promote", "check-params", "tune-worker"]
 )
 def test_command_help_renders_with_its_example(command, capsys):
     with pytest.raises(SystemExit) as exit:

@@ -105,7 +105,16 @@ def test_the_served_settings_round_trip(tmp_path):
         source=REFERENCE,
     )
     write_served_settings(path, settings)
-    assert json.loads(path.read_text())["schema_version"] == SETTINGS_VERSION == 1
+    written = json.loads(path.read_text())
+    assert written["schema_version"] == SETTINGS_VERSION == 2
+    assert written["operating_point"] == "val"
+    assert read_served_settings(path) == settings
+    site = settings.model_copy(update={"operating_point": "site st-marys v2"})
+    write_served_settings(path, site)
+    assert read_served_settings(path).operating_point == "site st-marys v2"
+    # A version 1 file (before the settings named their operating point): evaluate's, on val.
+    raw = {key: value for key, value in written.items() if key != "operating_point"}
+    path.write_text(json.dumps({**raw, "schema_version": 1}))
     assert read_served_settings(path) == settings
 
 
@@ -185,7 +194,7 @@ def test_files_written_before_schema_versions_are_read_through_the_upgrade(tmp_p
     assert point.model.sha256 == "cd" * 32 and point.val_specificity is None
     settings = read_served_settings(tmp_path / "settings.json")
     assert settings.schema_version == SETTINGS_VERSION and settings.limits is None
-    assert settings.source.version == "3"
+    assert settings.source.version == "3" and settings.operating_point == "val"
 
 
 @pytest.mark.parametrize(

@@ -184,10 +184,19 @@ def test_dvc_outputs_are_the_paths_the_code_writes() -> None:
         },
         "evaluate": {
             paths.threshold,
+            paths.site_reference,
             paths.evaluate_reports,
             paths.evaluate_tables,
             paths.metrics,
+        },
+        "site": {
             paths.model_card_markdown,
+            paths.site_metrics,
+            paths.site_headline,
+            paths.site_calibration_table,
+            paths.site_plot_table,
+            paths.site_check,
+            paths.site_figure,
         },
     }
     for stage, paths_written in expected.items():

@@ -290,7 +290,7 @@ def test_predict_gives_refused_inputs_error_rows_and_scores_the_rest(tiny_model,
     assert predictions[0].ok and predictions[-1].ok
     for prediction, (path, reason) in zip(predictions[1:-1], refused.items(), strict=True):
         assert prediction.error.startswith(f"{path}: {reason}"), prediction.error
-        assert prediction.probability is None and prediction.label is None
+        assert prediction.score is None and prediction.label is None
 
 
 def test_cli_predict_takes_the_limits_from_params_and_exits_one(tiny_model, tmp_path, capsys):
@@ -303,7 +303,7 @@ def test_cli_predict_takes_the_limits_from_params_and_exits_one(tiny_model, tmp_
     status, out, err = run_cli(arguments, capsys)
     assert status == 1
     rows = [json.loads(line) for line in out.splitlines()]
-    assert all(row["probability"] is None and row["label"] is None for row in rows)
+    assert all(row["score"] is None and row["label"] is None for row in rows)
     expected = [*refused.values(), "over preprocess.limits.max_file_bytes"]
     for row, reason in zip(rows, expected, strict=True):
         assert reason in row["error"], row

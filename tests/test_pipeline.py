@@ -40,7 +40,7 @@ from helpers import (
 run = run_command
 
 pytestmark = pytest.mark.slow
-STAGES = ("download", "split", "preprocess", "train", "evaluate")
+STAGES = ("download", "split", "preprocess", "train", "evaluate", "site")
 TRIALS = 2
 IMAGES = sum(len(names) for names in PATIENT_FILES.values())
 
@@ -117,7 +117,7 @@ def test_one_mlflow_run_per_stage_with_params_metrics_and_chained_hashes(pipelin
     assert (runs["status"] == "FINISHED").all()
     assert all(runs["tags.mlflow.note.content"].str.len() > 0)
     by_stage = {row["tags.stage"]: row for _, row in runs.iterrows()}
-    download, split, preprocess, train, evaluate = (by_stage[name] for name in STAGES)
+    download, split, preprocess, train, evaluate, site = (by_stage[name] for name in STAGES)
     assert download["params.download.source"] == "kaggle"
     assert download["metrics.images_usable"] == IMAGES
     assert download["metrics.skipped_duplicate_tree"] == IMAGES
@@ -152,6 +152,14 @@ def test_one_mlflow_run_per_stage_with_params_metrics_and_chained_hashes(pipelin
         "tags.input.data/processed/test",
     }
     assert evaluate["tags.input.models/model.keras"] == train["tags.output.models/model.keras"]
+    # Site reads the model, evaluate's operating point and site reference, and test.
+    assert {key for key in site.index if key.startswith("tags.input.") and pd.notna(site[key])} == {
+        "tags.input.models/model.keras",
+        "tags.input.models/threshold.json",
+        "tags.input.models/site_reference.npz",
+        "tags.input.data/processed/test",
+    }
+    assert site["tags.input.models/model.keras"] == train["tags.output.models/model.keras"]
     assert set(runs["tags.git_commit"]) == {
         run(["git", "rev-parse", "HEAD"], pipeline["repo"], pipeline["env"]).stdout.strip()
     }
@@ -272,9 +280,11 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)
     metrics = next(iter(shown.values()))["data"]["reports/metrics.json"]["data"]
     assert metrics == headline
-    # The model card quotes the same figures.
-    card_text = (repo / "reports" / "model_card.md").read_text()
+    # The model card quotes the same figures: evaluate's, then the site stage's section.
+    card_text = (repo / "reports" / "evaluate" / "model_card.md").read_text()
     assert f"ROC AUC {headline['roc_auc']:.3f}" in card_text
+    final_card = (repo / "reports" / "model_card.md").read_text()
+    assert final_card.startswith(card_text.rstrip() + "\n\n## Site readiness (site-calibrated)")
     operating_point = json.loads((repo / "models" / "threshold.json").read_text())
     assert operating_point["threshold"] == report["threshold"]["value"]
     # It names the model file it was chosen for by content.
@@ -350,6 +360,48 @@ def test_evaluate_logs_test_metrics_with_intervals_against_the_logged_model(pipe
     assert "Kermany" in client.get_experiment_by_name("pneumonia").tags["mlflow.note.content"]
 
 
+def test_site_stage_treats_the_tiny_test_split_as_a_new_site(pipeline):
+    """The site stage on the tiny split: too few test images for a check and too few patients
+    for any k, each said as skipped; the metrics keys all there (unmeasured ones null, which
+    `dvc metrics show` leaves out); the val-only headline untouched."""
+    repo, env = pipeline["repo"], pipeline["env"]
+    metrics = json.loads((repo / "reports" / "site" / "metrics.json").read_text())
+    assert set(metrics) == {
+        "test_shift_p_value",
+        "test_classifier_auc",
+        "control_false_alarm_rate",
+        "site_sensitivity",
+        "site_specificity",
+        "target_held",
+        "val_threshold_sensitivity",
+        "val_threshold_specificity",
+    }
+    assert all(value is None or 0 <= value <= 1 for value in metrics.values()), metrics
+    detail = json.loads((repo / "reports" / "site" / "check.json").read_text())
+    test_images = len(PATIENT_FILES[("test", "NORMAL")]) + len(PATIENT_FILES[("test", "PNEUMONIA")])
+    assert detail["label"] == "site-calibrated"
+    assert detail["new_site"]["images"] == test_images
+    measured_k = {row["k"] for row in detail["new_site"]["rows"]}
+    skipped_k = {skip["k"] for skip in detail["new_site"]["skipped"]}
+    assert measured_k | skipped_k == {25, 50, 100, 200} and not measured_k & skipped_k
+    if test_images < 10:
+        assert "needs at least 10" in detail["test"]["skipped"]
+        assert metrics["test_shift_p_value"] is None
+    table = pd.read_csv(repo / "reports" / "site" / "calibration.csv")
+    assert table["note"].fillna("").str.startswith("skipped").sum() == len(skipped_k)
+    assert (repo / "reports" / "site" / "by_k.csv").is_file()
+    assert (repo / "reports" / "site" / "calibration.png").is_file()
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)
+    data = next(iter(shown.values()))["data"]
+    assert "reports/metrics.json" in data  # the headline, as evaluate wrote it
+    runs = runs_by_stage(repo)
+    site = runs[runs["tags.stage"] == "site"].iloc[0]
+    assert site["status"] == "FINISHED"
+    assert site["tags.mlflow.note.content"].startswith("site: test split p ")
+    artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(site["run_id"])}
+    assert {"model_card.md", "site"} <= artifacts
+
+
 def test_predict_and_promote_in_the_project(pipeline_copy):
     """`pneumonia predict` on the raw test images agrees with what evaluate measured on the
     preprocessed arrays; a bad file fails alone; promotion moves @champion (in a copy: the
@@ -367,9 +419,8 @@ def test_predict_and_promote_in_the_project(pipeline_copy):
     evaluated = pd.read_csv(repo / "reports" / "tables" / "predictions.csv")
     merged = evaluated.merge(scored, on="path", suffixes=("_evaluate", "_predict"))
     assert len(merged) == len(evaluated) == len(scored)
-    np.testing.assert_allclose(
-        merged["probability_predict"], merged["probability_evaluate"], atol=2e-6
-    )
+    # predict's `score` is the network output evaluate's table calls `probability`.
+    np.testing.assert_allclose(merged["score"], merged["probability"], atol=2e-6)
     assert (merged["label"] == merged["predicted"]).all()
 
     # The Keras flavor from the registry: the threshold comes from its version tag, the
@@ -378,8 +429,8 @@ def test_predict_and_promote_in_the_project(pipeline_copy):
     classifier = load_classifier("models:/pneumonia-cnn@candidate")
     assert classifier.threshold == pytest.approx(scored["threshold"].iloc[0])
     first = repo / "data" / "raw" / "images" / merged["path"].iloc[0]
-    assert next(predict_paths(classifier, [first])).probability == pytest.approx(
-        merged["probability_predict"].iloc[0], rel=1e-5
+    assert next(predict_paths(classifier, [first])).score == pytest.approx(
+        merged["score"].iloc[0], rel=1e-5
     )
 
     promoted = run(["pneumonia", "promote"], repo, env)

@@ -89,7 +89,8 @@ def test_predict_serve_and_promote_a_backbone(pipeline):
     evaluated = pd.read_csv(repo / "reports" / "tables" / "predictions.csv")
     merged = evaluated.merge(rows, on="path", suffixes=("_evaluate", "_predict"))
     assert len(merged) == len(evaluated)
-    assert (merged["probability_predict"] - merged["probability_evaluate"]).abs().max() < 2e-6
+    # predict's `score` is the network output evaluate's table calls `probability`.
+    assert (merged["score"] - merged["probability"]).abs().max() < 2e-6
 
     # The served pyfunc from the registry, in this process and over HTTP.
     uri = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
@@ -97,7 +98,7 @@ def test_predict_serve_and_promote_a_backbone(pipeline):
     served = "models:/pneumonia-classifier@candidate"
     classifier = load_classifier(served)
     image = repo / "data" / "raw" / "images" / merged["path"].iloc[0]
-    expected = merged["probability_predict"].iloc[0]
+    expected = merged["score"].iloc[0]
     payload = {
         "dataframe_split": {
             "columns": [INPUT_COLUMN],
@@ -112,7 +113,7 @@ def test_predict_serve_and_promote_a_backbone(pipeline):
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())["predictions"][0]
     assert answer["error"] is None
-    assert answer["probability"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert answer["score"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     assert answer["threshold"] == pytest.approx(classifier.threshold)
 
     promoted = run_command(["pneumonia", "promote"], repo, env)

@@ -19,10 +19,12 @@ from dvc_render import VegaRenderer
 
 from pneumonia.config import load_config
 from pneumonia.contracts.labels import CLASSES
+from pneumonia.deployment.outputs import plot_table
 from pneumonia.evaluation.outputs import write_figures, write_tables
 from pneumonia.evaluation.plots import confusion_matrix, draw_confusion
 from pneumonia.evaluation.report import curve_tables, predictions_table
 from pneumonia.model.training import history_table
+from pneumonia.site.protocol import new_site_table
 
 from helpers import PROJECT_ROOT, commit_baseline, copy_repository, run_command, tool_environment
 
@@ -194,6 +196,12 @@ def write_reports(repo: Path) -> None:
     for folder, name in ((paths.gradcam_panels, "true_positive"), (paths.samples, "train")):
         folder.mkdir(parents=True, exist_ok=True)
         plt.imsave(folder / f"{name}.png", rng.random((8, 8)))
+    # The site stage's plot table, from its own functions on 300 toy patients of 2 images each.
+    site_labels = np.repeat(rng.integers(0, 2, 300), 2)
+    site_scores = np.clip(site_labels * 0.4 + rng.random(600) * 0.6, 0, 1)
+    table = new_site_table(site_labels, site_scores, np.repeat(np.arange(300), 2), 0.5, draws=5)
+    paths.site_plot_table.parent.mkdir(parents=True, exist_ok=True)
+    plot_table(table).to_csv(paths.site_plot_table, index=False)
 
 
 @pytest.mark.slow

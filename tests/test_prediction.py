@@ -66,7 +66,7 @@ def test_predictions_use_the_training_preprocessing_and_the_evaluate_threshold(t
     paths = tiny_model["images"]
     predictions = list(predict_paths(classifier, paths, batch_size=3))
     assert [prediction.path for prediction in predictions] == [str(path) for path in paths]
-    scores = np.array([prediction.probability for prediction in predictions])
+    scores = np.array([prediction.score for prediction in predictions])
     np.testing.assert_allclose(scores, expected_scores(tiny_model, paths), rtol=1e-5, atol=1e-6)
     labels = [prediction.label for prediction in predictions]
     assert labels == [label_for(score, tiny_model["threshold"]) for score in scores]
@@ -91,8 +91,8 @@ def test_a_bad_file_gets_an_error_and_the_others_are_still_scored(tiny_model, tm
     assert "truncated.jpeg: truncated image" in predictions[1].error
     assert "notes.png: not an image" in predictions[3].error
     assert "gone.jpeg: file not found" in predictions[4].error
-    assert predictions[1].probability is None and predictions[1].label is None
-    scores = [predictions[index].probability for index in (0, 2, 5)]
+    assert predictions[1].score is None and predictions[1].label is None
+    scores = [predictions[index].score for index in (0, 2, 5)]
     np.testing.assert_allclose(scores, expected_scores(tiny_model, good), rtol=1e-5, atol=1e-6)
 
 
@@ -103,12 +103,25 @@ def test_cli_json_lines_on_stdout_error_lines_on_stderr_and_exit_one(tiny_model,
     status, out, err = run_cli([*arguments, "--model", str(tiny_model["model_path"])], capsys)
     assert status == 1
     rows = [json.loads(line) for line in out.splitlines()]
-    columns = ["path", "probability", "label", "threshold", "error"]
+    columns = [
+        "path",
+        "score",
+        "label",
+        "threshold",
+        "operating_point",
+        "ood_score",
+        "flag",
+        "error",
+    ]
     assert [list(row) for row in rows] == [columns] * 3
-    assert rows[1]["path"] == str(bad) and rows[1]["probability"] is None
+    assert rows[1]["path"] == str(bad) and rows[1]["score"] is None
     assert rows[1]["error"].startswith(f"{bad}: truncated image")
     assert rows[0]["error"] is None and rows[0]["label"] in {"NORMAL", "PNEUMONIA"}
     assert rows[0]["threshold"] == tiny_model["threshold"]
+    # The tiny model's folder has no site reference: no out-of-distribution score, said once.
+    assert {row["operating_point"] for row in rows} == {"val"}
+    assert all(row["ood_score"] is None and row["flag"] is None for row in rows)
+    assert err.count("has no site reference (site_reference.npz") == 1
     error_lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert error_lines == [f"error: {rows[1]['error']}"]
     assert "2 image(s) scored, 1 failed" in err
@@ -123,7 +136,8 @@ def test_cli_csv_with_a_threshold_override_exits_zero(tiny_model, capsys):
     assert len(rows) == len(tiny_model["images"])
     assert {row["label"] for row in rows} == {"PNEUMONIA"}  # everything is >= 0
     assert {row["threshold"] for row in rows} == {"0.0"} and {row["error"] for row in rows} == {""}
-    scores = [float(row["probability"]) for row in rows]
+    assert {row["operating_point"] for row in rows} == {"--threshold override"}
+    scores = [float(row["score"]) for row in rows]
     paths = sorted(tiny_model["images"])
     np.testing.assert_allclose(scores, expected_scores(tiny_model, paths), rtol=1e-5, atol=1e-6)
 
@@ -161,11 +175,14 @@ def test_annotated_overlay_says_the_score_label_and_threshold():
     grey = np.full((TINY_SIDE, TINY_SIDE), 128, np.uint8)
     heatmap = np.zeros((TINY_SIDE, TINY_SIDE), np.float32)
     heatmap[8:16, 8:16] = 1.0
-    above = annotated_overlay(grey, heatmap, 0.9, "PNEUMONIA", 0.5)
-    below = annotated_overlay(grey, heatmap, 0.1, "NORMAL", 0.5)
+    above = annotated_overlay(grey, heatmap, 0.9, "PNEUMONIA", 0.5, "val (youden)")
+    below = annotated_overlay(grey, heatmap, 0.1, "NORMAL", 0.5, "val (youden)")
     assert above.shape == below.shape and above.shape[0] > ANNOTATED_SIDE
     assert (above[:ANNOTATED_SIDE] == below[:ANNOTATED_SIDE]).all()  # same map, same overlay
     assert (above[ANNOTATED_SIDE:] != below[ANNOTATED_SIDE:]).any()  # other text
+    # The operating point's name is a line of its own.
+    site = annotated_overlay(grey, heatmap, 0.9, "PNEUMONIA", 0.5, "site st-marys v2")
+    assert (site[ANNOTATED_SIDE:] != above[ANNOTATED_SIDE:]).any()
     with pytest.raises(ValueError, match="at least 64 pixels"):
         annotated_overlay(grey, heatmap, 0.9, "PNEUMONIA", 0.5, side=8)
 

@@ -35,6 +35,7 @@ from pneumonia.promotion import PromotionError, promote
 from pneumonia.tracking import stage_run
 
 from helpers import blob_pixels, split_index, write_params
+from helpers.site_inputs import write_tiny_site_reference
 
 KERAS, SERVED = "pneumonia-cnn", "pneumonia-classifier"
 OPERATING_POINT_TAGS = (
@@ -83,6 +84,8 @@ def project(tiny_model, tmp_path):
         }
     )
     write_model_card(config.paths.models / "model.json", card)
+    # Evaluate writes the model's site reference before it publishes (the served model logs it).
+    write_tiny_site_reference(config.paths.model, config.paths.site_reference, 0.5)
     # Train logs the card beside the model: predict of the Keras URI reads it there.
     mlflow.MlflowClient().log_artifact(train.info.run_id, str(config.paths.models / "model.json"))
     splits = {"val": split_of(24, 1), "test": split_of(24, 2)}
@@ -193,7 +196,14 @@ def test_experiments_leave_the_workspace_registry_alone_and_each_rule_keeps_its_
     # predict of the Keras version applies the workspace's threshold, not the experiment's.
     classifier = load_classifier(f"models:/{KERAS}/{keras_version}")
     assert classifier.threshold == second.threshold
-    assert load_classifier(f"models:/{SERVED}@exp-queued-otter-1").threshold == 0.3
+    assert classifier.operating_point == "val (sensitivity:0.9)"  # its threshold_rule tag
+    queued_model = load_classifier(f"models:/{SERVED}@exp-queued-otter-1")
+    assert queued_model.threshold == 0.3
+    # Each served version names its operating point and carries the model's site reference.
+    assert queued_model.operating_point == queued.name == "val (0.3)"
+    served_model = load_classifier(f"models:/{SERVED}@candidate")
+    assert served_model.operating_point == "val (sensitivity:0.9)"
+    assert served_model.reference is not None and queued_model.reference is not None
 
     # `dvc exp run` in the workspace (DVC_ROOT is the workspace) is a throwaway experiment too:
     # it moves no workspace alias and leaves the Keras version's tags alone.

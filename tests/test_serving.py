@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -19,7 +20,10 @@ import pytest
 
 from pneumonia.cli import main
 from pneumonia.config import DEFAULT_MAX_PIXELS
+from pneumonia.contracts.files import file_sha256
+from pneumonia.contracts.operating_point import OperatingPointError
 from pneumonia.contracts.registry_tags import OperatingPointTags
+from pneumonia.contracts.site_reference import SiteReferenceError, read_site_reference
 from pneumonia.inference.classifier import Prediction, PredictionError
 from pneumonia.inference.loading import load_classifier, load_model_file
 from pneumonia.inference.prediction import predict_paths
@@ -32,6 +36,7 @@ from pneumonia.inference.serving import (
     tensor_padding,
 )
 from pneumonia.registry import LoggedModel, tag_version
+from pneumonia.site.points import store_site_point
 
 from helpers import (
     TINY_PREPROCESS,
@@ -41,11 +46,28 @@ from helpers import (
     mlflow_store,
     served_model,
 )
+from helpers.site_inputs import (
+    tiny_site_point,
+    write_chart_png,
+    write_photo_jpeg,
+    write_tiny_site_reference,
+)
 
 KERAS_NAME, SERVING_NAME, ALIAS = "pneumonia-cnn", "pneumonia-classifier", "candidate"
 SERVED_URI = f"models:/{SERVING_NAME}@{ALIAS}"
 # The served model's byte limit (its settings.json); the pixel limit keeps its default.
 SERVED_MAX_FILE_BYTES = 1_000_000
+# What the served version's answers name as their operating point (evaluate's OperatingPoint.name).
+SERVED_POINT = "val (youden)"
+OUTPUT_COLUMNS = [
+    "score",
+    "label",
+    "threshold",
+    "operating_point",
+    "ood_score",
+    "flag",
+    "error",
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +77,10 @@ def logged_models(tiny_model, tmp_path_factory):
     One store for the module: logging a model costs seconds."""
     store = tmp_path_factory.mktemp("mlflow-store")
     threshold = tiny_model["threshold"]
+    # The model's site reference, as evaluate writes it beside the model file.
+    reference = write_tiny_site_reference(
+        tiny_model["model_path"], store / "site_reference.npz", threshold
+    )
     tags = OperatingPointTags(threshold=threshold, val_roc_auc=0.9, val_sensitivity=0.8).tags()
     # Module-scoped, so set up outside any test's isolated_mlflow: the block keeps MLflow
     # pointed at this store only while it logs.
@@ -83,16 +109,23 @@ def logged_models(tiny_model, tmp_path_factory):
                 source={"registered_model": KERAS_NAME, "version": keras_model.version},
                 example_image=tiny_model["images"][0].read_bytes(),
                 limits={"max_file_bytes": SERVED_MAX_FILE_BYTES},
+                operating_point=SERVED_POINT,
+                site_reference=reference,
             )
         tag_version(SERVING_NAME, served.version, ALIAS, tags)
+        # The model file scored here, with the reference the served model carries.
+        local = replace(
+            load_model_file(tiny_model["model_path"]),
+            operating_point=SERVED_POINT,
+            reference=read_site_reference(reference, tiny_model["model_path"]),
+        )
         return {
             "uri": uri,
             "train_run_id": train.info.run_id,
             "keras": keras_model,
             "served": served,
-            "local": list(
-                predict_paths(load_model_file(tiny_model["model_path"]), tiny_model["images"])
-            ),
+            "reference": reference,
+            "local": list(predict_paths(local, tiny_model["images"])),
         }
 
 
@@ -112,16 +145,50 @@ def test_served_model_answers_image_bytes_and_flags_undecodable_rows(tiny_model,
     assert served.metadata.get_input_schema().input_types()[0].name == "binary"
     files = tiny_model["images"][:3]
     answer = served.predict(frame_of(*(path.read_bytes() for path in files), b"\x89PNG broken"))
-    assert list(answer.columns) == ["probability", "label", "threshold", "error"]
+    assert list(answer.columns) == OUTPUT_COLUMNS
     local = registry["local"][:3]
     np.testing.assert_allclose(
-        answer["probability"][:3].astype(float), [p.probability for p in local], rtol=1e-5
+        answer["score"][:3].astype(float), [p.score for p in local], rtol=1e-5
     )
     assert answer["label"][:3].tolist() == [p.label for p in local]
     assert (answer["threshold"] == tiny_model["threshold"]).all()
+    assert (answer["operating_point"] == SERVED_POINT).all()
+    # The out-of-distribution scores against the reference logged beside the settings.
+    np.testing.assert_allclose(
+        answer["ood_score"][:3].astype(float), [p.ood_score for p in local], rtol=1e-4
+    )
+    assert answer["flag"][:3].tolist() == [p.flag for p in local]
     assert answer["error"][:3].isna().all()
-    assert answer["probability"][3] is None and answer["label"][3] is None
+    assert answer["score"][3] is None and answer["label"][3] is None
+    assert answer["ood_score"][3] is None and answer["flag"][3] is None
+    assert answer["operating_point"][3] == SERVED_POINT
     assert answer["error"][3].startswith("row 3: ")
+
+
+def test_served_model_flags_a_chart_screenshot_and_a_photo(tiny_model, registry, tmp_path):
+    served = mlflow.pyfunc.load_model(SERVED_URI)
+    chart = write_chart_png(tmp_path / "chart.png").read_bytes()
+    photo = write_photo_jpeg(tmp_path / "photo.jpeg").read_bytes()
+    answer = served.predict(frame_of(chart, photo))
+    assert answer["error"].isna().all()
+    assert answer["flag"].tolist() == ["out-of-distribution"] * 2
+    assert (answer["ood_score"] > 1).all()
+    assert answer["label"].isin(["NORMAL", "PNEUMONIA"]).all()  # flagged, and still called
+
+
+def test_a_reference_of_another_model_file_is_not_logged(tiny_model, tmp_path):
+    other = tmp_path / "other.keras"
+    keras.saving.load_model(tiny_model["model_path"]).save(other)  # same weights, other bytes
+    reference = write_tiny_site_reference(other, tmp_path / "site_reference.npz", 0.5)
+    with mlflow.start_run(), pytest.raises(SiteReferenceError, match="was written for a model"):
+        log_serving_model(
+            tiny_model["model_path"],
+            0.5,
+            TINY_PREPROCESS,
+            SERVING_NAME,
+            source={"registered_model": KERAS_NAME, "version": "1"},
+            site_reference=reference,
+        )
 
 
 def test_served_model_answers_refused_images_with_error_rows(tiny_model, registry):
@@ -143,17 +210,17 @@ def test_served_model_answers_refused_images_with_error_rows(tiny_model, registr
     good = tiny_model["images"][0].read_bytes()
     answer = served.predict(frame_of(good, *refused.values()))
     assert answer["error"][0] is None
-    assert answer["probability"][0] == pytest.approx(registry["local"][0].probability, rel=1e-5)
+    assert answer["score"][0] == pytest.approx(registry["local"][0].score, rel=1e-5)
     for row, reason in enumerate(refused, start=1):
         error = answer["error"][row]
         if reason in ("BMP", "GIF", "TIFF", "EPS"):
             reason = f"unsupported format {reason}; only JPEG and PNG are accepted"
         assert error.startswith(f"row {row}: {reason}"), error
-        assert answer["probability"][row] is None and answer["label"][row] is None
+        assert answer["score"][row] is None and answer["label"][row] is None
 
 
 def test_predict_loads_the_served_and_the_keras_model_from_the_registry(tiny_model, registry):
-    expected = [prediction.probability for prediction in registry["local"]]
+    expected = [prediction.score for prediction in registry["local"]]
     for uri in (
         SERVED_URI,
         f"models:/{KERAS_NAME}/{registry['keras'].version}",
@@ -163,11 +230,54 @@ def test_predict_loads_the_served_and_the_keras_model_from_the_registry(tiny_mod
         classifier = load_classifier(uri)
         assert classifier.threshold == pytest.approx(tiny_model["threshold"]), uri
         assert classifier.preprocess.image.size == TINY_PREPROCESS["image_size"]
-        scores = [p.probability for p in predict_paths(classifier, tiny_model["images"])]
+        predictions = list(predict_paths(classifier, tiny_model["images"]))
+        scores = [prediction.score for prediction in predictions]
         np.testing.assert_allclose(scores, expected, rtol=1e-5, err_msg=uri)
-    assert load_classifier(SERVED_URI, threshold=0.2).threshold == 0.2
+        # The served pyfunc carries its reference; the Keras flavor (logged by train) has none.
+        has_reference = uri == SERVED_URI
+        assert (classifier.reference is not None) == has_reference, uri
+        assert all((p.ood_score is not None) == has_reference for p in predictions), uri
+    # The operating point each names: the served settings', the Keras version's rule tag (none).
+    assert load_classifier(SERVED_URI).operating_point == SERVED_POINT
+    assert load_classifier(f"models:/{KERAS_NAME}@{ALIAS}").operating_point == "val"
+    overridden = load_classifier(SERVED_URI, threshold=0.2)
+    assert overridden.threshold == 0.2 and overridden.operating_point == "--threshold override"
     with pytest.raises(PredictionError, match="models:/no-such-model/1: cannot load"):
         load_classifier("models:/no-such-model/1")
+
+
+def test_a_site_point_applies_to_the_registered_models_of_its_model_file(
+    tiny_model, registry, tmp_path
+):
+    """`--site` with a registry URI: the site points stored in the project's paths.models; the
+    served pyfunc is matched by the sha256 of the file it wraps, the Keras flavor (a re-saved
+    copy) by its model id."""
+    models = tmp_path / "models"
+    keras_uri = f"models:/{KERAS_NAME}@{ALIAS}"
+    own = tiny_site_point(tiny_model["model_path"], 0.9, model_id=registry["keras"].model_id)
+    point, _ = store_site_point(models, own)
+    for uri in (SERVED_URI, keras_uri):
+        classifier = load_classifier(uri, site="st-marys", models_folder=models)
+        assert classifier.threshold == point.threshold, uri
+        assert classifier.operating_point == "site st-marys v1", uri
+    assert load_classifier(SERVED_URI, site="st-marys", models_folder=models).reference
+    with pytest.raises(PredictionError, match=r"paths\.models/sites of the project's params"):
+        load_classifier(SERVED_URI, site="st-marys")
+    other = tiny_site_point(
+        tiny_model["model_path"], 0.9, site="elsewhere", model_id="m-other", sha256="ab" * 32
+    )
+    _, other_path = store_site_point(models, other)
+    sha256 = file_sha256(tiny_model["model_path"])
+    with pytest.raises(OperatingPointError) as refused:
+        load_classifier(SERVED_URI, site="elsewhere", models_folder=models)
+    assert str(refused.value).startswith(
+        f"site point {other_path} was chosen for a model file with sha256 ababababab"
+    )
+    assert f"{SERVED_URI} has sha256 {sha256[:12]}..." in str(refused.value)
+    with pytest.raises(OperatingPointError) as refused:
+        load_classifier(keras_uri, site="elsewhere", models_folder=models)
+    assert "was chosen for model id m-other" in str(refused.value)
+    assert f"is model id {registry['keras'].model_id}" in str(refused.value)
 
 
 def test_cli_predicts_with_a_registry_uri(tiny_model, registry, capsys):
@@ -175,20 +285,29 @@ def test_cli_predicts_with_a_registry_uri(tiny_model, registry, capsys):
     out, err = capsys.readouterr()
     assert f"model {SERVED_URI}" in err
     row = json.loads(out)
-    assert row["probability"] == pytest.approx(registry["local"][1].probability, rel=1e-5)
+    assert row["score"] == pytest.approx(registry["local"][1].score, rel=1e-5)
+    assert row["operating_point"] == SERVED_POINT
+    assert row["ood_score"] == pytest.approx(registry["local"][1].ood_score, rel=1e-4)
 
 
 def test_failed_rows_serialise_as_null_not_nan(registry):
     frame = serving_frame(registry["local"][:1])
-    assert frame["probability"].dtype == np.float64
-    failed = Prediction("row 1", None, None, 0.5, "row 1: not an image")
-    records = serving_frame([*registry["local"][:1], failed]).to_dict(orient="records")
+    assert frame["score"].dtype == np.float64 and frame["ood_score"].dtype == np.float64
+    failed = Prediction("row 1", None, None, 0.5, "val", error="row 1: not an image")
+    # A model without a site reference: scored, with no out-of-distribution score.
+    unreferenced = Prediction("row 2", 0.7, "PNEUMONIA", 0.5, "val")
+    predictions = [*registry["local"][:1], failed, unreferenced]
+    records = serving_frame(predictions).to_dict(orient="records")
     assert records[1] == {
-        "probability": None,
+        "score": None,
         "label": None,
         "threshold": 0.5,
+        "operating_point": "val",
+        "ood_score": None,
+        "flag": None,
         "error": "row 1: not an image",
     }
+    assert records[2]["ood_score"] is None and records[2]["score"] == 0.7
     assert records[0]["error"] is None
     json.dumps(records, allow_nan=False)
 
@@ -235,7 +354,7 @@ def test_the_scoring_server_answers_every_format_and_refuses_unreadable_json(tin
     served = mlflow.pyfunc.load_model(SERVED_URI)  # load_context puts the guard in place
     assert guard_scoring_server_json()
     schema = served.metadata.get_input_schema()
-    expected = registry["local"][1].probability
+    expected = registry["local"][1].score
     text = encoded(tiny_model["images"][1].read_bytes())
     for name, payload in tensor_format_payloads(text).items():
         answer = scoring_server.invocations(
@@ -244,7 +363,7 @@ def test_the_scoring_server_answers_every_format_and_refuses_unreadable_json(tin
         assert answer.status == 200, (name, answer.response)
         (row,) = strict_json(answer.response)["predictions"]
         assert row["error"] is None, (name, row)
-        assert row["probability"] == pytest.approx(expected, rel=1e-5), name
+        assert row["score"] == pytest.approx(expected, rel=1e-5), name
     for reason, body in UNREADABLE_BODIES.items():
         with pytest.raises(MlflowException) as raised:
             scoring_server.invocations(body, "application/json", served, schema)
@@ -305,7 +424,7 @@ def test_served_model_runs_its_own_copy_of_the_code(tiny_model, registry, tmp_pa
         "import pneumonia.inference.serving\n"
         "print(pneumonia.inference.serving.__file__)\n"
         f"image = open({str(tiny_model['images'][1])!r}, 'rb').read()\n"
-        "print(model.predict(pd.DataFrame({'image': [image]}))['probability'][0])\n"
+        "print(model.predict(pd.DataFrame({'image': [image]}))['score'][0])\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
@@ -316,11 +435,11 @@ def test_served_model_runs_its_own_copy_of_the_code(tiny_model, registry, tmp_pa
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    module_file, probability = result.stdout.split()[-2:]
+    module_file, score = result.stdout.split()[-2:]
     model_folder = Path(mlflow.artifacts.download_artifacts(registry["served"].model_uri))
     copied = model_folder / "code" / "pneumonia" / "inference" / "serving.py"
     assert Path(module_file).resolve() == copied.resolve()
-    assert float(probability) == pytest.approx(registry["local"][1].probability, rel=1e-5)
+    assert float(score) == pytest.approx(registry["local"][1].score, rel=1e-5)
 
 
 def post(url: str, payload: dict) -> tuple[int, str]:
@@ -366,21 +485,21 @@ def test_served_over_http_answers_like_the_local_model(tiny_model, registry, ser
     answers = strict_json(body)["predictions"]
     local = registry["local"]
     for answer, expected in zip([answers[0], answers[2]], local[:2], strict=True):
-        assert answer["probability"] == pytest.approx(expected.probability, rel=1e-5)
+        assert answer["score"] == pytest.approx(expected.score, rel=1e-5)
         assert answer["label"] == expected.label
         assert answer["threshold"] == pytest.approx(tiny_model["threshold"])
         assert answer["error"] is None
-        called = answer["probability"] >= answer["threshold"]
+        assert answer["operating_point"] == SERVED_POINT
+        assert answer["ood_score"] == pytest.approx(expected.ood_score, rel=1e-4)
+        called = answer["score"] >= answer["threshold"]
         assert answer["label"] == ("PNEUMONIA" if called else "NORMAL")
-    assert answers[1]["probability"] is None and answers[1]["label"] is None
+    assert answers[1]["score"] is None and answers[1]["label"] is None
     assert answers[1]["error"] == "row 1: not an image (neither JPEG nor PNG)"
 
     records = {"dataframe_records": [{INPUT_COLUMN: encoded(images[1])}]}
     status, body = post(f"{server}/invocations", records)
     assert status == 200, body
-    assert strict_json(body)["predictions"][0]["probability"] == pytest.approx(
-        local[1].probability, rel=1e-5
-    )
+    assert strict_json(body)["predictions"][0]["score"] == pytest.approx(local[1].score, rel=1e-5)
     # BMP and EPS bytes over HTTP: error rows, and Pillow's EPS plugin (Ghostscript) is never
     # reached.
     pixels = chest_like_pixels(7, 64, 64)
@@ -405,19 +524,19 @@ def test_served_over_http_decodes_tensor_formats_and_refuses_unreadable_json(
     tiny_model, registry, server
 ):
     text = encoded(tiny_model["images"][1].read_bytes())
-    expected = registry["local"][1].probability
+    expected = registry["local"][1].score
     for name, payload in tensor_format_payloads(text).items():
         status, body = post(f"{server}/invocations", payload)
         assert status == 200, (name, body)
         (row,) = strict_json(body)["predictions"]
         assert row["error"] is None, (name, row)
-        assert row["probability"] == pytest.approx(expected, rel=1e-5), name
+        assert row["score"] == pytest.approx(expected, rel=1e-5), name
     # Text that is not base64, in a tensor format: an error row, the other image answered.
     status, body = post(f"{server}/invocations", {"inputs": {INPUT_COLUMN: ["abc!", text]}})
     assert status == 200, body
     rows = strict_json(body)["predictions"]
     assert rows[0]["error"] == "row 0: not an image (neither JPEG nor PNG)"
-    assert rows[1]["probability"] == pytest.approx(expected, rel=1e-5)
+    assert rows[1]["score"] == pytest.approx(expected, rel=1e-5)
     for reason, data in UNREADABLE_BODIES.items():
         request = urllib.request.Request(
             f"{server}/invocations", data, {"Content-Type": "application/json"}

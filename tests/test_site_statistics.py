@@ -33,30 +33,45 @@ def gaussian(rows: int, seed: int, shift: float = 0.0) -> np.ndarray:
     return np.random.default_rng(seed).normal(shift, 1.0, size=(rows, WIDTH))
 
 
-def test_the_mmd_test_holds_its_level_on_one_distribution():
-    reference = gaussian(200, 0)
-    p_values = [
-        statistics.mmd_permutation_test(reference, gaussian(60, seed), 200, seed).p_value
-        for seed in range(1, 61)
-    ]
-    # Exact under exchangeability: about 5% below 0.05; 60 draws, so allow a few.
-    assert sum(p < 0.05 for p in p_values) <= 8
+def clustered(patients: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Images of patients: 1-4 near copies of each patient's own point."""
+    generator = np.random.default_rng(seed)
+    sizes = generator.integers(1, 5, patients)
+    centres = generator.normal(shift, 1.0, size=(patients, WIDTH))
+    groups = np.repeat(np.arange(patients), sizes)
+    return centres[groups] + generator.normal(0, 0.1, size=(len(groups), WIDTH)), groups
+
+
+def test_the_patient_split_mmd_test_holds_its_level_on_images_clustered_by_patient():
+    reference, groups = clustered(120, 0)
+    test = statistics.PatientSplitMMDTest(reference, groups)
+    p_values = []
+    for seed in range(1, 41):
+        sample, _ = clustered(30, seed)
+        p_values.append(test.test(sample[:60], 200, seed).p_value)
+    # A sample of 60 images holds ~24 patients' near copies: drawn by patients, the null
+    # carries that (a permutation test over images would flag most of these); 40 draws.
+    assert sum(p < 0.05 for p in p_values) <= 5
     assert min(p_values) >= 1 / 201
 
 
-def test_the_mmd_test_finds_a_shift_and_the_classifier_auc_reads_it():
-    reference = gaussian(200, 0)
-    shifted = gaussian(60, 1, shift=0.6)
-    assert statistics.mmd_permutation_test(reference, shifted, 200).p_value < 0.01
+def test_the_patient_split_mmd_test_finds_a_shift_and_the_classifier_auc_reads_it():
+    reference, groups = clustered(120, 0)
+    shifted, _ = clustered(40, 2, shift=1.0)
+    test = statistics.PatientSplitMMDTest(reference, groups)
+    assert test.test(shifted, 200).p_value < 0.01
     assert statistics.classifier_two_sample_auc(reference, shifted) > 0.9
-    assert 0.35 < statistics.classifier_two_sample_auc(reference, gaussian(60, 2)) < 0.65
+    assert 0.35 < statistics.classifier_two_sample_auc(gaussian(200, 0), gaussian(60, 2)) < 0.65
+    # A sample larger than half the reference is cut to half of it.
+    assert len(test.usable(np.r_[shifted, shifted, shifted], 0)) == test.largest_sample
 
 
 def test_bad_feature_arrays_are_refused_by_name():
+    test = statistics.PatientSplitMMDTest(gaussian(10, 0), np.arange(10))
     with pytest.raises(ValueError, match="site features: holds NaN"):
-        statistics.mmd_permutation_test(gaussian(10, 0), np.full((5, WIDTH), np.nan))
+        test.test(np.full((5, WIDTH), np.nan))
     with pytest.raises(ValueError, match="differ in width"):
-        statistics.mmd_permutation_test(gaussian(10, 0), gaussian(5, 1)[:, :3])
+        test.test(gaussian(5, 1)[:, :3])
 
 
 def test_the_out_of_distribution_unit_is_the_references_own_quantile():
@@ -100,13 +115,14 @@ def test_too_few_positives_are_refused_naming_the_count_needed():
 
 
 def reference_for(tmp_path, sha256="ab" * 32):
-    features = np.r_[gaussian(120, 0), gaussian(120, 1)]
-    patients = np.repeat([f"p{index}" for index in range(120)], 2)
-    scores = np.random.default_rng(0).uniform(size=240)
+    features = np.r_[gaussian(180, 0), gaussian(180, 1)]
+    patients = np.repeat([f"p{index}" for index in range(180)], 2)
+    scores = np.random.default_rng(0).uniform(size=360)
     return build_site_reference(
         features,
         scores,
         patients,
+        labels=np.arange(360) % 3 == 0,
         model_sha256=sha256,
         feature_layers=["pool"],
         threshold=0.5,
@@ -114,14 +130,21 @@ def reference_for(tmp_path, sha256="ab" * 32):
     )
 
 
-def test_the_reference_splits_val_by_patient_and_round_trips(tmp_path):
+def test_the_reference_splits_val_by_patient_and_class_and_round_trips(tmp_path):
     patients = np.array(["b", "a", "b", "c", "a", "d"])
     assert group_numbers(patients).tolist() == [0, 1, 0, 2, 1, 3]
-    in_reference = split_reference(patients, 42)
+    parts = split_reference(patients, 42)
     for patient in set(patients):
-        assert len(set(in_reference[patients == patient])) == 1
+        assert len(set(parts[patients == patient])) == 1
+    # Big pneumonia patients and small normal ones: each part gets val's share of pneumonia.
+    patients = np.r_[np.repeat(np.arange(30), 4), np.arange(30, 120)].astype(str)
+    labels = np.r_[np.ones(120, int), np.zeros(90, int)][: len(patients)]
+    parts = split_reference(patients, 7, labels)
+    shares = [labels[parts == part].mean() for part in range(2)]
+    assert max(shares) - min(shares) < 0.05
     reference = reference_for(tmp_path)
     assert not set(reference.reference_groups) & set(reference.control_groups)
+    assert len(reference.reference_features) == 2 * len(reference.control_features)
     path = tmp_path / "site_reference.npz"
     write_site_reference(path, reference)
     read = read_site_reference(path)

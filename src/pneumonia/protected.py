@@ -81,13 +81,22 @@ def pipeline_outputs(paths: Paths) -> list[Output]:
                 paths.stage_summary("train"),
                 paths.metrics,
                 paths.model_card_markdown,
+                paths.site_headline,
+                paths.site_metrics,
+                paths.site_check,
+                paths.site_calibration_table,
+                paths.site_plot_table,
+                paths.site_figure,
                 paths.history_table,
                 paths.trials_table,
                 paths.val_shift_table,
                 paths.members_table,
             )
         ),
-        *(("paths.models", path) for path in (paths.model, paths.model_card, paths.threshold)),
+        *(
+            ("paths.models", path)
+            for path in (paths.model, paths.model_card, paths.threshold, paths.site_reference)
+        ),
     ]
     parents = [
         Output("paths.reports", paths.reports, "parent", "the stages write their reports there"),

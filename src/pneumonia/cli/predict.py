@@ -1,4 +1,5 @@
-"""`pneumonia predict`: probability of pneumonia and label for X-ray files and folders."""
+"""`pneumonia predict`: the model's score, the label at a named operating point and an
+out-of-distribution flag for X-ray files and folders."""
 
 from __future__ import annotations
 
@@ -7,21 +8,50 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pneumonia.cli._common import _positive_int, _probability, command, stdout_may_close
 from pneumonia.console import start_tensorflow
+
+if TYPE_CHECKING:  # imported when the command runs: `pneumonia --help` loads no TensorFlow
+    from pneumonia.inference.classifier import Classifier
+    from pneumonia.inference.prediction import ScoredFeatures
+
+
+DESCRIPTION = """\
+Score chest X-rays with a trained model. One line per image on stdout: path, score, label,
+threshold, operating_point, ood_score, flag, error. An image that cannot be read gets an error
+line on stderr naming it, and the others are still scored. Exit status: 0 all scored, 1 some
+failed, 2 nothing could run (no model, bad option).
+
+What the columns mean:
+  score            the network's output. It ranks images, but is not a probability, and is
+                   comparable only between images scored by one model version: every
+                   re-training moves it.
+  label            the call at the threshold of the operating point the row names
+                   (operating_point): `val (<rule>)`, chosen on the model's validation images;
+                   `site NAME vN`, chosen on a site's own labeled cases (--site); or
+                   `--threshold override`. A threshold chosen (calibrated) on val does not carry
+                   to a site whose images differ: its sensitivity and specificity there are
+                   unknown until the site calibrates its own (pneumonia site calibrate).
+  ood_score, flag  how far the image is from the model's validation images in the model's
+                   feature space (over 1: farther than almost every val image is from the
+                   others). Such rows are flagged `out-of-distribution`: far from anything the
+                   model was checked on (a screenshot, a photo, another kind of X-ray), so their
+                   label means little. Empty for a model without a site reference.
+
+With 50 or more images scored and no --site, the run's images are compared with the model's
+validation images once at the end; a shifted batch gets one warning on stderr, with the fix."""
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = command(
         commands,
         "predict",
-        "probability of pneumonia and label for X-ray files and folders",
-        "Score chest X-rays with a trained model. One line per image on stdout (path, "
-        "probability, label, threshold, error); an image that cannot be read gets an error line "
-        "on stderr naming it, and the others are still scored. Exit status: 0 all scored, 1 some "
-        "failed, 2 nothing could run (no model, bad option).",
+        "score, label at an operating point and out-of-distribution flag for X-ray files",
+        DESCRIPTION,
         "  pneumonia predict xrays/ scan.jpeg --format csv > predictions.csv\n"
+        "  pneumonia predict xrays/ --site st-marys\n"
         "  pneumonia predict xrays/ --model models:/pneumonia-classifier@champion --gradcam maps/",
     )
     parser.add_argument(
@@ -36,10 +66,20 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "URI (models:/pneumonia-classifier@champion, models:/pneumonia-cnn/3, runs:/<id>/...); "
         "default: model.keras with its threshold.json in paths.models of --params",
     )
-    parser.add_argument(
+    point = parser.add_mutually_exclusive_group()
+    point.add_argument(
         "--threshold",
         type=_probability,
-        help="override the operating threshold chosen by evaluate (a probability in [0, 1])",
+        help="override the operating threshold chosen by evaluate (a score in [0, 1]); rows "
+        "name it `--threshold override`",
+    )
+    point.add_argument(
+        "--site",
+        metavar="NAME",
+        help="use the operating point `pneumonia site calibrate` chose on a site's own labeled "
+        "cases: NAME (its newest version) or NAME@v<n>, read from sites/ beside the model file "
+        "(for an MLflow URI, from paths.models/sites of --params); refused when it was chosen "
+        "for another model file",
     )
     parser.add_argument(
         "--format",
@@ -78,10 +118,12 @@ def run(arguments: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from pneumonia.config import find_project_root, project_sections
+    from pneumonia.contracts.paths import SITE_REFERENCE_FILE
     from pneumonia.imaging.transforms import with_limits
     from pneumonia.inference.classifier import PredictionError
     from pneumonia.inference.loading import is_mlflow_uri, load_classifier
-    from pneumonia.inference.prediction import OUTPUT_COLUMNS, check_output_folder, predict_paths
+    from pneumonia.inference.prediction import ScoredFeatures, check_output_folder
+    from pneumonia.inference.site_use import batch_site_check, shift_warning
     from pneumonia.tracking import use_project_store
 
     # The project's model (paths.models) and input limits (preprocess), read once; outside a
@@ -102,18 +144,55 @@ def run(arguments: argparse.Namespace) -> None:
         use_project_store(find_project_root(Path.cwd()))
     if arguments.gradcam is not None:
         check_output_folder(arguments.inputs, arguments.gradcam)  # before the model loads
-    classifier = load_classifier(model, arguments.threshold)
+    classifier = load_classifier(
+        model,
+        arguments.threshold,
+        site=arguments.site,
+        models_folder=paths.models if paths is not None else None,
+    )
     if limits is not None:
         classifier = replace(classifier, preprocess=with_limits(classifier.preprocess, limits))
+    # A site's own operating point (--site, or a version served for one site) answers the shift
+    # already: no batch check then.
+    checked = classifier.reference is not None and not classifier.at_site_point
+    collected = ScoredFeatures() if checked else None
+    predicted, failed, flagged = write_predictions(classifier, arguments, collected)
+    if classifier.reference is None:  # said once, after the rows
+        print(
+            f"predict: {classifier.source} has no site reference ({SITE_REFERENCE_FILE}, written "
+            "by the evaluate stage): the rows carry no ood_score and no out-of-distribution "
+            "flag; re-run the evaluate stage (dvc repro) for one",
+            file=sys.stderr,
+        )
+    print(
+        f"predict: {predicted} image(s) scored, {failed} failed, {flagged} flagged "
+        f"out-of-distribution; model {classifier.source}, threshold "
+        f"{classifier.threshold:.4f} ({classifier.operating_point})",
+        file=sys.stderr,
+    )
+    check = batch_site_check(classifier, collected) if collected is not None else None
+    if check is not None and check.shifted:
+        print(shift_warning(check, len(collected)), file=sys.stderr)
+    if failed:
+        sys.exit(1)
+
+
+def write_predictions(
+    classifier: Classifier, arguments: argparse.Namespace, collected: ScoredFeatures | None
+) -> tuple[int, int, int]:
+    """One row per image on stdout (JSON lines or CSV), an error line per failed image on
+    stderr; returns (scored, failed, flagged out-of-distribution)."""
+    from pneumonia.inference.prediction import OUTPUT_COLUMNS, predict_paths
+
     columns = [*OUTPUT_COLUMNS, *(["gradcam"] if arguments.gradcam else [])]
     writer = None
-    predicted = failed = 0
+    predicted = failed = flagged = 0
     with stdout_may_close():
         if arguments.format == "csv":
             writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
             writer.writeheader()
         for prediction in predict_paths(
-            classifier, arguments.inputs, arguments.batch_size, arguments.gradcam
+            classifier, arguments.inputs, arguments.batch_size, arguments.gradcam, collected
         ):
             values = prediction.row()
             row = {column: values.get(column) for column in columns}
@@ -124,13 +203,8 @@ def run(arguments: argparse.Namespace) -> None:
             sys.stdout.flush()  # a consumer of a long run sees each batch as it is scored
             if prediction.ok:
                 predicted += 1
+                flagged += prediction.flag is not None
             else:
                 failed += 1
                 print(f"error: {prediction.error}", file=sys.stderr)
-    print(
-        f"predict: {predicted} image(s) scored, {failed} failed; model {classifier.source}, "
-        f"threshold {classifier.threshold:.4f}",
-        file=sys.stderr,
-    )
-    if failed:
-        sys.exit(1)
+    return predicted, failed, flagged

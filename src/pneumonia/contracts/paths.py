@@ -26,6 +26,8 @@ EVALUATE_TABLES = ("roc", "precision_recall", "calibration", "predictions")
 # `paths.reports`).
 METRICS_DETAIL_FILE = "metrics_detail.json"
 MODEL_CARD_MARKDOWN_FILE = "model_card.md"
+# The site stage's reports, in `paths.reports`.
+SITE_REPORTS_FOLDER = "site"
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,51 @@ class Paths:
 
     @property
     def model_card_markdown(self) -> Path:
-        """The model card a person reads (evaluation.model_card), beside metrics.json."""
+        """The model card a person reads, beside metrics.json: evaluate's card
+        (evaluate_card_markdown) with the site stage's section after it."""
         return self.reports / MODEL_CARD_MARKDOWN_FILE
+
+    @property
+    def evaluate_card_markdown(self) -> Path:
+        """Evaluate's model card (evaluation.model_card), also the registered versions'
+        description; the site stage writes the final one from it."""
+        return self.evaluate_reports / MODEL_CARD_MARKDOWN_FILE
+
+    @property
+    def site_reports(self) -> Path:
+        """The site stage's reports (deployment.stage): the test split treated as a new site."""
+        return self.reports / SITE_REPORTS_FOLDER
+
+    @property
+    def site_metrics(self) -> Path:
+        """The site stage's few figures (the check, its false alarms, the new-site figures at
+        k = 100): a report, read by name (`dvc metrics show reports/site/metrics.json`)."""
+        return self.site_reports / "metrics.json"
+
+    @property
+    def site_headline(self) -> Path:
+        """reports/site.json, the site stage's DVC metrics file: the site-calibrated held-out
+        sensitivity and specificity under the headline's own names, so that `dvc metrics show`
+        prints them as a second row of the headline's table, still 100 columns wide."""
+        return self.stage_summary("site")
+
+    @property
+    def site_calibration_table(self) -> Path:
+        return self.site_reports / "calibration.csv"
+
+    @property
+    def site_plot_table(self) -> Path:
+        """One row per k, the DVC plot's data (cached, so `dvc plots diff` finds another
+        revision's)."""
+        return self.site_reports / "by_k.csv"
+
+    @property
+    def site_check(self) -> Path:
+        return self.site_reports / "check.json"
+
+    @property
+    def site_figure(self) -> Path:
+        return self.site_reports / "calibration.png"
 
     @property
     def evaluate_reports(self) -> Path:

@@ -1,12 +1,15 @@
 """settings.json, the served model's own settings (an artifact of the pyfunc that
-inference.serving logs): the threshold, the image spec, the input limits, the positive class and
-the Keras model it wraps. Evaluate records the file's sha256 in a registry tag
-(registry_tags.SETTINGS_SHA256), so loading refuses a changed file.
+inference.serving logs): the threshold and the name of its operating point, the image spec, the
+input limits, the positive class and the Keras model it wraps. Evaluate records the file's sha256
+in a registry tag (registry_tags.SETTINGS_SHA256), so loading refuses a changed file.
 
 Schema versions (SCHEMA_VERSION, `upgrade`):
 - 0: logged before the settings were versioned, no `schema_version` key (and, older still, no
   `limits`: the defaults apply, imaging.transforms.config_from_settings);
-- 1: the same keys, plus `schema_version: 1`.
+- 1: the same keys, plus `schema_version: 1`;
+- 2: the same keys, plus `operating_point`, the name of the operating point the threshold is
+  (OperatingPoint.name: `val (youden)`, or `site NAME vN` for a version served for one site;
+  `val` for a file of version 1, whose threshold evaluate always chose on val).
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from pneumonia.contracts.model_reference import ModelReference
 from pneumonia.contracts.versioning import SCHEMA_VERSION_KEY, current_form, validated
 from pneumonia.errors import PipelineError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # The file's name among the pyfunc's artifacts (MLflow keeps it under artifacts/<name>).
 SETTINGS_FILE = "settings.json"
+# The operating point of a file written before the settings named it: evaluate's, on val.
+VAL_OPERATING_POINT = "val"
 FIX = "re-register the served model with the evaluate stage (dvc repro)"
 
 
@@ -36,6 +41,8 @@ class ServedSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     threshold: float
+    # What each answer names as its operating point (OperatingPoint.name).
+    operating_point: str = VAL_OPERATING_POINT
     # The image spec (contracts.image_spec), checked by config_from_settings on load.
     preprocess: Any
     limits: dict[str, int] | None = None
@@ -51,8 +58,13 @@ class ServedSettings(BaseModel):
 
 
 def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
-    """Settings of the version before SCHEMA_VERSION in the next one: 0 -> 1 adds the key only."""
-    return {**raw, SCHEMA_VERSION_KEY: raw.get(SCHEMA_VERSION_KEY, 0) + 1}
+    """Settings of the version before SCHEMA_VERSION in the next one: 0 -> 1 adds the key only,
+    1 -> 2 the operating point's name (evaluate's, chosen on val)."""
+    version = raw.get(SCHEMA_VERSION_KEY, 0)
+    upgraded = {**raw, SCHEMA_VERSION_KEY: version + 1}
+    if version == 1:
+        upgraded.setdefault("operating_point", VAL_OPERATING_POINT)
+    return upgraded
 
 
 def write_served_settings(path: Path, settings: ServedSettings) -> None:

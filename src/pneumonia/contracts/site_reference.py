@@ -2,10 +2,12 @@
 pooled features and scores of val images, written by evaluate for one model file (its sha256)
 and logged with the served model.
 
-Val's patients are split in two (site.reference.split_reference): the `reference` part is what
-every check and every out-of-distribution score is measured against; the `control` part
-(held-out val) only measures the check's false alarms. Patients are kept as group numbers
-(which images share a patient), not as their ids.
+Val's patients are split in two, each part with val's share of pneumonia images
+(site.reference.split_reference): the `reference` part (two thirds of the images) is what every
+check and every out-of-distribution score is measured against, and gives the check's null
+distribution (statistics.PatientSplitMMDTest); the `control` part (held-out val) only measures
+the check's false alarms. Patients are kept as group
+numbers (which images share a patient), not as their ids.
 
 One NumPy archive (no pickles): the arrays, and `record`, a JSON string holding the
 SiteReferenceRecord below (schema_version, the model, the settings).
@@ -29,14 +31,8 @@ from pneumonia.errors import PipelineError
 
 SCHEMA_VERSION = 1
 FIX = "re-run the evaluate stage (dvc repro), which writes it for the model it evaluates"
-ARRAYS = (
-    "reference_features",
-    "reference_scores",
-    "reference_groups",
-    "control_features",
-    "control_scores",
-    "control_groups",
-)
+PARTS = ("reference", "control")
+ARRAYS = tuple(f"{part}_{name}" for part in PARTS for name in ("features", "scores", "groups"))
 
 
 class SiteReferenceError(PipelineError, ValueError):
@@ -55,7 +51,7 @@ class SiteReferenceRecord(BaseModel):
     typical_distance: float  # the out-of-distribution score's unit (statistics.typical_distance)
     typical_quantile: float
     significance: float  # a site is shifted when the two-sample test's p < this
-    permutations: int
+    null_draws: int  # pseudo-sites split off the reference for a check's p-value
     seed: int
     schema_version: int = SCHEMA_VERSION
 
@@ -71,19 +67,22 @@ class SiteReference:
     control_groups: np.ndarray
 
     def __post_init__(self) -> None:
-        for part in ("reference", "control"):
+        # The reference needs more images than the neighbour count; the control part may be
+        # empty (a tiny val split): it only measures false alarms.
+        least = {"reference": self.record.neighbours + 1, "control": 0}
+        for part in PARTS:
             features = getattr(self, f"{part}_features")
             rows = len(features)
-            if features.ndim != 2 or rows < self.record.neighbours + 1:
+            if features.ndim != 2 or rows < least[part]:
                 raise ValueError(
-                    f"{part} features: expected (images, features) with more than "
-                    f"{self.record.neighbours} images, got {features.shape}"
+                    f"{part} features: expected (images, features) with at least "
+                    f"{least[part]} images, got {features.shape}"
                 )
+            if features.shape[1] != self.reference_features.shape[1]:
+                raise ValueError(f"{part} and reference features differ in width")
             for name in ("scores", "groups"):
                 if getattr(self, f"{part}_{name}").shape != (rows,):
                     raise ValueError(f"{part} {name}: expected {rows} values")
-        if self.control_features.shape[1] != self.reference_features.shape[1]:
-            raise ValueError("reference and control features differ in width")
 
     @property
     def width(self) -> int:
@@ -124,15 +123,11 @@ def read_site_reference(path: Path, model_path: Path | None = None) -> SiteRefer
         raise SiteReferenceError(f"{path}: its record is not a JSON object; {FIX}")
     raw = current_form(raw, path, current=SCHEMA_VERSION, upgrade=upgrade, error=SiteReferenceError)
     record = validated(SiteReferenceRecord, raw, path, SiteReferenceError, FIX)
+    types = {"features": np.float32, "scores": np.float64, "groups": np.int64}
     try:
         reference = SiteReference(
             record,
-            reference_features=arrays["reference_features"].astype(np.float32),
-            reference_scores=arrays["reference_scores"].astype(np.float64),
-            reference_groups=arrays["reference_groups"].astype(np.int64),
-            control_features=arrays["control_features"].astype(np.float32),
-            control_scores=arrays["control_scores"].astype(np.float64),
-            control_groups=arrays["control_groups"].astype(np.int64),
+            **{name: arrays[name].astype(types[name.rsplit("_", 1)[1]]) for name in ARRAYS},
         )
     except ValueError as error:
         raise SiteReferenceError(f"{path}: {error}; {FIX}") from error

@@ -101,7 +101,8 @@ def run_evaluate_stage(run: StageRun, config: Config, inputs: EvaluationInputs) 
     )
     write_operating_point(paths.threshold, point)
     card_markdown = model_card_markdown(report, card, served=point.serving_model)
-    paths.model_card_markdown.write_text(card_markdown)
+    # The final card (paths.model_card_markdown) is the site stage's: this one and its section.
+    paths.evaluate_card_markdown.write_text(card_markdown)
     describe_models(settings, point, card_markdown)
     for path, folder in artifact_paths(paths):
         run.log_artifact(path, folder)
@@ -161,13 +162,14 @@ def site_reference_of(
     model: keras.Model, val: Split, threshold: float, paths: Paths, seed: int
 ) -> SiteReference:
     """The model's site reference (contracts.site_reference): its pooled features and scores of
-    the val images, val's patients split into reference and control halves with `seed`."""
-    images, _, index = val
+    the val images, val's patients split into reference, null and control parts with `seed`."""
+    images, labels, index = val
     features, scores = features_and_scores(model, images)
     return build_site_reference(
         features,
         scores,
         index["patient_id"].to_numpy(),
+        labels=labels,
         model_sha256=file_sha256(paths.model),
         feature_layers=feature_layer_names(model),
         threshold=threshold,

@@ -1,8 +1,9 @@
-"""The model card a person reads (reports/model_card.md): what the model is for, on whom it was
-measured, how well, at which threshold, and where it is known to fail. Built from evaluate's
-report and train's machine card (models/model.json) only, so every figure in it is one the
-pipeline measured; evaluate writes it, logs it to MLflow and puts it in the registered versions'
-descriptions."""
+"""The model card a person reads: what the model is for, on whom it was measured, how well, at
+which threshold, what a score means, and where it is known to fail. Built from evaluate's report
+and train's machine card (models/model.json) only, so every figure in it is one the pipeline
+measured; evaluate writes it (reports/evaluate/model_card.md), logs it to MLflow and puts it in
+the registered versions' descriptions. The site stage writes reports/model_card.md: this card
+with its "Site readiness (site-calibrated)" section after it (deployment.outputs)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ SECTIONS = (
     "## Data",
     "## Performance on the test split",
     "## Operating threshold",
+    "## What a score means",
     "## Known limitations",
     "## The model",
 )
@@ -105,6 +107,7 @@ def model_card_markdown(
         *data_section(report),
         *performance_section(report, headline),
         *threshold_section(report, headline),
+        *SCORE_MEANING,
         *limitations_section(headline),
         *model_section(train_card),
     ]
@@ -222,9 +225,22 @@ def specificity_gap(headline: dict[str, float]) -> str:
     )
 
 
+# Short: the card is also the registered versions' description, which MLflow keeps to 5000
+# characters; the site stage's section is in reports/model_card.md only.
+SCORE_MEANING = (
+    SECTIONS[4],
+    "",
+    "- The score is the network's output, comparable only within one model version: a re-trained "
+    "model scores the same image differently, and its threshold moves. The val-chosen threshold "
+    "and calibration on val do not carry to a shifted site: see the site section of "
+    "reports/model_card.md and `pneumonia site calibrate`.",
+    "",
+)
+
+
 def limitations_section(headline: dict[str, float]) -> list[str]:
     return [
-        SECTIONS[4],
+        SECTIONS[5],
         "",
         f"- Val is not test: {specificity_gap(headline)}. Val is carved from the official train "
         "images, test is the dataset's own test split; a threshold chosen on val carries over "
@@ -252,7 +268,7 @@ def model_section(train_card: ModelCard) -> list[str]:
     spec = train_card.image_spec
     hyperparameters = train_card.hyperparameters
     return [
-        SECTIONS[5],
+        SECTIONS[6],
         "",
         f"- Input: {spec.image_size} px grayscale, resize "
         f"`{spec.resize}`, CLAHE {spec.clahe}; raw uint8 "

@@ -1,7 +1,7 @@
 """What evaluate records outside its files: the val and test datasets and metrics in MLflow
 against the trained model, the registry tags promotion compares, the served model (image bytes
-in, probability and label at the chosen threshold out), and the operating point that ties the
-threshold to the model it was chosen for.
+in; score, label at the chosen threshold and out-of-distribution score out), and the operating
+point that ties the threshold to the model it was chosen for.
 
 The workspace's evaluation (`dvc repro`, or `python stages/evaluate.py`) and an experiment's
 (any `dvc exp run`: in the workspace, queued or `--temp`) are recorded differently, so that a
@@ -105,6 +105,8 @@ def publish_evaluation(
         source=point.model.as_json(),
         example_image=encode_png(example_image),
         limits=limits,
+        operating_point=point.name,
+        site_reference=paths.site_reference,
     )
     served_alias = (
         settings.alias if experiment is None else registry_tags.experiment_alias(experiment)
@@ -202,7 +204,10 @@ def describe_models(settings: EvaluateConfig, point: OperatingPoint, card_markdo
     describe_model(
         settings.serving_model_name,
         "The trained network with its operating threshold, served by `mlflow models serve`: PNG or "
-        "JPEG chest X-ray bytes in, the probability of pneumonia and a label out. Each version's "
+        "JPEG chest X-ray bytes in; out, the network's score (comparable only within one version, "
+        "not a probability), the label at the named operating point (a threshold chosen on val "
+        "does not carry to a shifted site) and an out-of-distribution flag for images far from "
+        "the model's validation images. Each version's "
         "description is its model card. Research use only, not a medical device.",
         version=point.serving_model["version"],
         version_description=card_markdown,
@@ -235,7 +240,7 @@ def artifact_paths(paths: Paths) -> list[tuple[Path, str | None]]:
     """What the evaluate run keeps as artifacts, and under which folder."""
     return [
         (paths.metrics, None),
-        (paths.model_card_markdown, None),
+        (paths.evaluate_card_markdown, None),
         (paths.threshold, None),
         (paths.site_reference, None),
         (paths.evaluate_reports, "evaluation"),

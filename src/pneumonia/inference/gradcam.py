@@ -123,21 +123,23 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np.
 # (and said in the model card and the README).
 CAVEAT = "coarse; may mark regions outside the lungs (shortcuts)"
 ANNOTATED_SIDE = 512  # the X-ray's side in an annotated overlay, pixels
-_BAR_WIDTH, _MARGIN, _FOOTER = 20, 56, 84
+_BAR_WIDTH, _MARGIN, _FOOTER = 20, 56, 108  # the footer: up to 4 lines of text
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def annotated_overlay(
     image: np.ndarray,
     heatmap: np.ndarray,
-    probability: float,
+    score: float,
     label: str,
     threshold: float,
+    operating_point: str | None = None,
     side: int = ANNOTATED_SIDE,
 ) -> np.ndarray:
     """RGB uint8 for a person to read: the overlay at `side` pixels (the model's input is
     upscaled; Grad-CAM is coarser still), a colour bar of the map's scale on the right, and the
-    score, the label at the operating threshold and the caveat below."""
+    score (the network's output, not a probability), the label at the operating threshold (and
+    the operating point's name) and the caveat below."""
     if side < 64:
         raise ValueError(f"annotated overlay side must be at least 64 pixels, got {side}")
     grey = np.asarray(image, dtype=np.uint8).reshape(heatmap.shape)
@@ -153,7 +155,8 @@ def annotated_overlay(
     for value, row in (("1.0", 12), ("0.5", side // 2 + 4), ("0.0", side - 4)):
         cv2.putText(canvas, value, (left + _BAR_WIDTH + 4, row), _FONT, 0.4, black, 1, cv2.LINE_AA)
     lines = (
-        f"P(pneumonia) {probability:.4f} -> {label} (threshold {threshold:.4f})",
+        f"score {score:.4f} -> {label} (threshold {threshold:.4f})",
+        *([f"operating point: {operating_point}"] if operating_point else []),
         "Grad-CAM: where the evidence for pneumonia lies, 0-1 relative",
         CAVEAT,
     )

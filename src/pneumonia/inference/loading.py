@@ -1,4 +1,4 @@
-"""The one loader of a trained model with its model card and operating point.
+"""The one loader of a trained model with its model card, operating point and site reference.
 
 Used by evaluate and shift-check (a model file and its card), by predict (a file, or any MLflow
 model URI of the served pyfunc or the Keras flavor) and by the served model.
@@ -7,6 +7,12 @@ A served model's operating point is tied to the registry: evaluate records its s
 sha256 (`settings_sha256`) and its threshold (`threshold`) as tags of the version it registers,
 and loading refuses a served model whose settings.json differs from what its version records
 (check_served_settings; the served model's own load calls check_served_model).
+
+The operating point is evaluate's (val), `--threshold`'s, or a site's (`--site`,
+inference.site_use): a site point is refused unless it was chosen for the very file, by its
+sha256 (the registry's Keras flavor, a re-saved copy, by its logged model id). A model file's
+site reference (site_reference.npz beside it) is refused if written for another file; none at
+all (a model evaluated before references existed) leaves the rows without ood scores.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pneumonia.contracts import registry_tags
 from pneumonia.contracts.files import file_sha256
 from pneumonia.contracts.model_card import ModelCard, ModelCardError, read_model_card
 from pneumonia.contracts.operating_point import (
+    OperatingPoint,
     check_model_file,
     check_same_model,
     read_operating_point,
@@ -38,7 +45,16 @@ from pneumonia.contracts.served_settings import (
     read_served_settings,
 )
 from pneumonia.imaging.transforms import config_from_settings
-from pneumonia.inference.classifier import Classifier, PredictionError
+from pneumonia.inference.classifier import THRESHOLD_OVERRIDE, Classifier, PredictionError
+from pneumonia.inference.site_use import (
+    SitePoint,
+    check_site_point_model_id,
+    check_site_point_sha256,
+    reference_beside,
+    served_model_sha256,
+    site_point_for_file,
+    site_point_for_uri,
+)
 from pneumonia.redaction import redact_text, redact_url, tracking_urls
 
 # MLflow URIs name a scheme (models:/, runs:/, file://, s3://, ...); a bare path does not.
@@ -89,21 +105,39 @@ def load_carded_model(model_path: Path, missing: str = NOT_TRAINED) -> CardedMod
     return CardedModel(load_keras_model(model_path, missing), card, preprocess, model_path)
 
 
-def load_model_file(model_path: Path, threshold: float | None = None) -> Classifier:
-    """A `.keras` file with the train stage's `model.json` (preprocess settings) and the evaluate
-    stage's `threshold.json` beside it; `threshold` overrides the latter."""
+def load_model_file(
+    model_path: Path, threshold: float | None = None, site: str | None = None
+) -> Classifier:
+    """A `.keras` file with the train stage's `model.json` (preprocess settings), the evaluate
+    stage's `threshold.json` and `site_reference.npz` beside it; `threshold` overrides the
+    operating point, `site` (NAME or NAME@v<n>) uses that site's point from `sites/` beside the
+    file. Without a reference (a model evaluated before they were written) it gives no
+    out-of-distribution scores."""
     if not model_path.is_file():
         load_keras_model(model_path)  # the clear "not found" error
     card_path = model_path.with_name(MODEL_CARD_FILE)
     card = read_model_card(card_path, require_registry=False)
-    if threshold is None:
+    if site is not None:
+        point, _ = site_point_for_file(model_path, site)
+        threshold, point_name = point.threshold, point.name
+    elif threshold is None:
         threshold_path = model_path.with_name(THRESHOLD_FILE)
         point = read_operating_point(threshold_path)
         check_same_model(card, point, card_path, threshold_path)
         check_model_file(point, model_path, threshold_path)
-        threshold = point.threshold
+        threshold, point_name = point.threshold, point.name
+    else:
+        point_name = THRESHOLD_OVERRIDE
     preprocess = config_from_settings(card.preprocess, card_path)
-    return Classifier(load_keras_model(model_path), threshold, preprocess, str(model_path))
+    reference = reference_beside(model_path)
+    return Classifier(
+        load_keras_model(model_path),
+        threshold,
+        preprocess,
+        str(model_path),
+        operating_point=point_name,
+        reference=reference,
+    )
 
 
 def _quiet(text: object) -> str:
@@ -238,10 +272,15 @@ def check_served_model(settings_path: Path) -> None:
     check_served_settings(settings_path, versions, f"served model ({folder})")
 
 
-def _load_keras_flavor(uri: str, info, threshold: float | None) -> Classifier:
+def _load_keras_flavor(uri: str, info, threshold: float | None, site: SitePoint) -> Classifier:
     import mlflow
 
-    if threshold is None:
+    point_name = THRESHOLD_OVERRIDE
+    if site is not None:
+        point, point_path = site
+        check_site_point_model_id(point, point_path, getattr(info, "model_id", None) or "", uri)
+        threshold, point_name = point.threshold, point.name
+    elif threshold is None:
         version = _registered_version(uri, info.run_id)
         if version is None or registry_tags.THRESHOLD not in version.tags:
             raise PredictionError(
@@ -251,6 +290,8 @@ def _load_keras_flavor(uri: str, info, threshold: float | None) -> Classifier:
             )
         # The workspace's latest evaluation of this file (evaluation.publishing).
         threshold = _tag_threshold(version, uri)
+        rule = registry_tags.OperatingPointTags.from_tags(version.tags).threshold_rule
+        point_name = OperatingPoint(threshold=threshold, rule=rule).name
     # The train run logs the model card beside the model; it holds the preprocess settings.
     with tempfile.TemporaryDirectory() as scratch:
         try:
@@ -268,7 +309,8 @@ def _load_keras_flavor(uri: str, info, threshold: float | None) -> Classifier:
             raise PredictionError(f"{uri}: run {info.run_id}: {error}") from error
     preprocess = config_from_settings(card.preprocess, f"{uri} ({MODEL_CARD_FILE})")
     model = mlflow.keras.load_model(uri)
-    return Classifier(model, threshold, preprocess, uri)
+    # No site reference: the Keras flavor is logged by train, before evaluate writes one.
+    return Classifier(model, threshold, preprocess, uri, operating_point=point_name)
 
 
 def _download_model(uri: str) -> Path:
@@ -281,14 +323,21 @@ def _download_model(uri: str) -> Path:
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder))
 
 
-def load_mlflow_model(uri: str, threshold: float | None = None) -> Classifier:
+def load_mlflow_model(
+    uri: str,
+    threshold: float | None = None,
+    site: str | None = None,
+    models_folder: Path | None = None,
+) -> Classifier:
     """An MLflow model URI (models:/name/version, models:/name@alias, models:/<model id>,
     runs:/<run id>/<name>, a local model folder URI): the served pyfunc, which carries its
-    threshold and preprocess settings (checked against its registry version), or the Keras
-    flavor logged by train."""
+    threshold, preprocess settings (checked against its registry version) and site reference,
+    or the Keras flavor logged by train. `site` names a site point among those stored in
+    `models_folder`/sites (the project's paths.models)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    site_point = site_point_for_uri(site, models_folder, uri)
     try:
         info = mlflow.models.get_model_info(uri)
     except (MlflowException, OSError) as error:
@@ -297,7 +346,7 @@ def load_mlflow_model(uri: str, threshold: float | None = None) -> Classifier:
             f"MLFLOW_TRACKING_URI (tracking store {_store()})"
         ) from error
     if "keras" in info.flavors:
-        return _load_keras_flavor(uri, info, threshold)
+        return _load_keras_flavor(uri, info, threshold, site_point)
     try:
         folder = _download_model(uri)
         settings = folder / SETTINGS_ARTIFACT
@@ -326,18 +375,36 @@ def load_mlflow_model(uri: str, threshold: float | None = None) -> Classifier:
             "served pyfunc registered by evaluate or the Keras model registered by train"
         )
     classifier = replace(classifier, source=uri)
-    return classifier if threshold is None else replace(classifier, threshold=threshold)
+    if site_point is not None:
+        point, point_path = site_point
+        check_site_point_sha256(point, point_path, served_model_sha256(folder), uri)
+        return replace(classifier, threshold=point.threshold, operating_point=point.name)
+    if threshold is None:
+        return classifier
+    return replace(classifier, threshold=threshold, operating_point=THRESHOLD_OVERRIDE)
 
 
 def is_mlflow_uri(model: str | Path) -> bool:
     return bool(_URI.match(str(model)))
 
 
-def load_classifier(model: str | Path, threshold: float | None = None) -> Classifier:
+def load_classifier(
+    model: str | Path,
+    threshold: float | None = None,
+    site: str | None = None,
+    models_folder: Path | None = None,
+) -> Classifier:
     """A path: a .keras file with its model.json and threshold.json beside it; anything with a
-    scheme (models:/..., runs:/...): an MLflow model URI."""
+    scheme (models:/..., runs:/...): an MLflow model URI. `threshold` overrides the operating
+    point; `site` (NAME or NAME@v<n>) uses a site's point instead: from sites/ beside a model
+    file, or in `models_folder`/sites (the project's paths.models) for a URI."""
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise PredictionError(f"--threshold must be in [0, 1], got {threshold}")
+    if threshold is not None and site is not None:
+        raise PredictionError(
+            f"--site {site} and --threshold {threshold}: pass one; a site's operating point "
+            "is its threshold"
+        )
     if is_mlflow_uri(model):
-        return load_mlflow_model(str(model), threshold)
-    return load_model_file(Path(model), threshold)
+        return load_mlflow_model(str(model), threshold, site, models_folder)
+    return load_model_file(Path(model), threshold, site)

@@ -1,5 +1,6 @@
 """Applying a trained model to new chest X-rays: decode and preprocess images with the training
-code, score them in batches, and optionally explain each call with a Grad-CAM overlay.
+code, score them in batches (with each image's out-of-distribution score against the model's site
+reference), and optionally explain each call with a Grad-CAM overlay.
 
 Used by `pneumonia predict` (files and folders) and by the served MLflow model (image bytes).
 """
@@ -18,10 +19,20 @@ from pneumonia.imaging.decode import ImageDecodeError
 from pneumonia.imaging.transforms import preprocess_bytes, preprocess_file
 from pneumonia.inference.classifier import Classifier, Prediction, PredictionError
 from pneumonia.inference.gradcam import annotated_overlay, gradcam_heatmaps
+from pneumonia.site.check import OutOfDistribution
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 DEFAULT_BATCH_SIZE = 32
-OUTPUT_COLUMNS = ("path", "probability", "label", "threshold", "error")
+OUTPUT_COLUMNS = (
+    "path",
+    "score",
+    "label",
+    "threshold",
+    "operating_point",
+    "ood_score",
+    "flag",
+    "error",
+)
 
 
 def _is_image_name(path: Path) -> bool:
@@ -125,28 +136,48 @@ class GradcamWriter:
         name: str,
         image: np.ndarray,
         heatmap: np.ndarray,
-        probability: float,
+        score: float,
         threshold: float,
+        operating_point: str,
     ) -> Path:
         """The annotated overlay (gradcam.annotated_overlay) of one image, as `<stem>.png`."""
         path = self.target(name)
-        label = label_for(probability, threshold)
-        annotated = annotated_overlay(image[..., 0], heatmap, probability, label, threshold)
+        label = label_for(score, threshold)
+        annotated = annotated_overlay(
+            image[..., 0], heatmap, score, label, threshold, operating_point
+        )
         Image.fromarray(annotated).save(path)
         return path
 
 
-def classify(
-    classifier: Classifier,
-    sources: Sequence[tuple[str, Path | bytes]],
-    gradcam: GradcamWriter | None = None,
-) -> list[Prediction]:
-    """Score one batch of images given as files or encoded bytes, named for the output.
+class ScoredFeatures:
+    """The pooled features and scores of every image a predict run scored, kept for one site
+    check at the end (inference.site_use). Only these, as float32: 4 bytes a feature, so the
+    default CNN's 128 features take 512 bytes an image (a million images, about 0.5 GB), a
+    Keras Applications backbone's 1,280-2,048 take 5-8 KB an image (and 8 bytes its score)."""
 
-    Each image is decoded and preprocessed by the training code (`preprocess_file` /
-    `preprocess_bytes`); one that cannot be decoded, is over the input limits or cannot be a
-    chest X-ray gets an error and the others are still scored, in one model call.
-    """
+    def __init__(self) -> None:
+        self.features: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, features: np.ndarray, scores: np.ndarray) -> None:
+        self.features.append(np.asarray(features, dtype=np.float32))
+        self.scores.append(np.asarray(scores, dtype=np.float64))
+        self.count += len(features)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate(self.features), np.concatenate(self.scores)
+
+
+def decode_sources(
+    classifier: Classifier, sources: Sequence[tuple[str, Path | bytes]]
+) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    """(the decoded images (N, S, S, 1) uint8, their positions in `sources`, an error by
+    position for each that failed)."""
     pixels, decoded, errors = [], [], {}
     for position, (name, source) in enumerate(sources):
         try:
@@ -163,7 +194,28 @@ def classify(
         pixels.append(array[..., None])
         decoded.append(position)
     images = np.stack(pixels) if pixels else np.zeros((0, 1, 1, 1), np.uint8)
-    scores = dict(zip(decoded, classifier.probabilities(images), strict=True))
+    return images, decoded, errors
+
+
+def classify(
+    classifier: Classifier,
+    sources: Sequence[tuple[str, Path | bytes]],
+    gradcam: GradcamWriter | None = None,
+    collected: ScoredFeatures | None = None,
+) -> list[Prediction]:
+    """Score one batch of images given as files or encoded bytes, named for the output.
+
+    Each image is decoded and preprocessed by the training code (`preprocess_file` /
+    `preprocess_bytes`); one that cannot be decoded, is over the input limits or cannot be a
+    chest X-ray gets an error and the others are still scored, in one model call that gives
+    their features too (the out-of-distribution score; kept in `collected` when given).
+    """
+    images, decoded, errors = decode_sources(classifier, sources)
+    features, batch_scores = classifier.features_and_scores(images)
+    ood = classifier.out_of_distribution(features)
+    if collected is not None and features is not None and decoded:
+        collected.add(features, batch_scores)
+    row_of = {position: row for row, position in enumerate(decoded)}
     overlays: dict[int, str] = {}
     if gradcam is not None and decoded:
         heatmaps, _ = gradcam_heatmaps(classifier.model, images, classifier.threshold)
@@ -172,22 +224,28 @@ def classify(
                 sources[position][0],
                 images[row],
                 heatmaps[row],
-                float(scores[position]),
+                float(batch_scores[row]),
                 classifier.threshold,
+                classifier.operating_point,
             )
             overlays[position] = str(written)
     results = []
     for position, (name, _) in enumerate(sources):
         if position in errors:
-            results.append(Prediction(name, None, None, classifier.threshold, errors[position]))
+            results.append(Prediction.failure(name, errors[position], classifier))
             continue
-        probability = float(scores[position])
+        row = row_of[position]
+        value = float(batch_scores[row])
+        ood_score = None if ood is None else float(ood[row])
         results.append(
             Prediction(
                 name,
-                probability,
-                label_for(probability, classifier.threshold),
+                value,
+                label_for(value, classifier.threshold),
                 classifier.threshold,
+                classifier.operating_point,
+                ood_score=ood_score,
+                flag=None if ood_score is None else OutOfDistribution.flag(ood_score),
                 gradcam=overlays.get(position),
             )
         )
@@ -199,9 +257,10 @@ def predict_paths(
     inputs: Iterable[str | Path],
     batch_size: int = DEFAULT_BATCH_SIZE,
     gradcam_dir: Path | None = None,
+    collected: ScoredFeatures | None = None,
 ) -> Iterator[Prediction]:
     """Predictions for files and folders, in input order, batch by batch (streams for large
-    folders)."""
+    folders); the scored images' features are kept in `collected` when given."""
     if batch_size < 1:
         raise PredictionError(f"batch size must be >= 1, got {batch_size}")
     inputs = list(inputs)
@@ -212,12 +271,12 @@ def predict_paths(
     batch: list[tuple[str, Path]] = []
     for path, error in expand_inputs(inputs):
         if error is not None:
-            yield from classify(classifier, batch, gradcam)
+            yield from classify(classifier, batch, gradcam, collected)
             batch = []
-            yield Prediction(str(path), None, None, classifier.threshold, error)
+            yield Prediction.failure(str(path), error, classifier)
             continue
         batch.append((str(path), path))
         if len(batch) == batch_size:
-            yield from classify(classifier, batch, gradcam)
+            yield from classify(classifier, batch, gradcam, collected)
             batch = []
-    yield from classify(classifier, batch, gradcam)
+    yield from classify(classifier, batch, gradcam, collected)

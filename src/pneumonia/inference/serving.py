@@ -1,5 +1,7 @@
 """The served model: an MLflow pyfunc that takes raw encoded X-ray images and answers with the
-probability of pneumonia and the label at the threshold evaluate chose on val.
+network's score, the label at its operating point (the threshold evaluate chose on val, or a
+site's, for a version registered for one site by `pneumonia site calibrate`) and how far each
+image is from the model's val images.
 
 Contract (the model's signature):
 
@@ -12,15 +14,23 @@ Contract (the model's signature):
   decodes base64 only for the two dataframe formats; for the others it hands the model the text
   itself, which `image_file_bytes` decodes (a JPEG or PNG file starts with a byte that is never
   base64 text, so raw bytes and base64 cannot be mistaken for each other).
-- output: one row per image with `probability` (double), `label` (`NORMAL` or `PNEUMONIA`),
-  `threshold` (double) and `error` (string). An image that cannot be decoded does not fail the
-  request: its row has `error` set (`row <i>: not an image ...`) and null probability and label,
-  so the other images of a batch are still answered. So does an image over the input limits
-  (`limits` in settings.json: bytes, checked before decoding, and pixels, read from the header),
-  in a format other than JPEG or PNG, or one that cannot be a chest X-ray (`row <i>: not a chest
-  X-ray: ...`: under 32 pixels on its short side, or nearly constant). Text that is not valid
-  base64 is rejected by the scoring server itself (HTTP 400) before the model runs in the
-  dataframe formats, and answered as an error row (not an image) in the others.
+- output: one row per image with `score` (double: the network's output, which ranks images and
+  is comparable only between images scored by one model version; not a calibrated probability),
+  `label` (`NORMAL` or `PNEUMONIA`, the call at the threshold), `threshold` (double),
+  `operating_point` (string: what the threshold is, `val (youden)` or `site NAME vN`; a
+  calibration on val does not carry to a shifted site), `ood_score` (double: the distance to the
+  model's val images in its feature space, over 1 farther than almost every val image is from
+  the others; null for a version logged without a site reference), `flag` (string:
+  `out-of-distribution` when `ood_score` is over 1: such an image is unlike anything the
+  threshold was chosen on, so its call means little) and `error` (string). An image that cannot
+  be decoded does not fail the request: its row has `error` set (`row <i>: not an image ...`)
+  and null score and label, so the other images of a batch are still answered. So does an image
+  over the input limits (`limits` in settings.json: bytes, checked before decoding, and pixels,
+  read from the header), in a format other than JPEG or PNG, or one that cannot be a chest X-ray
+  (`row <i>: not a chest X-ray: ...`: under 32 pixels on its short side, or nearly constant).
+  Text that is not valid base64 is rejected by the scoring server itself (HTTP 400) before the
+  model runs in the dataframe formats, and answered as an error row (not an image) in the
+  others.
 - a body the scoring server's JSON parser cannot read (nesting deeper than Python's recursion
   limit, a number over Python's 4,300-digit limit) is answered with HTTP 400 and one line
   (`guard_scoring_server_json`), not a bare 500.
@@ -34,8 +44,10 @@ front of the server (a reverse proxy's body limit: docs/using-the-model.md, Inpu
 `instances` and `inputs` formats MLflow also makes a NumPy bytes array of the column, every row
 padded to the longest: send one large image per request there, or use `dataframe_split`.
 
-The model folder is self-contained: the Keras model file, a JSON with the threshold and the
-preprocess settings, and this package's source (`code_paths`), which MLflow puts first on
+The model folder is self-contained: the Keras model file, a JSON with the threshold, its
+operating point's name and the preprocess settings, the model's site reference (its val
+features, contracts.site_reference; absent in versions logged before it existed), and this
+package's source (`code_paths`), which MLflow puts first on
 `sys.path` when it loads the model, so serving runs the same preprocessing code as training did.
 """
 
@@ -67,10 +79,12 @@ from pneumonia.contracts.labels import POSITIVE_CLASS
 from pneumonia.contracts.model_reference import ModelReference
 from pneumonia.contracts.served_settings import (
     SETTINGS_FILE,
+    VAL_OPERATING_POINT,
     ServedSettings,
     read_served_settings,
     write_served_settings,
 )
+from pneumonia.contracts.site_reference import read_site_reference
 from pneumonia.imaging.transforms import config_from_settings, input_limits
 from pneumonia.inference.classifier import Classifier, Prediction, PredictionError
 from pneumonia.inference.loading import check_served_model, load_keras_model
@@ -79,7 +93,17 @@ from pneumonia.registry import LoggedModel
 
 SERVING_ARTIFACT = "serving_model"
 INPUT_COLUMN = "image"
-SERVING_OUTPUT_COLUMNS = ("probability", "label", "threshold", "error")
+SERVING_OUTPUT_COLUMNS = (
+    "score",
+    "label",
+    "threshold",
+    "operating_point",
+    "ood_score",
+    "flag",
+    "error",
+)
+# The site reference among the pyfunc's artifacts (MLflow keeps it under artifacts/<file name>).
+REFERENCE_ARTIFACT = "site_reference"
 # Base64 text as MLflow's dataframe formats accept it (base64.decodebytes: line breaks allowed).
 BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/\r\n]+={0,2}\s*")
 # A TF Serving `{"b64": "<base64>"}` object as the scoring server hands it over for a binary
@@ -116,7 +140,8 @@ mlflow.models.set_model(PneumoniaServingModel())
 
 
 class PneumoniaServingModel(mlflow.pyfunc.PythonModel):
-    """Encoded image bytes in, probability and label out (see the module docstring)."""
+    """Encoded image bytes in, score, label and out-of-distribution score out (see the module
+    docstring)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         settings_path = Path(context.artifacts["settings"])
@@ -133,17 +158,25 @@ class PneumoniaServingModel(mlflow.pyfunc.PythonModel):
                 f"(sha256 {named[:12]}...); re-register it with the evaluate stage"
             )
         model = load_keras_model(keras_path)
+        reference = None
+        if REFERENCE_ARTIFACT in context.artifacts:
+            # Refused unless written for the very Keras file served beside it.
+            reference = read_site_reference(
+                Path(context.artifacts[REFERENCE_ARTIFACT]), model_path=keras_path
+            )
         self.classifier = Classifier(
             model,
             settings.threshold,
             # Logged before the limits existed: the defaults (DEFAULT_MAX_PIXELS, ...).
             config_from_settings(settings.preprocess, settings_path, settings.limits),
             source=f"served model ({settings_path.parent})",
+            operating_point=settings.operating_point,
+            reference=reference,
         )
         # Trace the prediction function now, not inside the first request (and not in two
         # request threads at once).
         size = self.classifier.preprocess.image.size
-        self.classifier.probabilities(np.zeros((1, size, size, 1), np.uint8))
+        self.classifier.scores(np.zeros((1, size, size, 1), np.uint8))
         guard_scoring_server_json()
 
     # pd.DataFrame is a hint MLflow does not derive a schema from: the schema (a binary column)
@@ -168,9 +201,8 @@ class PneumoniaServingModel(mlflow.pyfunc.PythonModel):
             else:
                 failed[row] = f"row {row}: expected encoded image bytes, got {type(value).__name__}"
         answered = iter(classify(self.classifier, sources))
-        threshold = self.classifier.threshold
         predictions = [
-            Prediction(f"row {row}", None, None, threshold, failed[row])
+            Prediction.failure(f"row {row}", failed[row], self.classifier)
             if row in failed
             else next(answered)
             for row in range(len(frame))
@@ -277,17 +309,26 @@ def guard_scoring_server_json() -> bool:
 
 
 def serving_frame(predictions: list[Prediction]) -> pd.DataFrame:
-    """The output columns. A failed image has None (JSON null) as probability, so the column is
-    float64 only when every image was scored."""
-    probabilities = [prediction.probability for prediction in predictions]
-    has_gaps = any(value is None for value in probabilities)
+    """The output columns. A failed image has None (JSON null) as score, and an image of a model
+    without a site reference as ood_score, so such a column is float64 only without gaps."""
+
+    def numbers(values: list[float | None]) -> pd.Series:
+        has_gaps = any(value is None for value in values)
+        return pd.Series(values, dtype=object if has_gaps else np.float64)
+
+    def texts(values: list[str | None]) -> pd.Series:
+        # object, not pandas' string dtype, so a missing value is None (JSON null), not NaN.
+        return pd.Series(values, dtype=object)
+
     return pd.DataFrame(
         {
-            "probability": pd.Series(probabilities, dtype=object if has_gaps else np.float64),
-            # object, not pandas' string dtype, so a missing value is None (JSON null), not NaN.
-            "label": pd.Series([prediction.label for prediction in predictions], dtype=object),
+            "score": numbers([prediction.score for prediction in predictions]),
+            "label": texts([prediction.label for prediction in predictions]),
             "threshold": [prediction.threshold for prediction in predictions],
-            "error": pd.Series([prediction.error for prediction in predictions], dtype=object),
+            "operating_point": texts([prediction.operating_point for prediction in predictions]),
+            "ood_score": numbers([prediction.ood_score for prediction in predictions]),
+            "flag": texts([prediction.flag for prediction in predictions]),
+            "error": texts([prediction.error for prediction in predictions]),
         },
         columns=list(SERVING_OUTPUT_COLUMNS),
     )
@@ -298,9 +339,12 @@ def serving_signature() -> ModelSignature:
         inputs=Schema([ColSpec(DataType.binary, INPUT_COLUMN)]),
         outputs=Schema(
             [
-                ColSpec(DataType.double, "probability", required=False),
+                ColSpec(DataType.double, "score", required=False),
                 ColSpec(DataType.string, "label", required=False),
                 ColSpec(DataType.double, "threshold"),
+                ColSpec(DataType.string, "operating_point"),
+                ColSpec(DataType.double, "ood_score", required=False),
+                ColSpec(DataType.string, "flag", required=False),
                 ColSpec(DataType.string, "error", required=False),
             ]
         ),
@@ -334,19 +378,31 @@ def log_serving_model(
     source: dict[str, Any],
     example_image: bytes | None = None,
     limits: dict[str, int] | None = None,
+    *,
+    operating_point: str = VAL_OPERATING_POINT,
+    site_reference: Path | None = None,
 ) -> LoggedModel:
     """Log the served pyfunc to the active run and register it as a new version of
     `registered_name`. `source` (the Keras model's registry name, version and id) is recorded in
     the settings JSON, and so are the input `limits` (max_pixels, max_file_bytes: params.yaml's
     preprocess section; the defaults when None), so serving needs no params.yaml.
     `example_image` becomes the input example (shown as a ready request in the MLflow UI); MLflow
-    checks it by running the model once."""
+    checks it by running the model once. `operating_point` is the name every answer gives its
+    threshold (OperatingPoint.name: evaluate's `val (<rule>)`, or `site NAME vN` for a version
+    served for one site); `site_reference` (contracts.site_reference, written for this very
+    model file) is logged beside the settings, for the answers' out-of-distribution scores."""
     if mlflow.active_run() is None:
         raise RuntimeError("log_serving_model needs an active MLflow run")
+    artifacts = {"keras_model": str(model_path)}
+    if site_reference is not None:
+        # Checked now, not when a server first loads it.
+        read_site_reference(site_reference, model_path=model_path)
+        artifacts[REFERENCE_ARTIFACT] = str(site_reference)
     # Validated (and defaulted) before logging.
     config = config_from_settings(dict(preprocess_settings), "preprocess settings", limits)
     settings = ServedSettings(
         threshold=float(threshold),
+        operating_point=operating_point,
         preprocess=dict(preprocess_settings),
         limits=input_limits(config),
         positive_class=POSITIVE_CLASS,
@@ -372,7 +428,7 @@ def log_serving_model(
             info = mlflow.pyfunc.log_model(
                 name=SERVING_ARTIFACT,
                 python_model=str(entry),
-                artifacts={"keras_model": str(model_path), "settings": str(settings_path)},
+                artifacts={**artifacts, "settings": str(settings_path)},
                 code_paths=[str(code)],
                 signature=serving_signature(),
                 input_example=example,

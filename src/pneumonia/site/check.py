@@ -30,13 +30,15 @@ class OutOfDistribution:
     def __init__(self, reference: SiteReference):
         self.reference = reference
         self.standardize = statistics.Standardizer.fit(reference.reference_features)
-        self._reference = self.standardize(reference.reference_features)
+        self.standardized_reference = self.standardize(reference.reference_features)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         if len(features) == 0:
             return np.zeros(0)
         distances = statistics.kth_neighbour_distances(
-            self._reference, self.standardize(features), self.reference.record.neighbours
+            self.standardized_reference,
+            self.standardize(features),
+            self.reference.record.neighbours,
         )
         return distances / self.reference.record.typical_distance
 
@@ -85,6 +87,17 @@ class SiteCheck:
         )
 
 
+def two_sample_test(
+    reference: SiteReference, detector: OutOfDistribution | None = None
+) -> statistics.PatientSplitMMDTest:
+    """The reference's test, in the reference part's standardized features (build it once to
+    check many samples)."""
+    detector = detector or OutOfDistribution(reference)
+    return statistics.PatientSplitMMDTest(
+        detector.standardized_reference, reference.reference_groups
+    )
+
+
 def check_site(
     reference: SiteReference,
     features: np.ndarray,
@@ -103,12 +116,11 @@ def check_site(
     record = reference.record
     seed = record.seed if seed is None else seed
     detector = OutOfDistribution(reference)
-    standardized_reference = detector._reference
     standardized = detector.standardize(features)
-    test = statistics.mmd_permutation_test(
-        standardized_reference, standardized, record.permutations, seed
+    test = two_sample_test(reference, detector).test(standardized, record.null_draws, seed)
+    auc = statistics.classifier_two_sample_auc(
+        detector.standardized_reference, standardized, seed=seed
     )
-    auc = statistics.classifier_two_sample_auc(standardized_reference, standardized, seed=seed)
     ood = detector.scores(features)
     order = np.argsort(-ood, kind="stable")[:ATYPICAL_LISTED]
     return SiteCheck(

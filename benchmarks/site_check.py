@@ -16,7 +16,7 @@ What is timed (median of `--repeats` runs, after one warm-up):
 
 - baseline: the model's features and scores of the images (site.features, batches of 32);
 - site check: check_site on those features (the two-sample MMD test with its null drawn from
-  the reference's null part, the cross-fitted classifier two-sample AUC, the
+  patient splits of the reference, the cross-fitted classifier two-sample AUC, the
   out-of-distribution scores), and each of its three parts.
 
 Peak memory is tracemalloc's peak over one run of each (Python and NumPy allocations; not

@@ -177,7 +177,8 @@ def test_calibrate_logs_a_run_with_its_settings_and_the_point(in_project, capsys
     for name in ("threshold", "sensitivity", "sensitivity_low", "specificity_high"):
         assert name in metrics
     artifacts = mlflow.MlflowClient().list_artifacts(run.info.run_id, "site")
-    assert [item.path for item in artifacts] == ["site/v1.json"]
+    # The point, and the served version registered for it (recorded after the point is stored).
+    assert [item.path for item in artifacts] == ["site/v1.json", "site/v1.serving.json"]
 
 
 def test_calibrate_registers_a_served_version_for_the_site(in_project, capsys):
@@ -185,7 +186,7 @@ def test_calibrate_registers_a_served_version_for_the_site(in_project, capsys):
     status, out, err = run_cli(["site", "calibrate", str(cases), "--name", "east", *EASY], capsys)
     assert status == 0, err
     point = json.loads((in_project / "models" / "sites" / "east" / "v1.json").read_text())
-    served = point["serving_model"]
+    served = json.loads((in_project / "models" / "sites" / "east" / "v1.serving.json").read_text())
     assert served["alias"] == "site-east"
     version = mlflow.MlflowClient().get_model_version_by_alias(
         served["registered_model"], "site-east"

@@ -16,7 +16,12 @@ from pneumonia.contracts.site_reference import read_site_reference
 from pneumonia.imaging.transforms import preprocess_file
 from pneumonia.inference.loading import load_model_file
 from pneumonia.inference.prediction import ScoredFeatures, predict_paths
-from pneumonia.inference.site_use import BATCH_CHECK_AT_MOST, batch_site_check, shift_warning
+from pneumonia.inference.site_use import (
+    BATCH_CHECK_AT_MOST,
+    batch_site_check,
+    collector,
+    shift_warning,
+)
 from pneumonia.site.check import OutOfDistribution
 from pneumonia.site.features import features_and_scores
 from pneumonia.site.points import store_site_point
@@ -207,18 +212,35 @@ def test_predict_help_says_what_a_score_a_val_threshold_and_a_flag_mean(capsys):
 
 
 def test_a_very_large_run_is_checked_on_a_seeded_draw_of_its_images(site_model):
-    """The check's cost grows with the images checked: past BATCH_CHECK_AT_MOST a run is checked
-    on that many, drawn with the reference's seed (the same draw every run)."""
+    """The check's cost grows with the images checked: past BATCH_CHECK_AT_MOST a run keeps a
+    uniform sample of that many as it scores (memory bounded), drawn with the reference's seed
+    (the same draw every run)."""
     classifier = load_model_file(site_model["model_path"])
     pixels = tiny_val_pixels(BATCH_CHECK_AT_MOST + 100, first_seed=20000)
-    collected = ScoredFeatures()
+    collected = collector(classifier)
     for start in range(0, len(pixels), 512):  # batch by batch, as predict adds them
         collected.add(*classifier.features_and_scores(pixels[start : start + 512]))
     assert len(collected) == BATCH_CHECK_AT_MOST + 100
-    assert collected.arrays()[0].dtype == np.float32
+    kept, _ = collected.arrays()
+    assert kept.dtype == np.float32 and len(kept) == BATCH_CHECK_AT_MOST
     check = batch_site_check(classifier, collected)
     assert check.n_images == BATCH_CHECK_AT_MOST
     assert batch_site_check(classifier, collected) == check
     assert not check.shifted, check.sentence()  # images of the model's own kind
     warning = shift_warning(check, len(collected))
     assert warning.startswith(f"warning: {BATCH_CHECK_AT_MOST} images (drawn from the 2100 scored)")
+
+
+def test_the_kept_sample_is_uniform_over_every_image_seen():
+    """Reservoir sampling: images of early and late batches are kept alike."""
+    kept_late = []
+    for seed in range(40):
+        collected = ScoredFeatures(50, seed)
+        for start in range(0, 500, 25):
+            index = np.arange(start, start + 25, dtype=np.float32)[:, None]
+            collected.add(index, index[:, 0])
+        features, scores = collected.arrays()
+        assert len(features) == 50 and len(collected) == 500
+        assert np.array_equal(features[:, 0], scores.astype(np.float32))
+        kept_late.append(float((scores >= 250).mean()))
+    assert 0.4 < np.mean(kept_late) < 0.6

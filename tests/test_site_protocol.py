@@ -61,18 +61,26 @@ def test_each_draw_takes_k_whole_patients():
         next(protocol.patient_draws(patients, 500, draws=1, seed=0))
 
 
-def test_the_fast_threshold_is_the_one_guaranteed_threshold_chooses():
+def brute_force_threshold(labels: np.ndarray, scores: np.ndarray, confidence: float):
+    """The rule as written: walk down the positives' scores, the first whose bound holds."""
+    positive_scores = np.sort(scores[labels])[::-1]
+    for threshold in dict.fromkeys(positive_scores.tolist()):
+        caught = int((positive_scores >= threshold).sum())
+        bound = statistics.sensitivity_lower_bound(caught, len(positive_scores), confidence)
+        if bound >= protocol.TARGET:
+            return threshold
+    return None
+
+
+def test_the_bisected_threshold_is_the_one_the_rule_walks_to():
     rng = np.random.default_rng(2)
     for _ in range(40):
         count = int(rng.integers(5, 160))
         labels = rng.random(count) < rng.uniform(0.2, 0.9)
         scores = np.round(rng.random(count), int(rng.integers(1, 4)))  # ties included
         for confidence in (protocol.CONFIDENCE, *protocol.FALLBACK_CONFIDENCES):
-            try:
-                expected = statistics.guaranteed_threshold(
-                    labels, scores, protocol.TARGET, confidence
-                ).threshold
-            except statistics.TooFewPositives:
+            expected = brute_force_threshold(labels, scores, confidence)
+            if labels.sum() < statistics.positives_needed(protocol.TARGET, confidence):
                 expected = None
             assert protocol.site_threshold(labels, scores, confidence) == expected
 
@@ -286,11 +294,15 @@ def test_the_site_stage_writes_its_reports_the_final_card_and_an_mlflow_run(tmp_
         "site_sensitivity",
         "site_specificity",
         "target_held",
+        "calibrated_draws",
+        "refused_draws",
         "val_threshold_sensitivity",
         "val_threshold_specificity",
     }
     # 220 test patients: k = 200 is skipped, 100 is measured.
-    assert all(isinstance(value, float) for value in metrics.values()), metrics
+    counts = {"calibrated_draws", "refused_draws"}
+    assert all(isinstance(metrics[key], int) for key in counts), metrics
+    assert all(isinstance(value, float) for key, value in metrics.items() if key not in counts)
     detail = json.loads(paths.site_check.read_text())
     assert [skip["k"] for skip in detail["new_site"]["skipped"]] == [200]
     assert detail["test"]["n_images"] == 330 and detail["false_alarms"]["draws"] == 200

@@ -76,12 +76,26 @@ def test_bad_feature_arrays_are_refused_by_name():
 
 def test_the_out_of_distribution_unit_is_the_references_own_quantile():
     reference = gaussian(300, 0)
-    unit = statistics.typical_distance(reference, 5, 0.99)
+    unit = statistics.typical_distance(reference, None, 5, 0.99)
     own = statistics.kth_neighbour_distances(reference, reference, 5, leave_one_out=True)
     assert np.mean(own > unit) == pytest.approx(0.01, abs=0.005)
     # A far row is farther than the unit; the reference's own rows are not their neighbours.
     far = statistics.kth_neighbour_distances(reference, reference[:1] + 50.0, 5)
     assert far[0] > 10 * unit
+
+
+def test_on_images_clustered_by_patient_the_unit_and_the_auc_read_new_patients_right():
+    reference, groups = clustered(300, 0)
+    unit = statistics.typical_distance(reference, groups, 5, 0.99)
+    new_patients, new_groups = clustered(300, 1)
+    flagged = statistics.kth_neighbour_distances(reference, new_patients, 5) > unit
+    # Leaving out each image's own patient: about 1% of new patients' images, not several.
+    assert flagged.mean() < 0.03
+    # Grouped folds: the classifier cannot tell new patients from the reference.
+    auc = statistics.classifier_two_sample_auc(
+        reference, new_patients, reference_groups=groups, sample_groups=new_groups
+    )
+    assert 0.4 < auc < 0.6
 
 
 @pytest.mark.parametrize(
@@ -106,6 +120,19 @@ def test_the_guaranteed_threshold_is_the_highest_whose_bound_meets_the_target():
     if len(higher):
         caught = int((scores[labels] >= higher[0]).sum())
         assert statistics.sensitivity_lower_bound(caught, 200, 0.95) < 0.95
+
+
+def test_the_guarantee_holds_at_its_confidence_on_independent_positives():
+    # Positive scores uniform on [0, 1]: at threshold t the true sensitivity is 1 - t.
+    generator = np.random.default_rng(11)
+    held = []
+    for _ in range(400):
+        labels = np.r_[np.ones(80, bool), np.zeros(20, bool)]
+        scores = np.r_[generator.random(80), generator.random(20)]
+        chosen = statistics.guaranteed_threshold(labels, scores, 0.95, 0.95)
+        held.append(1.0 - chosen.threshold >= 0.95)
+    # At least 95% of calibrations meet the target (400 draws: allow sampling error).
+    assert np.mean(held) >= 0.93
 
 
 def test_too_few_positives_are_refused_naming_the_count_needed():

@@ -301,7 +301,7 @@ def take_all(
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        print("error: the screenshots need playwright: pip install playwright", file=sys.stderr)
+        print("error: the screenshots need playwright: pip install -e '.[docs]'", file=sys.stderr)
         return 1
     if not BROWSER.is_file():
         print(f"error: {BROWSER} is missing: apt-get install -y chromium", file=sys.stderr)

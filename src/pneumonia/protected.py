@@ -126,19 +126,45 @@ def tracked_files(root: Path) -> frozenset[str] | None:
 
 
 def recorded_outputs(root: Path) -> frozenset[str]:
-    """The outputs dvc.lock records (the committed reference run's reports are tracked by git
-    and are the pipeline's own to rewrite); empty when there is no readable dvc.lock.
+    """The outputs dvc.lock records, in the workspace and in git's HEAD (the committed reference
+    run's reports are tracked by git and are the pipeline's own to rewrite; while `dvc repro`
+    runs, DVC rewrites the workspace's lock stage by stage, so an output that moved from one
+    stage to another is recorded only in HEAD's until its new stage has run); empty when there is
+    no readable dvc.lock."""
+    texts = []
+    try:
+        with (root / "dvc.lock").open("rb") as handle:
+            texts.append(handle.read(_MAX_LOCK_BYTES + 1))
+    except OSError:
+        pass
+    texts.append(_committed_lock(root))
+    outputs: set[str] = set()
+    for data in texts:
+        if len(data) <= _MAX_LOCK_BYTES:
+            outputs |= _lock_outputs(data)
+    return frozenset(outputs)
+
+
+def _committed_lock(root: Path) -> bytes:
+    """dvc.lock as git's HEAD holds it; empty when git cannot say."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), "show", "HEAD:./dvc.lock"],
+            capture_output=True,
+            timeout=_GIT_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return b""
+    return result.stdout[: _MAX_LOCK_BYTES + 1] if result.returncode == 0 else b""
+
+
+def _lock_outputs(data: bytes) -> set[str]:
+    """The `outs:` paths of a dvc.lock.
 
     Read as text, not YAML: PyYAML takes half a second over the lock file of this project, and
     every stage loads the config. DVC writes each output as a `- path: <path>` item under an
     `outs:` key, at that key's indentation."""
-    try:
-        with (root / "dvc.lock").open("rb") as handle:
-            data = handle.read(_MAX_LOCK_BYTES + 1)
-    except OSError:
-        return frozenset()
-    if len(data) > _MAX_LOCK_BYTES:
-        return frozenset()
     outputs, outs_indent = set(), None
     for line in data.decode("utf-8", "replace").splitlines():
         stripped = line.lstrip()
@@ -155,7 +181,7 @@ def recorded_outputs(root: Path) -> frozenset[str]:
                 continue
         if stripped.rstrip() == "outs:":
             outs_indent = indent
-    return frozenset(outputs)
+    return outputs
 
 
 def _forms(path: Path) -> set[str]:

@@ -122,8 +122,8 @@ def run(arguments: argparse.Namespace) -> None:
     from pneumonia.imaging.transforms import with_limits
     from pneumonia.inference.classifier import PredictionError
     from pneumonia.inference.loading import is_mlflow_uri, load_classifier
-    from pneumonia.inference.prediction import ScoredFeatures, check_output_folder
-    from pneumonia.inference.site_use import batch_site_check, shift_warning
+    from pneumonia.inference.prediction import check_output_folder
+    from pneumonia.inference.site_use import batch_site_check, collector, shift_warning
     from pneumonia.tracking import use_project_store
 
     # The project's model (paths.models) and input limits (preprocess), read once; outside a
@@ -155,7 +155,7 @@ def run(arguments: argparse.Namespace) -> None:
     # A site's own operating point (--site, or a version served for one site) answers the shift
     # already: no batch check then.
     checked = classifier.reference is not None and not classifier.at_site_point
-    collected = ScoredFeatures() if checked else None
+    collected = collector(classifier) if checked else None
     predicted, failed, flagged = write_predictions(classifier, arguments, collected)
     if classifier.reference is None:  # said once, after the rows
         print(

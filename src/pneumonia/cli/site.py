@@ -116,7 +116,7 @@ def add_calibrate(actions: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--name",
         required=True,
-        help="the site's name: 1-64 letters, digits, '.', '_' or '-' (names its folder and "
+        help="the site's name: 1-64 letters, digits, '_' or '-' (names its folder and "
         "its registry alias)",
     )
     parser.add_argument(
@@ -218,7 +218,7 @@ def run_calibrate(arguments: argparse.Namespace) -> None:
     from pneumonia.config import load_config
     from pneumonia.deployment import publishing, workflow
     from pneumonia.imaging.transforms import input_limits
-    from pneumonia.site.points import check_site_name, store_site_point
+    from pneumonia.site.points import check_site_name, store_serving, store_site_point
 
     site = check_site_name(arguments.name)
     if not arguments.params.is_file():
@@ -241,28 +241,24 @@ def run_calibrate(arguments: argparse.Namespace) -> None:
         confidence=arguments.confidence,
     )
     models = site_model.path.parent
-    # The version the point will get, so the served version can name it before it is stored.
-    point = point.model_copy(update={"version": workflow.next_version(models, site)})
     with publishing.calibration_run(config, site) as run:
-        publishing.log_calibration(point, site_model.path)
-        if publishing.registers_a_served_version(site_model):
+        registers = publishing.registers_a_served_version(site_model)
+        if registers and site_model.reference_path.is_file():
+            site_model.reference()  # one written for another model file: refused, none stored
+        # Stored before the served version, so that it names the version the point really got.
+        stored, path = store_site_point(models, point)
+        publishing.log_calibration(stored, site_model.path)
+        publishing.log_point_file(path)
+        if registers:
             served = publishing.register_site_model(
-                point,
+                stored,
                 site_model,
                 config.evaluate.serving_model_name,
                 input_limits(site_model.preprocess),
             )
-            point = point.model_copy(update={"serving_model": served})
-        expected = point.version
-        stored, path = store_site_point(models, point)
-        publishing.log_point_file(path)
+            publishing.log_point_file(store_serving(path, served))
+            stored = stored.model_copy(update={"serving_model": served})
         publishing.describe_run(stored, workflow.point_summary(stored))
-    if stored.version != expected:
-        print(
-            f"site calibrate: another calibration of {site} stored v{expected} meanwhile; this "
-            f"one is v{stored.version}, but its served version names v{expected}",
-            file=sys.stderr,
-        )
     print_calibrated(stored, path, models, run.info.run_id)
 
 
@@ -285,6 +281,7 @@ def print_calibrated(point: OperatingPoint, path: Path, models: Path, run_id: st
 def run_list(arguments: argparse.Namespace) -> None:
     from pneumonia.contracts.files import file_sha256
     from pneumonia.deployment import workflow
+    from pneumonia.site import points
     from pneumonia.site.points import all_site_points
 
     model_path = default_model(arguments)
@@ -297,7 +294,7 @@ def run_list(arguments: argparse.Namespace) -> None:
         if arguments.json:
             print(json.dumps(rows, indent=2))
         elif not rows:
-            print(f"no site operating points in {model_path.parent / 'sites'}")
+            print(f"no site operating points in {points.sites_folder(model_path.parent)}")
         else:
             print_table(rows)
         sys.stdout.flush()

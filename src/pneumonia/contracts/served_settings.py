@@ -28,6 +28,9 @@ from pneumonia.errors import PipelineError
 SCHEMA_VERSION = 2
 # The file's name among the pyfunc's artifacts (MLflow keeps it under artifacts/<name>).
 SETTINGS_FILE = "settings.json"
+# Where it sits in the served model's folder: MLflow keeps a pyfunc's artifacts under
+# artifacts/<file name>.
+SETTINGS_ARTIFACT = f"artifacts/{SETTINGS_FILE}"
 # The operating point of a file written before the settings named it: evaluate's, on val.
 VAL_OPERATING_POINT = "val"
 FIX = "re-register the served model with the evaluate stage (dvc repro)"

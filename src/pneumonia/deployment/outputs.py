@@ -152,9 +152,9 @@ def check_lines(test: dict[str, Any], control: dict[str, Any], alarms: dict[str,
             f"- False alarms: {alarms['false_alarms']} of {alarms['draws']} draws of about "
             f"{alarms['images_target']} held-out val images (whole patients; "
             f"{alarms['images_mean']:.0f} on average) flagged at p < {alarms['significance']:g}: "
-            f"a rate of {_figure(alarms['false_alarm_rate'])} (95% CI "
-            f"{_figure(alarms['false_alarm_rate_low'])}-{_figure(alarms['false_alarm_rate_high'])}"
-            "), to be at most about 5%."
+            f"a rate of {_figure(alarms['false_alarm_rate'])}, to be at most about 5% (the "
+            "draws share one control part, so no interval is given: the rate is that of this "
+            "split of val)."
         )
     return [
         "### The site check",
@@ -238,8 +238,8 @@ def card_section(
         SECTION_TITLE,
         "",
         "Written by the site stage (reports/site/check.json and calibration.csv): the official "
-        "test split treated as a new site, with the settings fixed in docs/experiments.md (round "
-        "5) before any run. Every figure here is site-calibrated or a site check's, beside the "
+        "test split treated as a new site, with the settings of docs/experiments.md (round 5), "
+        "none chosen on test. Every figure here is site-calibrated or a site check's, beside the "
         "val-only headline above, which it leaves as it is; none of them chose anything.",
         "",
         *check_lines(test, control, alarms),

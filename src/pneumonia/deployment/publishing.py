@@ -6,7 +6,6 @@ site at its own operating point (`mlflow models serve -m models:/<served>@site-<
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from pneumonia.config import Config
 from pneumonia.contracts import registry_tags
 from pneumonia.contracts.operating_point import OperatingPoint
 from pneumonia.deployment.workflow import SiteModel
+from pneumonia.site.points import check_site_name
 
 STAGE = "site-calibrate"
 # On a site's served versions: which site and which version of its point they serve.
@@ -33,10 +33,9 @@ def run_name(site: str) -> str:
 
 
 def site_alias(site: str) -> str:
-    """The served version's alias, `site-<name>`, with the characters an alias cannot hold
-    (a site name may hold '.') replaced by '-'."""
-    name = re.sub(r"[^A-Za-z0-9_-]+", "-", site).strip("-") or "unnamed"
-    return registry_tags.check_alias(f"{ALIAS_PREFIX}{name}"[: registry_tags.MAX_ALIAS_LENGTH])
+    """The served version's alias, `site-<name>`: one per site (site names hold only what an
+    alias may, site.points.SITE_NAME, so no two sites share one)."""
+    return registry_tags.check_alias(f"{ALIAS_PREFIX}{check_site_name(site)}")
 
 
 def calibration_params(point: OperatingPoint, model_path: Path) -> dict[str, Any]:

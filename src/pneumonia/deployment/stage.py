@@ -20,7 +20,7 @@ import pandas as pd
 
 from pneumonia.config import Config
 from pneumonia.contracts.arrays import load_split
-from pneumonia.contracts.files import write_csv, write_json
+from pneumonia.contracts.files import write_csv, write_json, write_text
 from pneumonia.contracts.operating_point import (
     OperatingPoint,
     check_model_file,
@@ -104,12 +104,21 @@ def measure(inputs: SiteInputs) -> dict[str, Any]:
     headline. Seeded by the reference's seed (evaluate.seed), so a re-run gives the same."""
     reference, seed = inputs.reference, inputs.reference.record.seed
     features, scores = features_and_scores(inputs.model, inputs.images)
-    test = protocol.whole_check(reference, features, scores, inputs.index["path"].tolist())
+    # Patient ids come from the file names, not the labels: the classifier two-sample test
+    # keeps a patient's images in one fold with them.
+    test = protocol.whole_check(
+        reference,
+        features,
+        scores,
+        inputs.index["path"].tolist(),
+        groups=inputs.index["patient_id"].to_numpy(),
+    )
     control = protocol.whole_check(
         reference,
         reference.control_features,
         reference.control_scores,
         [f"control image {number}" for number in range(len(reference.control_scores))],
+        groups=reference.control_groups,
     )
     alarms = protocol.control_false_alarms(reference, seed=seed)
     table = protocol.new_site_table(
@@ -148,8 +157,9 @@ def write_reports(config: Config, measured: dict[str, Any]) -> str:
     section = outputs.card_section(
         table, measured["test"], measured["control"], measured["false_alarms"]
     )
-    paths.model_card_markdown.write_text(
-        outputs.final_card(paths.evaluate_card_markdown.read_text(), section)
+    write_text(
+        paths.model_card_markdown,
+        outputs.final_card(paths.evaluate_card_markdown.read_text(), section),
     )
     return section
 

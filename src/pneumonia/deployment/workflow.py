@@ -214,11 +214,6 @@ def calibrate(
         raise SiteWorkflowError(f"{folder / CLASSES[1]}: {error}") from error
 
 
-def next_version(models: Path, site: str) -> int:
-    """The version the site's next stored point gets (site.points.store_site_point)."""
-    return max(site_versions(models, site), default=0) + 1
-
-
 def kept_versions(models: Path, site: str, written: int) -> list[int]:
     return [version for version in site_versions(models, site) if version != written]
 

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from pneumonia.config import Config
 from pneumonia.contracts.arrays import load_split
-from pneumonia.contracts.files import file_sha256, write_json
+from pneumonia.contracts.files import file_sha256, write_json, write_text
 from pneumonia.contracts.metrics_report import (
     at_threshold,
     chosen_threshold,
@@ -102,7 +102,7 @@ def run_evaluate_stage(run: StageRun, config: Config, inputs: EvaluationInputs) 
     write_operating_point(paths.threshold, point)
     card_markdown = model_card_markdown(report, card, served=point.serving_model)
     # The final card (paths.model_card_markdown) is the site stage's: this one and its section.
-    paths.evaluate_card_markdown.write_text(card_markdown)
+    write_text(paths.evaluate_card_markdown, card_markdown)
     describe_models(settings, point, card_markdown)
     for path, folder in artifact_paths(paths):
         run.log_artifact(path, folder)
@@ -162,7 +162,7 @@ def site_reference_of(
     model: keras.Model, val: Split, threshold: float, paths: Paths, seed: int
 ) -> SiteReference:
     """The model's site reference (contracts.site_reference): its pooled features and scores of
-    the val images, val's patients split into reference, null and control parts with `seed`."""
+    the val images, val's patients split into reference and control parts with `seed`."""
     images, labels, index = val
     features, scores = features_and_scores(model, images)
     return build_site_reference(

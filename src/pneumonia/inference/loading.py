@@ -40,7 +40,7 @@ from pneumonia.contracts.operating_point import (
 )
 from pneumonia.contracts.paths import MODEL_CARD_FILE, THRESHOLD_FILE
 from pneumonia.contracts.served_settings import (
-    SETTINGS_FILE,
+    SETTINGS_ARTIFACT,
     ServedSettingsError,
     read_served_settings,
 )
@@ -60,10 +60,6 @@ from pneumonia.redaction import redact_text, redact_url, tracking_urls
 # MLflow URIs name a scheme (models:/, runs:/, file://, s3://, ...); a bare path does not.
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 _REGISTERED = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))/?$")
-# Where the served model's settings (threshold, preprocess settings, input limits) sit in its
-# model folder: MLflow keeps a pyfunc's artifacts under artifacts/<file name>, and
-# inference.serving logs them as settings.json.
-SETTINGS_ARTIFACT = f"artifacts/{SETTINGS_FILE}"
 
 
 @dataclass(frozen=True)

@@ -151,26 +151,45 @@ class GradcamWriter:
 
 
 class ScoredFeatures:
-    """The pooled features and scores of every image a predict run scored, kept for one site
-    check at the end (inference.site_use). Only these, as float32: 4 bytes a feature, so the
-    default CNN's 128 features take 512 bytes an image (a million images, about 0.5 GB), a
-    Keras Applications backbone's 1,280-2,048 take 5-8 KB an image (and 8 bytes its score)."""
+    """A uniform random sample of at most `capacity` of the images a predict run scored (their
+    pooled features as float32, and scores), kept for one site check at the end
+    (inference.site_use), and the count of all: memory stays bounded however many images a run
+    scores (2,000 images of a 2,048-feature backbone: 16 MB). Reservoir sampling, seeded."""
 
-    def __init__(self) -> None:
-        self.features: list[np.ndarray] = []
-        self.scores: list[np.ndarray] = []
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.features: np.ndarray | None = None
+        self.scores = np.zeros(0)
         self.count = 0
+        self._generator = np.random.default_rng(seed)
 
     def add(self, features: np.ndarray, scores: np.ndarray) -> None:
-        self.features.append(np.asarray(features, dtype=np.float32))
-        self.scores.append(np.asarray(scores, dtype=np.float64))
+        features = np.asarray(features, dtype=np.float32)
+        scores = np.asarray(scores, dtype=np.float64)
+        if self.features is None:
+            self.features = np.zeros((0, features.shape[1]), np.float32)
+        room = max(0, self.capacity - len(self.features))
+        self.features = np.concatenate([self.features, features[:room]])
+        self.scores = np.concatenate([self.scores, scores[:room]])
+        # Algorithm R for the rest: the i-th image seen replaces a kept one with chance
+        # capacity / i, so every image seen is equally likely to be kept.
+        for offset in range(room, len(features)):
+            seen = self.count + offset + 1
+            slot = int(self._generator.integers(seen))
+            if slot < self.capacity:
+                self.features[slot], self.scores[slot] = features[offset], scores[offset]
         self.count += len(features)
 
     def __len__(self) -> int:
         return self.count
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.concatenate(self.features), np.concatenate(self.scores)
+        """The kept sample's features and scores."""
+        if self.features is None:
+            return np.zeros((0, 0), np.float32), np.zeros(0)
+        return self.features, self.scores
 
 
 def decode_sources(

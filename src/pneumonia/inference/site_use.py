@@ -6,12 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from pneumonia.contracts.files import file_sha256
 from pneumonia.contracts.operating_point import OperatingPoint, OperatingPointError
 from pneumonia.contracts.paths import SITE_REFERENCE_FILE
-from pneumonia.contracts.served_settings import SETTINGS_FILE, read_served_settings
+from pneumonia.contracts.served_settings import SETTINGS_ARTIFACT, read_served_settings
 from pneumonia.contracts.site_reference import SiteReference, read_site_reference
 from pneumonia.inference.classifier import Classifier, PredictionError
 from pneumonia.inference.prediction import ScoredFeatures
@@ -25,8 +23,8 @@ SitePoint = tuple[OperatingPoint, Path] | None
 # checked once against the model's val images: fewer say little about a population.
 BATCH_CHECK_MINIMUM = 50
 # The check's time and memory grow with the images checked (kernel blocks, null samples of the
-# same size): a larger run is checked on this many of its images, drawn with the reference's
-# seed, a random sample of the run (about 5 s on 2 CPU cores against a 600-image val).
+# same size): a larger run is checked on a uniform sample of this many of its images, kept as
+# they are scored (prediction.ScoredFeatures; about 5 s on 2 CPU cores).
 BATCH_CHECK_AT_MOST = 2000
 
 
@@ -96,12 +94,12 @@ def site_point_for_uri(site: str | None, models_folder: Path | None, uri: str) -
 def served_model_sha256(folder: Path) -> str:
     """The sha256 of the Keras file a served model folder wraps: what its settings.json
     records, else (a version logged before the hash was recorded) the file's own."""
-    settings_path = folder / "artifacts" / SETTINGS_FILE  # as inference.loading reads it
+    settings_path = folder / SETTINGS_ARTIFACT
     if settings_path.is_file():
         named = read_served_settings(settings_path).source.sha256
         if named:
             return named
-    files = sorted((folder / "artifacts").glob("*.keras"))
+    files = sorted(settings_path.parent.glob("*.keras"))
     if len(files) != 1:
         raise PredictionError(
             f"{folder}: expected one .keras file among the served model's artifacts, found "
@@ -111,16 +109,20 @@ def served_model_sha256(folder: Path) -> str:
 
 
 def batch_site_check(classifier: Classifier, collected: ScoredFeatures) -> SiteCheck | None:
-    """The site check of a run's scored images against the model's val reference, when the run
+    """The site check of a run's scored images (their kept sample: at most
+    BATCH_CHECK_AT_MOST, drawn uniformly) against the model's val reference, when the run
     scored at least BATCH_CHECK_MINIMUM of them and the model has a reference."""
     if classifier.reference is None or len(collected) < BATCH_CHECK_MINIMUM:
         return None
     features, scores = collected.arrays()
-    if len(features) > BATCH_CHECK_AT_MOST:
-        generator = np.random.default_rng(classifier.reference.record.seed)
-        chosen = np.sort(generator.choice(len(features), BATCH_CHECK_AT_MOST, replace=False))
-        features, scores = features[chosen], scores[chosen]
     return check_site(classifier.reference, features, scores)
+
+
+def collector(classifier: Classifier) -> ScoredFeatures:
+    """What a predict run keeps for its batch check: a sample of BATCH_CHECK_AT_MOST images,
+    drawn with the reference's seed."""
+    seed = classifier.reference.record.seed if classifier.reference is not None else 0
+    return ScoredFeatures(BATCH_CHECK_AT_MOST, seed)
 
 
 def shift_warning(check: SiteCheck, scored: int) -> str:

@@ -1,7 +1,11 @@
 """Where a site's operating points live: `<paths.models>/sites/<site>/v<n>.json`, beside the
 model, one file per calibration. A re-calibration adds the next version and never overwrites
 one (the file is created exclusively); `--site NAME` uses the newest, `NAME@v<n>` a given one.
-Each names the model file (sha256) it was chosen for, and is refused for any other."""
+Each names the model file (sha256) it was chosen for, and is refused for any other.
+
+The served version registered for a point (one per site, `site-<name>`) is recorded after the
+point is stored, in `v<n>.serving.json` beside it (also created exclusively): the version number
+is the stored point's, whatever else calibrates at the same time."""
 
 from __future__ import annotations
 
@@ -18,8 +22,10 @@ from pneumonia.contracts.operating_point import (
 )
 
 SITES_FOLDER = "sites"
-SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# No '.': a site's name is also its registry alias (`site-<name>`), which holds none.
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _VERSION_FILE = re.compile(r"v(?P<version>[1-9][0-9]*)\.json")
+SERVING_SUFFIX = ".serving.json"
 _REFERENCE = re.compile(r"(?P<site>[^@]+)(?:@v(?P<version>[1-9][0-9]*))?")
 
 
@@ -30,7 +36,7 @@ def sites_folder(models: Path) -> Path:
 def check_site_name(name: str) -> str:
     if not SITE_NAME.fullmatch(name):
         raise OperatingPointError(
-            f"site name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            f"site name {name!r}: use 1-64 letters, digits, '_' or '-', starting with a "
             "letter or digit (it names a folder and a registry alias)"
         )
     return name
@@ -62,9 +68,30 @@ def store_site_point(models: Path, point: OperatingPoint) -> tuple[OperatingPoin
         except FileExistsError:
             version += 1
             continue
+        except OSError as error:
+            raise OperatingPointError(
+                f"{target}: cannot store the site point ({error.strerror or error}); the models "
+                "folder must be on a writable filesystem with hard links"
+            ) from error
         finally:
             partial.unlink(missing_ok=True)
         return numbered, target
+
+
+def serving_path(point_path: Path) -> Path:
+    return point_path.with_name(point_path.name.removesuffix(".json") + SERVING_SUFFIX)
+
+
+def store_serving(point_path: Path, serving_model: dict) -> Path:
+    """Record the served version registered for the stored point at `point_path`; refused if
+    one is recorded already (never overwritten)."""
+    path = serving_path(point_path)
+    try:
+        with path.open("x") as handle:
+            handle.write(json.dumps(serving_model, indent=2, sort_keys=True) + "\n")
+    except FileExistsError as error:
+        raise OperatingPointError(f"{path}: a served version is recorded already") from error
+    return path
 
 
 def parse_site_reference(text: str) -> tuple[str, int | None]:
@@ -90,10 +117,23 @@ def read_site_point(models: Path, text: str) -> tuple[OperatingPoint, Path]:
         raise OperatingPointError(
             f"site {site!r} has versions {', '.join(f'v{v}' for v in versions)}, not v{version}"
         )
-    path = sites_folder(models) / site / f"v{version or versions[-1]}.json"
+    number = version or versions[-1]
+    path = sites_folder(models) / site / f"v{number}.json"
     point = read_operating_point(path)
-    if point.site != site or point.calibration is None:
-        raise OperatingPointError(f"{path}: not an operating point of site {site!r}")
+    if point.site != site or point.calibration is None or point.version != number:
+        raise OperatingPointError(
+            f"{path}: not version {number} of site {site!r}'s operating point (it says site "
+            f"{point.site!r}, version {point.version}); restore it, or calibrate again"
+        )
+    served = serving_path(path)
+    if served.is_file() and point.serving_model is None:
+        try:
+            recorded = json.loads(served.read_text())
+        except (OSError, ValueError) as error:
+            raise OperatingPointError(f"{served}: not readable JSON ({error})") from error
+        if not isinstance(recorded, dict):
+            raise OperatingPointError(f"{served}: not a JSON object")
+        point = point.model_copy(update={"serving_model": recorded})
     return point, path
 
 

@@ -14,7 +14,8 @@ test split treated as a new site.
 - The check of a whole split (test, unlabeled; the control part whole).
 
 Every figure here is "site-calibrated" or a check's: none of it is the val-only headline, and
-none of it chooses anything (the settings are fixed above, before any run).
+none of it chooses anything (the settings are fixed above and in docs/experiments.md, round 5;
+none was chosen on test).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ import numpy as np
 from pneumonia.contracts.labels import is_positive
 from pneumonia.contracts.site_reference import SiteReference
 from pneumonia.site import statistics
-from pneumonia.site.calibration import DEFAULT_CONFIDENCE, DEFAULT_TARGET, exact_interval
+from pneumonia.site.calibration import DEFAULT_CONFIDENCE, DEFAULT_TARGET
 from pneumonia.site.check import MINIMUM_IMAGES, OutOfDistribution, check_site, two_sample_test
 from pneumonia.site.reference import group_numbers
 
@@ -70,37 +70,14 @@ def patient_draws(groups: np.ndarray, k: int, draws: int, seed: int) -> Iterator
         yield np.isin(groups, generator.permutation(patients)[:k])
 
 
-@cache
-def caught_needed(positives: int, confidence: float) -> int | None:
-    """The fewest of `positives` pneumonia images a threshold must catch for the exact lower
-    bound (statistics.sensitivity_lower_bound) to reach TARGET; None below
-    statistics.positives_needed. The bound grows with the count caught, so a bisection finds it."""
-    if positives < statistics.positives_needed(TARGET, confidence):
-        return None
-    low, high = 1, positives  # the bound holds at `high` (all caught), maybe not at `low`
-    while low < high:
-        middle = (low + high) // 2
-        if statistics.sensitivity_lower_bound(middle, positives, confidence) >= TARGET:
-            high = middle
-        else:
-            low = middle + 1
-    return low
-
-
 def site_threshold(labels: np.ndarray, scores: np.ndarray, confidence: float) -> float | None:
-    """The threshold statistics.guaranteed_threshold chooses on these labeled cases (the same
-    rule, `pneumonia site calibrate`'s), or None where they hold too few pneumonia images for it.
-    guaranteed_threshold walks down the positives' scores computing the bound at each; the count
-    it stops at depends only on (positives, confidence), so it is found once per pair
-    (caught_needed) and the threshold is the score of that rank: the protocol's 2,400
-    calibrations take seconds, not minutes. tests/test_site_protocol.py checks both agree."""
-    labels = np.asarray(labels).astype(bool)
-    positive_scores = np.sort(np.asarray(scores, dtype=np.float64)[labels])[::-1]
-    needed = caught_needed(len(positive_scores), confidence)
-    if needed is None:
+    """The threshold `pneumonia site calibrate` chooses on these labeled cases
+    (statistics.guaranteed_threshold, sensitivity TARGET), or None where they hold too few
+    pneumonia images for the guarantee."""
+    try:
+        return statistics.guaranteed_threshold(labels, scores, TARGET, confidence).threshold
+    except statistics.TooFewPositives:
         return None
-    # Ties at that score are caught together, as guaranteed_threshold counts them.
-    return float(positive_scores[needed - 1])
 
 
 @dataclass(frozen=True)
@@ -341,7 +318,8 @@ def control_false_alarms(
         sizes.append(int(mask.sum()))
     significance = reference.record.significance
     alarms = int((np.array(p_values) < significance).sum())
-    interval = exact_interval(alarms, draws, 0.95)
+    # No interval: the draws share one control part (about a third of val), so they are not
+    # independent, and the rate is conditional on the one split of val the reference records.
     return {
         "draws": draws,
         "images_target": images,
@@ -349,9 +327,7 @@ def control_false_alarms(
         "control_images": available,
         "significance": significance,
         "false_alarms": alarms,
-        "false_alarm_rate": interval.value,
-        "false_alarm_rate_low": interval.low,
-        "false_alarm_rate_high": interval.high,
+        "false_alarm_rate": alarms / draws,
         "p_values": [float(value) for value in p_values],
     }
 
@@ -361,6 +337,7 @@ def whole_check(
     features: np.ndarray,
     scores: np.ndarray,
     names: list[str] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """check_site on a whole split (as `pneumonia site check` reports it), with its sentence;
     skipped, saying why, below check.MINIMUM_IMAGES images."""
@@ -369,7 +346,7 @@ def whole_check(
             "skipped": f"{len(features)} image(s): a site check needs at least {MINIMUM_IMAGES}",
             "n_images": len(features),
         }
-    result = check_site(reference, features, scores, names)
+    result = check_site(reference, features, scores, names, groups=groups)
     return {**result.as_json(), "sentence": result.sentence()}
 
 
@@ -403,6 +380,9 @@ def headline(
         "site_sensitivity": row.get("site_sensitivity_mean"),
         "site_specificity": row.get("site_specificity_mean"),
         "target_held": row.get("target_held"),
+        # The means are over the calibrated draws only: how many there were, and refused.
+        "calibrated_draws": row.get("calibrated"),
+        "refused_draws": row.get("refused"),
         "val_threshold_sensitivity": row.get("val_threshold_sensitivity_mean"),
         "val_threshold_specificity": row.get("val_threshold_specificity_mean"),
     }

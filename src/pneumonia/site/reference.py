@@ -88,7 +88,10 @@ def build_site_reference(
         threshold=float(threshold),
         neighbours=neighbours,
         typical_distance=statistics.typical_distance(
-            standardize(features[in_reference]), neighbours, statistics.TYPICAL_QUANTILE
+            standardize(features[in_reference]),
+            groups[in_reference],
+            neighbours,
+            statistics.TYPICAL_QUANTILE,
         ),
         typical_quantile=statistics.TYPICAL_QUANTILE,
         significance=statistics.SIGNIFICANCE,

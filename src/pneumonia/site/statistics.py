@@ -3,12 +3,13 @@ feature space (MMD against a null of patient splits), its readable effect size (
 classifier two-sample test's ROC AUC), a per-image out-of-distribution score (k-th nearest reference
 neighbour), and the exact one-sided binomial bound behind a site's sensitivity guarantee.
 
-The settings are fixed in docs/experiments.md (round 5) before any run; the defaults below are
-those settings.
+The settings are those of docs/experiments.md (round 5), none chosen on test; the defaults below
+are those settings.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from scipy.spatial.distance import cdist
 from scipy.stats import binomtest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
 NULL_DRAWS = 1000
 SIGNIFICANCE = 0.05
@@ -153,25 +154,50 @@ class PatientSplitMMDTest:
 
 
 def classifier_two_sample_auc(
-    reference: np.ndarray, sample: np.ndarray, folds: int = CROSS_FIT_FOLDS, seed: int = 0
+    reference: np.ndarray,
+    sample: np.ndarray,
+    folds: int = CROSS_FIT_FOLDS,
+    seed: int = 0,
+    *,
+    reference_groups: np.ndarray | None = None,
+    sample_groups: np.ndarray | None = None,
 ) -> float:
     """How well a logistic regression tells the sample's rows from the reference's, as the ROC
     AUC of its out-of-fold scores (each row scored by a model fitted without it): 0.5 when they
-    cannot be told apart, 1.0 when every row can."""
+    cannot be told apart, 1.0 when every row can. With patient groups the folds keep a patient's
+    images together (a patient's near copies in both the fitting and the scored fold read as a
+    difference that is not there); a sample without groups counts each image as a patient."""
     reference = _matrix(reference, "reference features", 2)
     sample = _matrix(sample, "site features", 2)
     features = np.concatenate([reference, sample])
     membership = np.r_[np.zeros(len(reference)), np.ones(len(sample))]
-    folds = max(2, min(folds, len(reference), len(sample)))
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    groups = np.r_[
+        _groups(reference_groups, len(reference), 0),
+        _groups(sample_groups, len(sample), len(reference)),
+    ]
+    patients = min(len(np.unique(groups[membership == 0])), len(np.unique(groups[membership == 1])))
+    folds = max(2, min(folds, patients))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     scores = cross_val_predict(
         LogisticRegression(max_iter=2000),
         features,
         membership,
+        groups=groups,
         cv=splitter,
         method="predict_proba",
     )[:, 1]
     return float(roc_auc_score(membership, scores))
+
+
+def _groups(groups: np.ndarray | None, rows: int, offset: int) -> np.ndarray:
+    """Group numbers for `rows` images, apart from any other part's (offset); one per image
+    without groups."""
+    if groups is None:
+        return np.arange(rows) + offset
+    numbers = np.unique(np.asarray(groups), return_inverse=True)[1]
+    if numbers.shape != (rows,):
+        raise ValueError(f"expected one patient group per image ({rows}), got {numbers.shape}")
+    return numbers + offset + rows  # reference numbers below `rows + offset`, sample's above
 
 
 def kth_neighbour_distances(
@@ -190,14 +216,29 @@ def kth_neighbour_distances(
 
 
 def typical_distance(
-    reference: np.ndarray, k: int = NEIGHBOURS, quantile: float = TYPICAL_QUANTILE
+    reference: np.ndarray,
+    groups: np.ndarray | None = None,
+    k: int = NEIGHBOURS,
+    quantile: float = TYPICAL_QUANTILE,
 ) -> float:
-    """The `quantile` of the reference rows' own leave-one-out k-th neighbour distances: the
-    out-of-distribution score's unit (a score over 1 is farther than that)."""
+    """The `quantile` of the reference images' own k-th neighbour distances, leaving out each
+    image's own patient (its other images are near copies, nearer than any new patient's): the
+    out-of-distribution score's unit, a score over 1 being farther than that."""
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
-    distances = kth_neighbour_distances(reference, reference, k, leave_one_out=True)
-    return float(np.quantile(distances, quantile))
+    reference = _matrix(reference, "reference features", k + 1)
+    groups = np.arange(len(reference)) if groups is None else np.asarray(groups)
+    if groups.shape != (len(reference),):
+        raise ValueError("the reference needs one patient group per image")
+    distances = cdist(reference, reference)
+    distances[groups[:, None] == groups[None, :]] = np.inf
+    # A patient's images leave fewer than k others only in a tiny reference: those rows' k-th
+    # distance is infinite and the quantile reads the rest.
+    kth = np.partition(distances, k - 1, axis=1)[:, k - 1]
+    finite = kth[np.isfinite(kth)]
+    if len(finite) == 0:
+        raise ValueError(f"the reference has too few patients for {k} neighbours apart")
+    return float(np.quantile(finite, quantile))
 
 
 def sensitivity_lower_bound(detected: int, positives: int, confidence: float) -> float:
@@ -245,25 +286,42 @@ class TooFewPositives(ValueError):
         )
 
 
+@functools.cache
+def detections_needed(positives: int, target: float, confidence: float) -> int | None:
+    """The fewest of `positives` caught for the exact lower bound to reach `target`; None when
+    even catching all of them does not (fewer than positives_needed). The bound grows with the
+    count caught, so a bisection finds it (the new-site protocol asks thousands of times)."""
+    if positives < positives_needed(target, confidence):
+        return None
+    low, high = 1, positives  # the bound holds at `high` (all caught), maybe not at `low`
+    while low < high:
+        middle = (low + high) // 2
+        if sensitivity_lower_bound(middle, positives, confidence) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def guaranteed_threshold(
     labels: np.ndarray, scores: np.ndarray, target: float, confidence: float
 ) -> GuaranteedThreshold:
     """The highest threshold whose sensitivity on these cases has an exact one-sided lower bound
     of at least `target` at `confidence`. Candidates are the positives' own scores (a call is
-    positive at score >= threshold, contracts.labels): at the j-th highest, j are caught."""
+    positive at score >= threshold, contracts.labels): the score of the positive of rank
+    detections_needed catches at least that many (ties are caught together), and any higher
+    one fewer."""
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.shape != scores.shape or labels.ndim != 1:
         raise ValueError(f"labels {labels.shape} and scores {scores.shape} must be 1-D and alike")
     positive_scores = np.sort(scores[labels])[::-1]
     positives = len(positive_scores)
-    needed = positives_needed(target, confidence)
-    if positives < needed:
-        raise TooFewPositives(positives, needed, target, confidence)
-    # Catching every positive meets the bound (positives >= needed): the loop always returns.
-    for threshold in dict.fromkeys(positive_scores.tolist()):
-        caught = int((positive_scores >= threshold).sum())  # ties: all caught together
-        bound = sensitivity_lower_bound(caught, positives, confidence)
-        if bound >= target or caught == positives:
-            return GuaranteedThreshold(float(threshold), caught, positives, bound)
-    raise ValueError("no positive scores")  # not reached: positives >= needed >= 1
+    needed = detections_needed(positives, target, confidence)
+    if needed is None:
+        raise TooFewPositives(positives, positives_needed(target, confidence), target, confidence)
+    threshold = float(positive_scores[needed - 1])
+    caught = int((positive_scores >= threshold).sum())
+    return GuaranteedThreshold(
+        threshold, caught, positives, sensitivity_lower_bound(caught, positives, confidence)
+    )

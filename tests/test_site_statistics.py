@@ -227,3 +227,18 @@ def test_site_points_are_versioned_never_overwritten_and_tied_to_their_model(tmp
         read_site_point(tmp_path, "other")
     with pytest.raises(OperatingPointError, match="site name"):
         read_site_point(tmp_path, "../escape")
+
+
+def test_a_damaged_point_file_is_named_and_the_others_still_listed(tmp_path):
+    labels = np.r_[np.ones(80, bool), np.zeros(40, bool)]
+    scores = np.linspace(0, 1, 120)
+    point = calibrate_site(labels, scores, site="west", model=ModelReference(), folder="cases/")
+    store_site_point(tmp_path, point)
+    _, broken = store_site_point(tmp_path, point)
+    broken.write_text("{not json")
+    problems: list[str] = []
+    found = all_site_points(tmp_path, problems)
+    assert [p.version for p, _ in found] == [1]
+    assert len(problems) == 1 and "v2.json" in problems[0]
+    with pytest.raises(OperatingPointError):
+        all_site_points(tmp_path)

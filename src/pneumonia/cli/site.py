@@ -286,10 +286,13 @@ def run_list(arguments: argparse.Namespace) -> None:
 
     model_path = default_model(arguments)
     current = file_sha256(model_path) if model_path.is_file() else None
+    problems: list[str] = []
     rows = [
         workflow.point_row(point, path, current)
-        for point, path in all_site_points(model_path.parent)
+        for point, path in all_site_points(model_path.parent, problems)
     ]
+    for problem in problems:  # a damaged point file is named, and the others still listed
+        print(f"error: {problem}", file=sys.stderr)
     with stdout_may_close():
         if arguments.json:
             print(json.dumps(rows, indent=2))
@@ -298,6 +301,9 @@ def run_list(arguments: argparse.Namespace) -> None:
         else:
             print_table(rows)
         sys.stdout.flush()
+    if problems:
+        print(f"site list: {len(problems)} point file(s) could not be read", file=sys.stderr)
+        sys.exit(1)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

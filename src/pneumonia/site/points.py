@@ -148,10 +148,18 @@ def list_sites(models: Path) -> list[str]:
     )
 
 
-def all_site_points(models: Path) -> list[tuple[OperatingPoint, Path]]:
-    """Every stored site point, by site then version."""
-    return [
-        read_site_point(models, f"{site}@v{version}")
-        for site in list_sites(models)
-        for version in site_versions(models, site)
-    ]
+def all_site_points(
+    models: Path, problems: list[str] | None = None
+) -> list[tuple[OperatingPoint, Path]]:
+    """Every stored site point, by site then version; one that cannot be read is left out and
+    its reason added to `problems` (when given; else it is raised)."""
+    found = []
+    for site in list_sites(models):
+        for version in site_versions(models, site):
+            try:
+                found.append(read_site_point(models, f"{site}@v{version}"))
+            except OperatingPointError as error:
+                if problems is None:
+                    raise
+                problems.append(str(error))
+    return found

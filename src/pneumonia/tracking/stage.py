@@ -41,11 +41,12 @@ MAX_RUN_TAG_CHARS = 8000
 MAX_EXPERIMENT_TAG_CHARS = 20000
 EXPERIMENT_DESCRIPTION = (
     "Pneumonia vs normal on pediatric chest X-rays (Kermany et al. 2018): one run per DVC "
-    "stage execution (download, split, preprocess, train, evaluate; tune-worker for scale-out "
-    "tuning), named `<stage>@<DVC experiment>` under `dvc exp run` and `<stage>@<git commit>` "
-    "otherwise. Optuna trials are runs nested under train. The evaluate run's description is "
-    "the model card; its metrics are grouped as val/, test/ and test_at_0.5/. Research use "
-    "only, not a medical device."
+    "stage execution (download, split, preprocess, train, evaluate, site; tune-worker for "
+    "scale-out tuning; site-calibrate@<site> for a site's calibration), named `<stage>@<DVC "
+    "experiment>` under `dvc exp run` and `<stage>@<git commit>` otherwise. Optuna trials are "
+    "runs nested under train. The evaluate run's description is the model card; its metrics are "
+    "grouped as val/, test/ and test_at_0.5/. The site run's figures are site-calibrated: the "
+    "test split treated as a new site. Research use only, not a medical device."
 )
 
 

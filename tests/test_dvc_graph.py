@@ -192,7 +192,6 @@ def test_dvc_outputs_are_the_paths_the_code_writes() -> None:
         "site": {
             paths.model_card_markdown,
             paths.site_metrics,
-            paths.site_headline,
             paths.site_calibration_table,
             paths.site_plot_table,
             paths.site_check,

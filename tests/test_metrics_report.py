@@ -111,23 +111,16 @@ def test_flat_figures_carry_every_interval(report):
 
 
 def test_dvc_metrics_show_fits_100_columns(report, tmp_path):
-    """The headline is evaluate's DVC metrics file; the site stage's (reports/site.json) repeats
-    two of its names with the site-calibrated figures. `dvc metrics show` prints both as one
-    table, at most 100 wide; every other figure is a report read by name."""
+    """The headline is the one DVC metrics file; `dvc metrics show` prints it at most 100 wide.
+    Every other figure (train's, the site stage's) is a report read by name: DVC prints all
+    metrics files as one table, and `dvc exp show` prefixes the names two files share."""
     import os
     import subprocess
 
     import yaml
 
-    from pneumonia.site.protocol import site_headline
-
-    (tmp_path / "reports").mkdir()
-    write_json(tmp_path / "reports" / "metrics.json", headline_metrics(report))
-    site = {"site_sensitivity": 0.9612345, "site_specificity": 0.6812345}
-    write_json(tmp_path / "reports" / "site.json", site_headline(site))
-    (tmp_path / "dvc.yaml").write_text(
-        "metrics:\n  - reports/metrics.json\n  - reports/site.json\n"
-    )
+    write_json(tmp_path / "metrics.json", headline_metrics(report))
+    (tmp_path / "dvc.yaml").write_text("metrics:\n  - metrics.json\n")
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
     shown = subprocess.run(
@@ -140,15 +133,13 @@ def test_dvc_metrics_show_fits_100_columns(report, tmp_path):
     ).stdout
     widths = [len(line) for line in shown.splitlines()]
     assert widths and max(widths) <= 100, shown
-    assert "reports/site.json" in shown and "0.96123" in shown, shown
     declared = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
     metric_files = [
         next(iter(entry)) if isinstance(entry, dict) else entry
         for stage in declared["stages"].values()
         for entry in stage.get("metrics", [])
     ]
-    assert metric_files == ["${paths.reports}/metrics.json", "${paths.reports}/site.json"]
-    assert set(site_headline(site)) <= set(headline_metrics(report))
+    assert metric_files == ["${paths.reports}/metrics.json"], metric_files
 
 
 def test_an_old_metrics_file_is_refused_naming_the_fix(report, tmp_path):

@@ -81,7 +81,6 @@ def pipeline_outputs(paths: Paths) -> list[Output]:
                 paths.stage_summary("train"),
                 paths.metrics,
                 paths.model_card_markdown,
-                paths.site_headline,
                 paths.site_metrics,
                 paths.site_check,
                 paths.site_calibration_table,

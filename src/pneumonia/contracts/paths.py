@@ -143,15 +143,10 @@ class Paths:
     @property
     def site_metrics(self) -> Path:
         """The site stage's few figures (the check, its false alarms, the new-site figures at
-        k = 100): a report, read by name (`dvc metrics show reports/site/metrics.json`)."""
+        k = 100): a report, read by name (`dvc metrics show reports/site/metrics.json`). Not a
+        DVC metrics file: DVC prints every metrics file in one table (and `dvc exp show`
+        prefixes names two files share), which then no longer fits 100 columns."""
         return self.site_reports / "metrics.json"
-
-    @property
-    def site_headline(self) -> Path:
-        """reports/site.json, the site stage's DVC metrics file: the site-calibrated held-out
-        sensitivity and specificity under the headline's own names, so that `dvc metrics show`
-        prints them as a second row of the headline's table, still 100 columns wide."""
-        return self.stage_summary("site")
 
     @property
     def site_calibration_table(self) -> Path:

@@ -144,7 +144,6 @@ def write_reports(config: Config, measured: dict[str, Any]) -> str:
     paths = config.paths
     table = measured["new_site"]
     write_json(paths.site_metrics, measured["headline"])
-    write_json(paths.site_headline, protocol.site_headline(measured["headline"]))
     detail = {key: value for key, value in measured.items() if key != "headline"}
     write_json(paths.site_check, detail)
     write_csv(paths.site_calibration_table, outputs.calibration_table(table))

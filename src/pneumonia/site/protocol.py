@@ -350,15 +350,6 @@ def whole_check(
     return {**result.as_json(), "sentence": result.sentence()}
 
 
-def site_headline(figures: dict[str, float | None]) -> dict[str, float | None]:
-    """reports/site.json: of `headline`'s figures, the site-calibrated held-out sensitivity and
-    specificity, under the names the val-only headline (reports/metrics.json) gives its own."""
-    return {
-        "sensitivity": figures["site_sensitivity"],
-        "specificity": figures["site_specificity"],
-    }
-
-
 def headline(
     table: dict[str, Any], test: dict[str, Any], control: dict[str, Any]
 ) -> dict[str, float | None]:

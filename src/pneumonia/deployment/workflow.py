@@ -53,27 +53,20 @@ def read_images(
     labels: Sequence[bool] | None = None,
 ) -> SiteImages:
     """Decode and preprocess each (path, error) entry (inference.prediction.expand_inputs) as
-    predict does, refusing what cannot be a chest X-ray; an unreadable image is skipped, not
-    fatal: one bad file must not stop a check of hundreds."""
-    from pneumonia.imaging.decode import ImageDecodeError
-    from pneumonia.imaging.transforms import preprocess_file
+    predict does (inference.prediction.decode_sources), refusing what cannot be a chest X-ray;
+    an unreadable image is skipped, not fatal: one bad file must not stop a check of hundreds."""
+    from pneumonia.inference.prediction import decode_sources
 
-    pixels, names, kept, skipped = [], [], [], []
-    for position, (path, error) in enumerate(entries):
-        if error is None:
-            try:
-                pixels.append(preprocess_file(path, preprocess, check_xray=True)[..., None])
-            except ImageDecodeError as problem:
-                error = str(problem)
-        if error is not None:
-            skipped.append(error)
-            continue
-        names.append(str(path))
-        kept.append(position)
-    size = preprocess.image.size
-    images = np.stack(pixels) if pixels else np.zeros((0, size, size, 1), np.uint8)
+    readable = [position for position, (_, error) in enumerate(entries) if error is None]
+    images, decoded, errors = decode_sources(
+        preprocess, [(str(entries[position][0]), entries[position][0]) for position in readable]
+    )
+    failed = {position: error for position, (_, error) in enumerate(entries) if error is not None}
+    failed.update({readable[index]: error for index, error in errors.items()})
+    kept = [readable[index] for index in decoded]
+    names = [str(entries[position][0]) for position in kept]
     chosen = None if labels is None else np.asarray(labels, dtype=bool)[kept]
-    return SiteImages(images, names, chosen, skipped)
+    return SiteImages(images, names, chosen, [failed[position] for position in sorted(failed)])
 
 
 def unlabeled_site_images(inputs: Iterable[str | Path], preprocess: PreprocessConfig) -> SiteImages:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pneumonia.config import PreprocessConfig
 from pneumonia.contracts.labels import label_for
 from pneumonia.imaging.decode import ImageDecodeError
 from pneumonia.imaging.transforms import preprocess_bytes, preprocess_file
@@ -193,26 +194,26 @@ class ScoredFeatures:
 
 
 def decode_sources(
-    classifier: Classifier, sources: Sequence[tuple[str, Path | bytes]]
+    preprocess: PreprocessConfig, sources: Sequence[tuple[str, Path | bytes]]
 ) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """(the decoded images (N, S, S, 1) uint8, their positions in `sources`, an error by
-    position for each that failed)."""
+    position for each that failed), preprocessed by the training code. Used by predict, the
+    served model and the site commands."""
     pixels, decoded, errors = [], [], {}
     for position, (name, source) in enumerate(sources):
         try:
             # Inference refuses what cannot be a chest X-ray rather than answer it confidently.
             if isinstance(source, Path):
-                array = preprocess_file(source, classifier.preprocess, check_xray=True)
+                array = preprocess_file(source, preprocess, check_xray=True)
             else:
-                array = preprocess_bytes(
-                    bytes(source), classifier.preprocess, name=name, check_xray=True
-                )
+                array = preprocess_bytes(bytes(source), preprocess, name=name, check_xray=True)
         except ImageDecodeError as error:
             errors[position] = str(error)
             continue
         pixels.append(array[..., None])
         decoded.append(position)
-    images = np.stack(pixels) if pixels else np.zeros((0, 1, 1, 1), np.uint8)
+    size = preprocess.image.size
+    images = np.stack(pixels) if pixels else np.zeros((0, size, size, 1), np.uint8)
     return images, decoded, errors
 
 
@@ -229,7 +230,7 @@ def classify(
     chest X-ray gets an error and the others are still scored, in one model call that gives
     their features too (the out-of-distribution score; kept in `collected` when given).
     """
-    images, decoded, errors = decode_sources(classifier, sources)
+    images, decoded, errors = decode_sources(classifier.preprocess, sources)
     features, batch_scores = classifier.features_and_scores(images)
     ood = classifier.out_of_distribution(features)
     if collected is not None and features is not None and decoded:

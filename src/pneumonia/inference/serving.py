@@ -88,20 +88,13 @@ from pneumonia.contracts.site_reference import read_site_reference
 from pneumonia.imaging.transforms import config_from_settings, input_limits
 from pneumonia.inference.classifier import Classifier, Prediction, PredictionError
 from pneumonia.inference.loading import check_served_model, load_keras_model
-from pneumonia.inference.prediction import classify
+from pneumonia.inference.prediction import OUTPUT_COLUMNS, classify
 from pneumonia.registry import LoggedModel
 
 SERVING_ARTIFACT = "serving_model"
 INPUT_COLUMN = "image"
-SERVING_OUTPUT_COLUMNS = (
-    "score",
-    "label",
-    "threshold",
-    "operating_point",
-    "ood_score",
-    "flag",
-    "error",
-)
+# predict's columns without the path: a request's answers come in its rows' order.
+SERVING_OUTPUT_COLUMNS = tuple(column for column in OUTPUT_COLUMNS if column != "path")
 # The site reference among the pyfunc's artifacts (MLflow keeps it under artifacts/<file name>).
 REFERENCE_ARTIFACT = "site_reference"
 # Base64 text as MLflow's dataframe formats accept it (base64.decodebytes: line breaks allowed).

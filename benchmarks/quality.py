@@ -5,6 +5,7 @@ where it went (a stage time profile read from the times of the log's lines).
     python benchmarks/quality.py [--source ../shared/data/chest_xray] [--set key=value ...]
     python benchmarks/quality.py --seeds 3 --json quality-seeds.json   # train.seed 42, 43, 44
     python benchmarks/quality.py --rev 28e4e62 --keep                   # an older commit
+    python benchmarks/quality.py --val-only --seeds 3 --set train.ensemble=2   # judging a lever
 
 Each run (one per seed, one after the other) clones the commit named by --rev (default HEAD)
 into its own temporary folder, links the dataset folder to data/chest_xray there and sets
@@ -13,6 +14,11 @@ committed one does (--no-link-source writes the absolute path instead). With --s
 use the params' train.seed + 0, 1, ..., N - 1 (after any --set), and a seed table ends the output:
 each run's test figures with their intervals, then the mean, the sample sd and the range over
 the runs.
+
+With --val-only the runs stop after the train stage (`dvc repro train`): evaluate, which reads
+test, never runs, and the table holds train's val figures only (clean val ROC AUC and the
+acquisition-shift check's means), with their mean and sd over the seeds: what a lever is judged
+on (docs/experiments.md, round 6).
 
 Nothing here chooses anything: the pipeline picks the threshold on val and reads test once, in
 evaluate; this script only reports. The runs are logged to this project's MLflow store.
@@ -249,6 +255,46 @@ def seed_table(rows: list[dict], summary: dict[str, dict[str, float | None]]) ->
     return lines
 
 
+# The val figures of train.json a --val-only run reports (docs/experiments.md, round 6).
+VAL_FIGURES = (VAL_ROC_AUC, "val_shift_balanced_accuracy_mean", "val_shift_auc_mean")
+
+
+def val_row(seed: int, train: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """One --val-only run's row: train.json's val figures and the wall time of its repro."""
+    return {
+        "seed": seed,
+        **{name: float(train[name]) for name in VAL_FIGURES},
+        WALL_SECONDS: seconds,
+    }
+
+
+def val_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The --val-only table: a row per run, then mean, sample sd and range of each column."""
+    columns = (*VAL_FIGURES, WALL_SECONDS)
+    names = ("val ROC AUC", "shift bal. acc.", "shift AUC", "wall min")
+    lines = [f"{'seed':>5}  " + " ".join(f"{name:>16}" for name in names)]
+
+    def shown(column: str, value: float) -> str:
+        return f"{value / 60:.1f}" if column == WALL_SECONDS else f"{value:.4f}"
+
+    for row in rows:
+        cells = " ".join(f"{shown(column, row[column]):>16}" for column in columns)
+        lines.append(f"{row['seed']:>5}  {cells}")
+    for statistic in ("mean", "sd", "range"):
+        cells = []
+        for column in columns:
+            values = [float(row[column]) for row in rows]
+            if statistic == "mean":
+                cell = shown(column, statistics.fmean(values))
+            elif statistic == "sd":
+                cell = shown(column, statistics.stdev(values)) if len(values) >= 2 else "-"
+            else:
+                cell = f"{shown(column, min(values))}-{shown(column, max(values))}"
+            cells.append(f"{cell:>16}")
+        lines.append(f"{statistic:>5}  " + " ".join(cells))
+    return lines
+
+
 def resolve_commit(rev: str) -> str:
     """The full hash of `rev` in this checkout (HEAD: this checkout's commit)."""
     result = subprocess.run(
@@ -279,14 +325,16 @@ def link_source(clone: Path, source: Path) -> str:
     return LINKED_SOURCE
 
 
-def repro(clone: Path, log_path: Path, environment: dict[str, str]) -> tuple[int, list]:
-    """`dvc repro` in the clone, its output written to log_path as it comes; returns the exit
-    status and every line with the time it was read (then an empty line at the exit)."""
+def repro(
+    clone: Path, log_path: Path, environment: dict[str, str], targets: list[str] | None = None
+) -> tuple[int, list]:
+    """`dvc repro [targets]` in the clone, its output written to log_path as it comes; returns the
+    exit status and every line with the time it was read (then an empty line at the exit)."""
     lines: list[tuple[float, str]] = []
     with (
         log_path.open("w") as log,
         subprocess.Popen(
-            ["dvc", "repro"],
+            ["dvc", "repro", *(targets or [])],
             cwd=clone,
             env=environment,
             stdout=subprocess.PIPE,
@@ -377,6 +425,12 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the seed table here")
     parser.add_argument("--keep", action="store_true", help="keep every clone for inspection")
+    parser.add_argument(
+        "--val-only",
+        action="store_true",
+        help="stop after the train stage (evaluate, which reads test, does not run) and report "
+        "train's val figures: for judging a lever",
+    )
     arguments = parser.parse_args()
     if arguments.seeds < 1:
         parser.error("--seeds must be at least 1")
@@ -395,6 +449,7 @@ def main() -> None:
     environment.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
 
     rows: list[dict] = []
+    val_rows: list[dict] = []
     profiles: list[list[tuple[str, float]]] = []
     for run in range(arguments.seeds):
         workdir = Path(tempfile.mkdtemp(prefix="pneumonia-quality-"))
@@ -421,11 +476,28 @@ def main() -> None:
             flush=True,
         )
         started = time.perf_counter()
-        returncode, lines = repro(clone, log_path, environment)
+        targets = ["train"] if arguments.val_only else None
+        returncode, lines = repro(clone, log_path, environment, targets)
         seconds = time.perf_counter() - started
         if returncode != 0:
             sys.exit(f"error: dvc repro failed after {seconds:.0f} s; see {log_path}")
 
+        if arguments.val_only:
+            train = json.loads(
+                project_paths(clone / "params.yaml").stage_summary("train").read_text()
+            )
+            val_rows.append(val_row(seed, train, seconds))
+            print("\n".join(val_table(val_rows[-1:])[:2]))
+            if arguments.json:
+                arguments.json.write_text(
+                    json.dumps({"commit": commit, "set": arguments.set, "runs": val_rows}, indent=2)
+                    + "\n"
+                )
+            if arguments.keep:
+                print(f"kept: {clone} (log: {log_path})")
+            else:
+                subprocess.run(["rm", "-rf", str(workdir)], check=False)
+            continue
         headline, val_roc_auc = print_report(clone, seconds)
         rows.append(seed_row(seed, headline, val_roc_auc, seconds))
         profiles.append(profile(lines))
@@ -451,6 +523,9 @@ def main() -> None:
         else:
             subprocess.run(["rm", "-rf", str(workdir)], check=False)
 
+    if len(val_rows) >= 2:
+        print(f"\n{len(val_rows)} runs of commit {commit[:7]} up to train (val figures only):")
+        print("\n".join(val_table(val_rows)))
     if len(rows) >= 2:
         seeds = f"{rows[0]['seed']}-{rows[-1]['seed']}"
         print(f"\n{len(rows)} runs of commit {commit[:7]}, train.seed {seeds}; test at the val")

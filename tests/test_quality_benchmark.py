@@ -142,3 +142,24 @@ def test_seed_summary_of_one_run_has_no_sd():
     assert auc == {"mean": 0.94, "sd": None, "min": 0.94, "max": 0.94}
     with pytest.raises(ValueError, match="at least one"):
         quality.seed_summary([])
+
+
+def test_the_val_only_table_has_each_run_then_mean_sd_and_range():
+    first = {"val_roc_auc": 0.995, "val_shift_balanced_accuracy_mean": 0.91}
+    second = {"val_roc_auc": 0.997, "val_shift_balanced_accuracy_mean": 0.93}
+    rows = [
+        quality.val_row(42, {**first, "val_shift_auc_mean": 0.990}, 300.0),
+        quality.val_row(43, {**second, "val_shift_auc_mean": 0.992}, 360.0),
+    ]
+    assert rows[0] == {
+        "seed": 42,
+        "val_roc_auc": 0.995,
+        "val_shift_balanced_accuracy_mean": 0.91,
+        "val_shift_auc_mean": 0.990,
+        "wall_seconds": 300.0,
+    }
+    lines = quality.val_table(rows)
+    assert [line.split()[0] for line in lines[1:]] == ["42", "43", "mean", "sd", "range"]
+    assert lines[3].split()[1:] == ["0.9960", "0.9200", "0.9910", "5.5"]
+    assert lines[4].split()[2] == "0.0141"  # the sample sd of 0.91 and 0.93
+    assert lines[5].split()[1] == "0.9950-0.9970"

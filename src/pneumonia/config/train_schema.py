@@ -331,6 +331,44 @@ class TuningConfig(Section):
         return self
 
 
+class WeightAveragingConfig(Section):
+    """An average of the weights of the final fit (each member's; never the Optuna trials', so
+    a study picks the same trial), for a model that depends less on its seed (issue 28)."""
+
+    method: Annotated[
+        Literal["none", "ema", "swa"],
+        Field(
+            description="`none`: the best epoch's weights, as without this block. `ema`: the "
+            "optimizer's exponential moving average of the trainable weights (Keras's "
+            "`use_ema`); each epoch's val figures, the best epoch early stopping keeps and the "
+            "saved model are the averaged weights'; batch-norm moving statistics are not "
+            "averaged (they stay those of the raw weights); a backbone averages in its "
+            "fine-tuning phase only. `swa`: the equal-weight mean of all the weights at the end "
+            "of each of the last `swa_epochs` epochs, replacing the best epoch (so "
+            "`train.early_stopping_patience` must be 0), then the batch-norm moving statistics "
+            "recomputed as the plain mean of the batch statistics over one pass of the train "
+            "images, unaugmented; the cnn only (a backbone's frozen pretrained batch norm would "
+            "be overwritten)"
+        ),
+    ]
+    ema_momentum: Annotated[
+        float,
+        Field(
+            gt=0,
+            lt=1,
+            description="`ema` only: the average's momentum per training step (0.99: about the "
+            "last 100 steps)",
+        ),
+    ]
+    swa_epochs: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="`swa` only: the last epochs averaged, at most `train.epochs`",
+        ),
+    ]
+
+
 class _FinalFit(Section):
     """train's keys above the fixed hyperparameters (a base of TrainConfig, so that its fields
     come first, in params.yaml's order)."""
@@ -385,6 +423,7 @@ class _FinalFit(Section):
             "trials and the final fit alike)"
         ),
     ]
+    weight_averaging: WeightAveragingConfig
     mixed_precision: Annotated[
         Literal["auto", "off"], Field(description="`auto`: mixed float16 on a GPU")
     ]
@@ -413,6 +452,35 @@ class TrainConfig(Hyperparameters, _FinalFit):
                 "early_stopping_patience",
                 f"({patience}) must be below 'train.epochs' - 1 ({self.epochs - 1}) to ever stop "
                 "the fit early; use 0 to train every epoch (the best one is kept anyway)",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _weight_averaging_fits(self) -> TrainConfig:
+        averaging = self.weight_averaging
+        if averaging.method != "swa":
+            return self
+        # SWA's average replaces the best epoch that early stopping would restore: a fit cut
+        # short would average epochs that were never meant to be the model.
+        if self.early_stopping_patience:
+            raise FieldError(
+                "weight_averaging.method",
+                f"swa needs 'train.early_stopping_patience' 0, got "
+                f"{self.early_stopping_patience}: swa averages the last epochs instead of "
+                "keeping the best one; set the patience to 0, or use method ema or none",
+            )
+        if averaging.swa_epochs > self.epochs:
+            raise FieldError(
+                "weight_averaging.swa_epochs",
+                f"({averaging.swa_epochs}) must be at most 'train.epochs' ({self.epochs}): swa "
+                "averages the last swa_epochs epochs of the final fit",
+            )
+        if self.model.is_backbone:
+            raise FieldError(
+                "weight_averaging.method",
+                f"swa is for 'train.model.architecture' cnn only, got "
+                f"{shown(self.model.architecture)}: recomputing batch-norm statistics would "
+                "overwrite a backbone's frozen pretrained ones; use ema or none",
             )
         return self
 

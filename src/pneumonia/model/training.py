@@ -27,12 +27,14 @@ from pneumonia.config import (
     TrainConfig,
     resolve_workers,
 )
+from pneumonia.config.train_schema import WeightAveragingConfig
 from pneumonia.console import uses_mixed_precision
 from pneumonia.contracts.arrays import IMAGES_FILE, ProcessedDataError, load_split
 from pneumonia.model.backbones import WeightsFile, freeze_backbone, unfreeze_backbone
 from pneumonia.model.dataset import class_weights, make_dataset
 from pneumonia.model.network import average_ensemble, build_model, with_keras_batch_norm
 from pneumonia.model.scoring import score
+from pneumonia.model.weight_averaging import WeightSnapshots, recompute_batch_norm
 from pneumonia.progress import Progress, duration, say
 
 MONITOR = "val_auc"
@@ -98,18 +100,25 @@ def learning_rate(
 
 
 def make_optimizer(
-    config: OptimizerConfig, schedule: str = "constant", decay_steps: int | None = None
+    config: OptimizerConfig,
+    schedule: str = "constant",
+    decay_steps: int | None = None,
+    ema_momentum: float | None = None,
 ) -> keras.optimizers.Optimizer:
+    """`ema_momentum` (train.weight_averaging's, for method ema) makes the optimizer keep Keras'
+    moving average of the trainable weights; None builds exactly the optimizer of no averaging."""
     weight_decay = config.weight_decay or None
     rate = learning_rate(config.learning_rate, schedule, decay_steps)
+    ema = {} if ema_momentum is None else {"use_ema": True, "ema_momentum": ema_momentum}
     if config.name == "adam":
-        return keras.optimizers.Adam(rate, weight_decay=weight_decay)
+        return keras.optimizers.Adam(rate, weight_decay=weight_decay, **ema)
     if config.name == "rmsprop":
         return keras.optimizers.RMSprop(
             rate,
             rho=config.rho,
             momentum=config.momentum,
             weight_decay=weight_decay,
+            **ema,
         )
     raise ConfigError(f"train.optimizer.name must be adam or rmsprop, got {config.name!r}")
 
@@ -120,14 +129,16 @@ def compile_model(
     label_smoothing: float = 0.0,
     schedule: str = "constant",
     decay_steps: int | None = None,
+    ema_momentum: float | None = None,
 ) -> None:
-    """Compile (again, after a change of what is trainable) with a fresh optimizer.
+    """Compile (again, after a change of what is trainable) with a fresh optimizer (keeping a
+    moving average of the weights when `ema_momentum` is given).
 
     No XLA: with op determinism on (seed_everything), Keras turns jit_compile off, and forced on
     it fails, TensorFlow having no deterministic XLA gradient of max pooling.
     """
     model.compile(
-        optimizer=make_optimizer(optimizer, schedule, decay_steps),
+        optimizer=make_optimizer(optimizer, schedule, decay_steps, ema_momentum),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),
@@ -211,6 +222,7 @@ def fit(
     augmentation: AugmentationConfig | None = None,
     seed: int | None = None,
     weights: WeightsFile | None = None,
+    averaging: WeightAveragingConfig | None = None,
 ) -> tuple[keras.Model, keras.callbacks.History]:
     """Build, compile and fit a model from fresh seeds, so every run is reproducible alone.
 
@@ -218,7 +230,20 @@ def fit(
     ensemble's members differ only by it. A backbone (with `weights`, its resolved
     train.model.weights) trains in two phases (fine_tune); `epochs` is then the second's. The
     CNN trains with TensorFlow's fused batch norm and comes back with Keras' own layers.
+
+    `averaging` (train.weight_averaging; the final fit's, None for a trial) applies to the last
+    phase. ema: the optimizer keeps the weights' moving average, swapped into the model for
+    each epoch's validation and end (so `callbacks`, EarlyStopping's best-weights snapshot
+    included, see the averaged weights) and left there when the fit ends. swa: the model ends
+    with the mean of its weights at the last swa_epochs epochs' ends, batch norm statistics
+    recomputed on train (recompute_batch_norm), whatever a callback restored before.
     """
+    if averaging is not None and averaging.method == "swa" and hyperparameters.model.is_backbone:
+        # The schema refuses it too; a trial's hyperparameters could still name a backbone.
+        raise ConfigError(
+            "train.weight_averaging.method swa is for train.model.architecture cnn only; use "
+            "ema or none with a backbone"
+        )
     seed = config.seed if seed is None else seed
     seed_everything(seed)
     image_size = train.images.shape[1]
@@ -238,25 +263,47 @@ def fit(
     # First, so an epoch's line is printed before a pruning callback stops the trial.
     progress = EpochProgress()
 
-    def run(phase_epochs: int, optimizer: OptimizerConfig, initial_epoch: int = 0):
+    def run(
+        phase_epochs: int, optimizer: OptimizerConfig, initial_epoch: int = 0, last: bool = True
+    ):
+        method = averaging.method if averaging is not None and last else "none"
         compile_model(
             model,
             optimizer,
             config.label_smoothing,
             config.learning_rate_schedule,
             decay_steps=steps_per_epoch * phase_epochs,
+            ema_momentum=averaging.ema_momentum if method == "ema" else None,
         )
-        return model.fit(
+        before, after = [], []
+        if method == "ema":
+            # Before the caller's callbacks: Keras validates (on_test_begin swaps the average
+            # in, on_test_end out) and then runs on_epoch_end in list order, so this swap puts
+            # the average in the model before EarlyStopping snapshots the best epoch's weights.
+            before.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+        snapshots = WeightSnapshots(averaging.swa_epochs) if method == "swa" else None
+        if snapshots is not None:
+            after.append(snapshots)
+        history = model.fit(
             train_data,
             validation_data=val_data,
             initial_epoch=initial_epoch,
             epochs=initial_epoch + phase_epochs,
             steps_per_epoch=steps_per_epoch,
-            callbacks=[progress, *callbacks],
+            callbacks=[progress, *before, *callbacks, *after],
             class_weight=class_weights(train.labels, config.class_weight),
             shuffle=False,  # tf.data already shuffles, seeded
             verbose=0,  # EpochProgress shows the progress
         )
+        if snapshots is not None:
+            snapshots.assign_mean(model)
+            # The training batches unshuffled and unaugmented, at the size training used.
+            batches = recompute_batch_norm(model, train.images, hyperparameters.batch_size)
+            say(
+                f"  swa: the mean of the last {snapshots.count} epochs' weights, batch norm "
+                f"statistics recomputed over {batches} train batches"
+            )
+        return history
 
     try:
         if not hyperparameters.model.is_backbone:
@@ -284,7 +331,8 @@ def fine_tune(
     if settings.warmup_epochs:
         say(f"  warm-up: backbone frozen, up to {settings.warmup_epochs} epoch(s)")
         freeze_backbone(model)
-        histories.append(run(settings.warmup_epochs, hyperparameters.optimizer))
+        # Weight averaging (train.weight_averaging) is the fine-tuning phase's alone.
+        histories.append(run(settings.warmup_epochs, hyperparameters.optimizer, last=False))
         warmup_best = max(histories[0].history[MONITOR])
         warmup_weights = [(variable, variable.numpy()) for variable in model.weights]
     pretrained = hyperparameters.model.weights != NO_WEIGHTS
@@ -331,7 +379,9 @@ def fit_ensemble(
 ) -> FinalFit:
     """The final fit: train.ensemble members with seeds seed, seed + 1, ..., each keeping its
     best epoch by val AUC (and stopped early after train.early_stopping_patience epochs without
-    a gain, unless it is 0); their probabilities averaged.
+    a gain, unless it is 0); their probabilities averaged. train.weight_averaging applies to
+    each member (fit): ema keeps the best epoch of the averaged weights, swa replaces the best
+    epoch with the mean of the last epochs.
 
     Member 1 logs its curves under the plain metric names (as a single model does); member k > 1
     under `member<k>/`. `refits` (`trial 3`, `the fixed hyperparameters`) names where the
@@ -340,10 +390,16 @@ def fit_ensemble(
     members, histories = [], []
     started = time.perf_counter()
     patience = config.early_stopping_patience
+    averaging = config.weight_averaging
     stopping = f"early stopping after {patience} without a gain" if patience else "no early stop"
+    keeping = f"keeping the best {MONITOR} ({stopping})"
+    if averaging.method == "ema":
+        keeping += f" of the weights' moving average (ema, momentum {averaging.ema_momentum:g})"
+    elif averaging.method == "swa":
+        keeping = f"averaging the weights of the last {averaging.swa_epochs} (swa)"
     say(
         f"final fit{f' of {refits}' if refits else ''}: {config.ensemble} member(s), up to "
-        f"{config.epochs} epoch(s) each, keeping the best {MONITOR} ({stopping})"
+        f"{config.epochs} epoch(s) each, {keeping}"
     )
     for index in range(config.ensemble):
         if config.ensemble > 1:
@@ -364,9 +420,11 @@ def fit_ensemble(
             val,
             config,
             epochs=config.epochs,
-            callbacks=[stopper, logger],
+            # swa's average replaces the best epoch's weights (its patience is 0: no stop).
+            callbacks=[logger] if averaging.method == "swa" else [stopper, logger],
             seed=config.seed + index,
             weights=weights,
+            averaging=averaging,
         )
         members.append(model)
         histories.append(history)

@@ -32,6 +32,7 @@ def test_every_command_and_option_has_help_and_every_command_an_example():
         "shift-check",
         "site",
         "promote",
+        "export",
         "check-params",
         "tune-worker",
     }
@@ -98,6 +99,13 @@ COMMAND_OPTIONS = {
         ("--allow-experiment", "allow_experiment", "_StoreTrueAction", None, False, 0, None, None),
         ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
     ],
+    "export": [
+        ("-h/--help", "help", "_HelpAction", None, "==SUPPRESS==", 0, None, None),
+        ("--format", "format", "_StoreAction", None, None, None, ("onnx", "savedmodel"), None),
+        ("--model", "model", "_StoreAction", None, None, None, None, None),
+        ("--out", "out", "_StoreAction", "Path", None, None, None, "DIR"),
+        ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
+    ],
     "check-params": [
         ("-h/--help", "help", "_HelpAction", None, "==SUPPRESS==", 0, None, None),
         ("--params", "params", "_StoreAction", "Path", Path("params.yaml"), None, None, None),
@@ -146,7 +154,8 @@ def test_a_bad_option_value_is_refused_with_the_message_and_status_it_always_had
 
 
 @pytest.mark.parametrize(
-    "command", ["predict", "shift-check", "site", "promote", "check-params", "tune-worker"]
+    "command",
+    ["predict", "shift-check", "site", "promote", "export", "check-params", "tune-worker"],
 )
 def test_command_help_renders_with_its_example(command, capsys):
     with pytest.raises(SystemExit) as exit:

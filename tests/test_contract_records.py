@@ -66,7 +66,7 @@ def test_the_model_card_round_trips_with_its_schema_version(tmp_path):
     path = tmp_path / "model.json"
     write_model_card(path, card())
     written = json.loads(path.read_text())
-    assert written["schema_version"] == CARD_VERSION == 1
+    assert written["schema_version"] == CARD_VERSION == 2
     # The keys readers of before know keep their names.
     assert {"input", "output", "preprocess", "hyperparameters", "weights", "selection"} <= set(
         written
@@ -76,6 +76,13 @@ def test_the_model_card_round_trips_with_its_schema_version(tmp_path):
     assert read == card()
     assert read.registry(path) == RECORD
     assert read.image_spec == SPEC and tuple(SPEC.as_json()) == IMAGE_SPEC_KEYS
+    # Version 2's input spec: the preprocessing in full, the threshold left to evaluate.
+    assert written["input_spec"]["image_spec"] == SPEC.as_json()
+    assert written["input_spec"]["output"]["threshold"] is None
+    # A version 1 card (before the input spec) reads with the spec of its preprocess section.
+    older = {key: value for key, value in written.items() if key != "input_spec"}
+    path.write_text(json.dumps({**older, "schema_version": 1}))
+    assert read_model_card(path) == card()
 
 
 def test_the_operating_point_round_trips_with_its_model_reference_and_site(tmp_path):

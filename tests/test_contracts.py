@@ -30,7 +30,13 @@ RECORD = RegistryRecord("run-1", "pneumonia-cnn", "3", "m-abc", "models:/m-abc")
 def card() -> dict:
     return build_model_card(
         image_size=32,
-        preprocess={"image_size": 32, "resize": "letterbox"},
+        preprocess={
+            "image_size": 32,
+            "resize": "letterbox",
+            "clahe": False,
+            "clahe_clip_limit": 2.0,
+            "clahe_tile_grid": 8,
+        },
         hyperparameters={"model.depth": 2},
         ensemble_members=1,
         validation={"val_auc": 0.9},

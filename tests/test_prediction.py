@@ -56,7 +56,7 @@ def test_folders_are_searched_for_images_and_named_files_taken_as_given(tmp_path
     ]
     assert relative[4] == ("report.pdf", None)  # named explicitly: tried, and will fail there
     assert relative[5][0] == "missing.jpeg" and "file not found" in relative[5][1]
-    assert relative[6][0] == "empty" and "no .jpeg, .jpg or .png" in relative[6][1]
+    assert relative[6][0] == "empty" and "no .jpeg/.jpg/.png/.dcm/.dicom file" in relative[6][1]
     assert len(relative) == 7
 
 
@@ -111,6 +111,8 @@ def test_cli_json_lines_on_stdout_error_lines_on_stderr_and_exit_one(tiny_model,
         "operating_point",
         "ood_score",
         "flag",
+        "modality",
+        "view",
         "error",
     ]
     assert [list(row) for row in rows] == [columns] * 3

@@ -66,6 +66,8 @@ OUTPUT_COLUMNS = [
     "operating_point",
     "ood_score",
     "flag",
+    "modality",
+    "view",
     "error",
 ]
 
@@ -214,7 +216,7 @@ def test_served_model_answers_refused_images_with_error_rows(tiny_model, registr
     for row, reason in enumerate(refused, start=1):
         error = answer["error"][row]
         if reason in ("BMP", "GIF", "TIFF", "EPS"):
-            reason = f"unsupported format {reason}; only JPEG and PNG are accepted"
+            reason = f"unsupported format {reason}; only JPEG, PNG and DICOM are accepted"
         assert error.startswith(f"row {row}: {reason}"), error
         assert answer["score"][row] is None and answer["label"][row] is None
 
@@ -305,6 +307,8 @@ def test_failed_rows_serialise_as_null_not_nan(registry):
         "operating_point": "val",
         "ood_score": None,
         "flag": None,
+        "modality": None,
+        "view": None,
         "error": "row 1: not an image",
     }
     assert records[2]["ood_score"] is None and records[2]["score"] == 0.7
@@ -494,7 +498,7 @@ def test_served_over_http_answers_like_the_local_model(tiny_model, registry, ser
         called = answer["score"] >= answer["threshold"]
         assert answer["label"] == ("PNEUMONIA" if called else "NORMAL")
     assert answers[1]["score"] is None and answers[1]["label"] is None
-    assert answers[1]["error"] == "row 1: not an image (neither JPEG nor PNG)"
+    assert answers[1]["error"] == "row 1: not an image (neither JPEG, PNG nor DICOM)"
 
     records = {"dataframe_records": [{INPUT_COLUMN: encoded(images[1])}]}
     status, body = post(f"{server}/invocations", records)
@@ -512,7 +516,7 @@ def test_served_over_http_answers_like_the_local_model(tiny_model, registry, ser
     status, body = post(f"{server}/invocations", refused)
     assert status == 200, body
     errors = [answer["error"] for answer in strict_json(body)["predictions"]]
-    assert errors[0] == "row 0: unsupported format BMP; only JPEG and PNG are accepted", errors
+    assert errors[0] == "row 0: unsupported format BMP; only JPEG, PNG and DICOM are accepted", errors
     assert errors[1].startswith("row 1: ") and "EPS" in errors[1], errors
     # Text that is not base64 never reaches the model: the scoring server answers 400.
     status, body = post(f"{server}/invocations", {"dataframe_records": [{INPUT_COLUMN: "abc"}]})
@@ -535,7 +539,7 @@ def test_served_over_http_decodes_tensor_formats_and_refuses_unreadable_json(
     status, body = post(f"{server}/invocations", {"inputs": {INPUT_COLUMN: ["abc!", text]}})
     assert status == 200, body
     rows = strict_json(body)["predictions"]
-    assert rows[0]["error"] == "row 0: not an image (neither JPEG nor PNG)"
+    assert rows[0]["error"] == "row 0: not an image (neither JPEG, PNG nor DICOM)"
     assert rows[1]["score"] == pytest.approx(expected, rel=1e-5)
     for reason, data in UNREADABLE_BODIES.items():
         request = urllib.request.Request(

@@ -97,6 +97,8 @@ def test_rows_carry_the_score_the_operating_point_and_the_ood_score(site_model, 
             "operating_point",
             "ood_score",
             "flag",
+            "modality",
+            "view",
             "error",
         ]
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from pneumonia.cli._common import _positive_int, _probability, command, stdout_may_close
 from pneumonia.console import start_tensorflow
+from pneumonia.contracts.image_files import SUFFIX_TEXT
 
 if TYPE_CHECKING:  # imported when the command runs: `pneumonia --help` loads no TensorFlow
     from pneumonia.inference.classifier import Classifier
@@ -58,7 +59,8 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="IMAGE_OR_DIR",
-        help="image files, or folders searched recursively for .jpeg/.jpg/.png",
+        help=f"image files (JPEG, PNG or DICOM), or folders searched recursively for {SUFFIX_TEXT} "
+        "and suffix-less DICOM files",
     )
     parser.add_argument(
         "--model",
@@ -203,7 +205,7 @@ def write_predictions(
             sys.stdout.flush()  # a consumer of a long run sees each batch as it is scored
             if prediction.ok:
                 predicted += 1
-                flagged += prediction.flag is not None
+                flagged += prediction.out_of_distribution
             else:
                 failed += 1
                 print(f"error: {prediction.error}", file=sys.stderr)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pneumonia.cli._common import command, params_option, stdout_may_close
 from pneumonia.console import start_tensorflow
+from pneumonia.contracts.image_files import SUFFIX_TEXT
 
 if TYPE_CHECKING:
     from pneumonia.contracts.operating_point import OperatingPoint
@@ -67,7 +68,7 @@ def add_check(actions: argparse._SubParsersAction) -> None:
         actions,
         "check",
         "do a site's unlabeled images differ from the model's validation images?",
-        "Score the images (files, or folders searched recursively for .jpeg/.jpg/.png) and "
+        f"Score the images (files, or folders searched recursively for {SUFFIX_TEXT}) and "
         "compare their pooled features with the model's val reference (site_reference.npz, "
         "written by evaluate): an MMD test whose null splits val's reference images by "
         "patient (p-value; shifted when p < 0.05, the reference's significance), a "
@@ -82,7 +83,7 @@ def add_check(actions: argparse._SubParsersAction) -> None:
         "inputs",
         nargs="+",
         metavar="IMAGE_OR_DIR",
-        help="image files, or folders searched recursively for .jpeg/.jpg/.png",
+        help=f"image files (JPEG, PNG or DICOM), or folders searched recursively for {SUFFIX_TEXT}",
     )
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument(

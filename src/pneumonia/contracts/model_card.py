@@ -4,7 +4,11 @@ shift-check read it for the model's image spec (its `preprocess` section) and re
 
 Schema versions (SCHEMA_VERSION, `upgrade`):
 - 0: written before cards were versioned, no `schema_version` key;
-- 1: the same keys, plus `schema_version: 1`.
+- 1: the same keys, plus `schema_version: 1`;
+- 2: plus `input_spec` (contracts.input_spec, its own version inside): the input, the
+  preprocessing steps with their params and the output, as every export writes it beside the
+  model; its threshold is null here (evaluate chooses it: threshold.json, and the spec of the
+  model card Markdown and of every export state it).
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pneumonia.contracts.files import read_json_object, write_json
 from pneumonia.contracts.image_spec import ImageSpec
+from pneumonia.contracts.input_spec import input_spec_of
 from pneumonia.contracts.model_reference import MODEL_KEYS
 from pneumonia.contracts.versioning import SCHEMA_VERSION_KEY, current_form, validated
 from pneumonia.errors import PipelineError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # The sections a reader relies on.
 PREPROCESS = "preprocess"
 REGISTRY = "mlflow"
@@ -63,6 +68,7 @@ class ModelCard(BaseModel):
     input: dict[str, Any] | None = None
     output: str | None = None
     preprocess: Any
+    input_spec: dict[str, Any] | None = None
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     # The architecture and its starting weights (file name and sha256 for pretrained ones).
     weights: dict[str, Any] | None = None
@@ -118,6 +124,9 @@ def build_model_card(
         },
         output="probability of PNEUMONIA (sigmoid)",
         preprocess=spec,
+        input_spec=input_spec_of(
+            ImageSpec.of(spec), threshold=None, operating_point=None
+        ).as_json(),
         hyperparameters=hyperparameters,
         weights=weights,
         selection=SELECTION,
@@ -129,8 +138,18 @@ def build_model_card(
 
 
 def upgrade(raw: dict[str, Any]) -> dict[str, Any]:
-    """A card of the version before SCHEMA_VERSION in the next one: 0 -> 1 adds the key only."""
-    return {**raw, SCHEMA_VERSION_KEY: raw.get(SCHEMA_VERSION_KEY, 0) + 1}
+    """A card of one version in the next one: 0 -> 1 adds the key only; 1 -> 2 adds the input
+    spec of its preprocess section (left out when that section cannot give one: the card's
+    readers name what is wrong with it)."""
+    version = raw.get(SCHEMA_VERSION_KEY, 0)
+    upgraded = {**raw, SCHEMA_VERSION_KEY: version + 1}
+    if version == 1 and "input_spec" not in raw:
+        try:
+            spec = ImageSpec.of(raw[PREPROCESS])
+        except (KeyError, TypeError, ValueError):
+            return upgraded
+        upgraded["input_spec"] = input_spec_of(spec, threshold=None, operating_point=None).as_json()
+    return upgraded
 
 
 def write_model_card(path: Path, card: ModelCard) -> None:

@@ -12,10 +12,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from pneumonia.contracts.image_files import IMAGE_SUFFIXES
 from pneumonia.contracts.labels import CLASSES
 from pneumonia.errors import PipelineError
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+# The dataset's images are found by suffix (the layout works on paths, also inside a zip).
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 SOURCE_SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "test")
 _SYSTEM_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
@@ -131,7 +133,7 @@ def check_layout(discovery: Discovery, source_description: str) -> None:
         found = f" Files found include: {', '.join(examples)}." if examples else ""
         raise LayoutError(
             f"{source_description}: no images in the Kaggle layout "
-            f"<train|val|test>/<NORMAL|PNEUMONIA>/<image.jpeg|jpg|png>.{found} "
+            f"<train|val|test>/<NORMAL|PNEUMONIA>/<image.jpeg|jpg|png|dcm|dicom>.{found} "
             "Point download.source at the folder or .zip that holds train/ and test/ "
             "(for example: dvc exp run -S download.source=/path/to/chest_xray)."
         )

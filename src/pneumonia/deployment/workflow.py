@@ -58,9 +58,10 @@ def read_images(
     from pneumonia.inference.prediction import decode_sources
 
     readable = [position for position, (_, error) in enumerate(entries) if error is None]
-    images, decoded, errors = decode_sources(
+    batch = decode_sources(
         preprocess, [(str(entries[position][0]), entries[position][0]) for position in readable]
     )
+    images, decoded, errors = batch.images, batch.positions, batch.errors
     failed = {position: error for position, (_, error) in enumerate(entries) if error is not None}
     failed.update({readable[index]: error for index, error in errors.items()})
     kept = [readable[index] for index in decoded]

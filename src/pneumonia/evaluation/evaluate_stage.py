@@ -33,6 +33,7 @@ from pneumonia.evaluation.outputs import write_figures, write_gradcam_panels, wr
 from pneumonia.evaluation.publishing import (
     artifact_paths,
     describe_models,
+    log_exports,
     publish_evaluation,
     registered_summary,
     run_tags,
@@ -100,7 +101,8 @@ def run_evaluate_stage(run: StageRun, config: Config, inputs: EvaluationInputs) 
         limits=input_limits(config.preprocess),
     )
     write_operating_point(paths.threshold, point)
-    card_markdown = model_card_markdown(report, card, served=point.serving_model)
+    log_exports(run, inputs.carded.model, card, point)
+    card_markdown = model_card_markdown(report, card, served=point.serving_model, point=point)
     # The final card (paths.model_card_markdown) is the site stage's: this one and its section.
     write_text(paths.evaluate_card_markdown, card_markdown)
     describe_models(settings, point, card_markdown)

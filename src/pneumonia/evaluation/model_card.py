@@ -10,18 +10,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pneumonia.contracts.input_spec import input_spec_of
 from pneumonia.contracts.metrics_report import (
     BOOTSTRAP,
     CONFUSION,
     HEADLINE_METRICS,
     THRESHOLD,
     at_threshold,
+    chosen_threshold,
     flat_figure,
     flat_figures,
     measured,
     threshold_rule,
 )
 from pneumonia.contracts.model_card import ModelCard
+from pneumonia.contracts.operating_point import OperatingPoint
 
 TITLE = "# Model card: pneumonia from pediatric chest X-rays"
 SECTIONS = (
@@ -32,6 +35,7 @@ SECTIONS = (
     "## What a score means",
     "## Known limitations",
     "## The model",
+    "## Input spec",
 )
 METRIC_WORDS = {
     "roc_auc": "ROC AUC",
@@ -94,9 +98,11 @@ def model_card_markdown(
     report: dict[str, Any],
     train_card: ModelCard,
     served: dict[str, str] | None = None,
+    point: OperatingPoint | None = None,
 ) -> str:
     """The card as Markdown, from evaluate's detail report (evaluation.report) and train's
-    model.json; `served` names the served model's registered version when there is one."""
+    model.json; `served` names the served model's registered version when there is one, `point`
+    the operating point the input spec states (None: the report's threshold, chosen on val)."""
     headline = flat_figures(report)
     lines = [
         TITLE,
@@ -110,6 +116,7 @@ def model_card_markdown(
         *SCORE_MEANING,
         *limitations_section(headline),
         *model_section(train_card),
+        *input_spec_section(train_card, report, point),
     ]
     return "\n".join(lines)
 
@@ -278,5 +285,25 @@ def model_section(train_card: ModelCard) -> list[str]:
         + ", ".join(f"{key} {value}" for key, value in sorted(hyperparameters.items()))
         + ".",
         f"- Selection: {train_card.selection}.",
+        "",
+    ]
+
+
+def input_spec_section(
+    train_card: ModelCard, report: dict[str, Any], point: OperatingPoint | None
+) -> list[str]:
+    """The versioned input spec (contracts.input_spec) in a few lines."""
+    threshold = chosen_threshold(report) if point is None else point.threshold
+    name = point.name if point is not None else f"val ({threshold_rule(report)})"
+    spec = input_spec_of(train_card.image_spec, threshold=threshold, operating_point=name)
+    # Two lines, not the JSON: the card is the registered versions' description, which a
+    # PostgreSQL registry holds in 5,000 characters.
+    lines = spec.summary()
+    return [
+        SECTIONS[7],
+        "",
+        f"Version {spec.schema_version}, in full as input_spec.json beside every export "
+        "(`pneumonia export`; this run's artifacts export/): "
+        f"{lines[0].removeprefix('input').strip()}; {lines[1].removeprefix('prepare').strip()}.",
         "",
     ]

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -43,6 +44,7 @@ from pneumonia.contracts.paths import Paths
 from pneumonia.evaluation.report import flat_metrics
 from pneumonia.inference.loading import SETTINGS_ARTIFACT
 from pneumonia.inference.serving import encode_png, log_serving_model
+from pneumonia.progress import say
 from pneumonia.registry import describe_model, tag_version
 from pneumonia.tracking import StageRun
 
@@ -203,11 +205,11 @@ def describe_models(settings: EvaluateConfig, point: OperatingPoint, card_markdo
     description stays the workspace's."""
     describe_model(
         settings.serving_model_name,
-        "The trained network with its operating threshold, served by `mlflow models serve`: PNG or "
-        "JPEG chest X-ray bytes in; out, the network's score (comparable only within one version, "
-        "not a probability), the label at the named operating point (a threshold chosen on val "
-        "does not carry to a shifted site) and an out-of-distribution flag for images far from "
-        "the model's validation images. Each version's "
+        "The trained network with its operating threshold, served by `mlflow models serve`: PNG, "
+        "JPEG or DICOM chest X-ray bytes in; out, the network's score (comparable only within one "
+        "version, not a probability), the label at the named operating point (a threshold "
+        "chosen on val does not carry to a shifted site) and an out-of-distribution flag for "
+        "images far from the model's validation images. Each version's "
         "description is its model card. Research use only, not a medical device.",
         version=point.serving_model["version"],
         version_description=card_markdown,
@@ -234,6 +236,35 @@ def registered_summary(settings: EvaluateConfig, point: OperatingPoint) -> str:
         f"; experiment {experiment}: {name} is @{served.get('alias')} (the workspace's "
         f"@{settings.alias} and the tags of {keras} are left as they were)"
     )
+
+
+# Where the evaluate run keeps the model in each export format (pneumonia export's layout).
+EXPORT_ARTIFACTS = "export"
+
+
+def log_exports(run: StageRun, model: keras.Model, card: ModelCard, point: OperatingPoint) -> None:
+    """The evaluated model in every export format (export.formats: ONNX and a TensorFlow
+    SavedModel, each with its input spec at the chosen operating point, golden arrays and the
+    reference preprocessing), logged as the run's artifacts export/onnx and export/savedmodel:
+    what `pneumonia export` writes, for the very model and threshold this run registered."""
+    from pneumonia.export.formats import EXPORT_FORMATS, export_model
+
+    written = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for export_format in EXPORT_FORMATS:
+            result = export_model(
+                model,
+                card.image_spec,
+                threshold=point.threshold,
+                operating_point=point.name,
+                export_format=export_format,
+                out=Path(scratch) / export_format,
+            )
+            run.log_artifact(result.out, f"{EXPORT_ARTIFACTS}/{export_format}")
+            written.append(
+                f"{export_format} {result.model_bytes / 1e6:.1f} MB in {result.seconds:.1f} s"
+            )
+    say(f"export: {', '.join(written)} (MLflow artifacts {EXPORT_ARTIFACTS}/)")
 
 
 def artifact_paths(paths: Paths) -> list[tuple[Path, str | None]]:

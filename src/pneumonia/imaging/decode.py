@@ -1,5 +1,6 @@
 """Decoding and checking image files: one place that knows Pillow's modes and failure kinds,
-and the input limits (formats, file size, pixel count, what a chest X-ray must look like)."""
+and the input limits (formats, file size, pixel count, what a chest X-ray must look like).
+JPEG and PNG go through Pillow; DICOM, recognised by its content, through imaging.dicom."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import numpy as np
 from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 
 from pneumonia.config import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS
+from pneumonia.contracts.image_files import DICOM_MAGIC, DICOM_MAGIC_OFFSET
 from pneumonia.errors import PipelineError
+from pneumonia.imaging.dicom import DicomInfo, is_dicom, read_dicom
 
 # Pillow may otherwise hand back a half-decoded truncated JPEG padded with grey.
 Image.LOAD_TRUNCATED_IMAGES = False
@@ -84,14 +87,21 @@ def _refused_format(head: bytes) -> str | None:
     return None
 
 
+# Enough of a file's start to name its format: a DICOM file's magic ends at byte 132.
+HEAD_BYTES = DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)
+
+
 def _read_head(source: str | Path | BinaryIO) -> bytes:
-    """The first bytes of a file or seekable stream, for naming a refused format."""
+    """The first bytes of a file or seekable stream (a stream is left where it was found)."""
     try:
         if isinstance(source, (str, Path)):
             with open(source, "rb") as file:
-                return file.read(16)
+                return file.read(HEAD_BYTES)
+        position = source.tell()
         source.seek(0)
-        return source.read(16)
+        head = source.read(HEAD_BYTES)
+        source.seek(position)
+        return head
     except (OSError, ValueError):
         return b""
 
@@ -100,8 +110,8 @@ def _failure_reason(error: Exception, head: bytes = b"") -> str:
     if isinstance(error, UnidentifiedImageError):
         refused = _refused_format(head)
         if refused is not None:
-            return f"unsupported format {refused}; only JPEG and PNG are accepted"
-        return "not an image (neither JPEG nor PNG)"
+            return f"unsupported format {refused}; only JPEG, PNG and DICOM are accepted"
+        return "not an image (neither JPEG, PNG nor DICOM)"
     if isinstance(error, Image.DecompressionBombError):
         return f"too many pixels for Pillow to open ({error})"
     text = str(error) or type(error).__name__
@@ -168,7 +178,7 @@ def header_problem(image: Image.Image, max_pixels: int) -> str | None:
     """Why an opened (not yet decoded) image is refused, or None: its format and pixel count,
     both read from the header, so an oversized image costs no decoding memory."""
     if image.format not in IMAGE_FORMATS:
-        return f"unsupported format {image.format}; only JPEG and PNG are accepted"
+        return f"unsupported format {image.format}; only JPEG, PNG and DICOM are accepted"
     pixels = image.width * image.height
     if pixels > max_pixels:
         return (
@@ -194,6 +204,13 @@ def inspect_image(
     digest = hashlib.sha256(data).hexdigest()
     if not data:
         return ImageCheck(path, False, "empty file", digest, 0, 0, "")
+    if is_dicom(data[:HEAD_BYTES]):
+        try:
+            gray, _ = read_dicom(io.BytesIO(data), path, max_pixels)
+        except ImageDecodeError as error:
+            reason = str(error).removeprefix(f"{path}: ")
+            return ImageCheck(path, False, reason, digest, 0, 0, "DICOM")
+        return ImageCheck(path, True, "", digest, gray.width, gray.height, "DICOM")
     try:
         with open_image(io.BytesIO(data)) as image:
             problem = header_problem(image, max_pixels)
@@ -276,7 +293,7 @@ def draft_size(width: int, height: int, target: int, resize: str) -> tuple[int, 
     return math.ceil(width * scale), math.ceil(height * scale)
 
 
-def load_grayscale(
+def load_image(
     path: str | Path | BinaryIO,
     target: int | None = None,
     resize: str = "stretch",
@@ -284,11 +301,13 @@ def load_grayscale(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     check_xray: bool = False,
-) -> Image.Image:
+) -> tuple[Image.Image, DicomInfo | None]:
     """Decode one file (or an open binary stream, e.g. bytes received by the served model) to
-    8-bit grayscale, EXIF orientation applied. Errors name `name`, else the path.
+    8-bit grayscale, EXIF orientation applied, with a DICOM file's modality, view and warnings
+    (None for JPEG and PNG). Errors name `name`, else the path.
 
-    Only JPEG and PNG are opened; a file over `max_file_bytes` (by stat, before reading; a
+    DICOM is recognised by its content (imaging.dicom.read_dicom); otherwise only JPEG and PNG
+    are opened; a file over `max_file_bytes` (by stat, before reading; a
     stream's caller checks its own length) or an image over `max_pixels` (from the header,
     before decoding) is refused. With `check_xray`, an image that cannot be a chest X-ray is
     refused too (`check_chest_xray`, inference only).
@@ -302,6 +321,11 @@ def load_grayscale(
             problem = file_size_problem(os.stat(path).st_size, max_file_bytes)
             if problem is not None:
                 raise ImageDecodeError(f"{path_name}: {problem}")
+        if is_dicom(_read_head(path)):
+            gray, info = read_dicom(path, str(path_name), max_pixels)
+            if check_xray:
+                check_chest_xray(gray, gray.width, gray.height, str(path_name))
+            return gray, info
         with open_image(path) as image:
             problem = header_problem(image, max_pixels)
             if problem is not None:
@@ -324,4 +348,17 @@ def load_grayscale(
         raise ImageDecodeError(f"{path_name}: {reason}") from error
     if check_xray:
         check_chest_xray(gray, width, height, str(path_name))
-    return gray
+    return gray, None
+
+
+def load_grayscale(
+    path: str | Path | BinaryIO,
+    target: int | None = None,
+    resize: str = "stretch",
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    check_xray: bool = False,
+) -> Image.Image:
+    """load_image's grey image alone."""
+    return load_image(path, target, resize, name, max_pixels, max_file_bytes, check_xray)[0]

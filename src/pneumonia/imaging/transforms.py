@@ -23,7 +23,8 @@ from pneumonia.config import (
 )
 from pneumonia.contracts.image_spec import IMAGE_SPEC_KEYS, ImageSpec
 from pneumonia.errors import PipelineError
-from pneumonia.imaging.decode import ImageDecodeError, file_size_problem, load_grayscale
+from pneumonia.imaging.decode import ImageDecodeError, file_size_problem, load_image
+from pneumonia.imaging.dicom import DicomInfo
 
 
 class PreprocessSettingsError(PipelineError, ValueError):
@@ -74,41 +75,46 @@ def preprocess_image(image: Image.Image, config: PreprocessConfig) -> np.ndarray
     return frame
 
 
-def preprocess_file(
-    path: str | Path, config: PreprocessConfig, check_xray: bool = False
-) -> np.ndarray:
+def preprocess_source(
+    source: Path | bytes, config: PreprocessConfig, name: str, check_xray: bool = False
+) -> tuple[np.ndarray, DicomInfo | None]:
     """Decode (at reduced JPEG scale where it still covers the output) and preprocess one file,
-    within the config's input limits. `check_xray` (inference) also refuses an image too small
-    or too flat to be a chest X-ray."""
-    image = load_grayscale(
-        path,
+    or an encoded image held in memory (what the served model receives), within the config's
+    input limits: JPEG, PNG or DICOM alike, with a DICOM file's modality, view and warnings.
+    A file and its bytes give identical pixels. `check_xray` (inference) also refuses an image
+    too small or too flat to be a chest X-ray."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        problem = file_size_problem(len(data), config.limits.max_file_bytes)
+        if problem is not None:
+            raise ImageDecodeError(f"{name}: {problem}")
+        opened: Path | io.BytesIO = io.BytesIO(data)
+    else:
+        opened = source
+    image, info = load_image(
+        opened,
         target=config.image.size,
         resize=config.image.resize,
+        name=name,
         max_pixels=config.limits.max_pixels,
         max_file_bytes=config.limits.max_file_bytes,
         check_xray=check_xray,
     )
-    return preprocess_image(image, config)
+    return preprocess_image(image, config), info
+
+
+def preprocess_file(
+    path: str | Path, config: PreprocessConfig, check_xray: bool = False
+) -> np.ndarray:
+    """preprocess_source of one file, the pixels alone."""
+    return preprocess_source(Path(path), config, str(path), check_xray)[0]
 
 
 def preprocess_bytes(
     data: bytes, config: PreprocessConfig, name: str = "image bytes", check_xray: bool = False
 ) -> np.ndarray:
-    """preprocess_file for an encoded image held in memory (what the served model receives):
-    the same decode, draft scale, limits and resize, so a file and its bytes give identical
-    pixels."""
-    problem = file_size_problem(len(data), config.limits.max_file_bytes)
-    if problem is not None:
-        raise ImageDecodeError(f"{name}: {problem}")
-    image = load_grayscale(
-        io.BytesIO(data),
-        target=config.image.size,
-        resize=config.image.resize,
-        name=name,
-        max_pixels=config.limits.max_pixels,
-        check_xray=check_xray,
-    )
-    return preprocess_image(image, config)
+    """preprocess_source of an encoded image held in memory, the pixels alone."""
+    return preprocess_source(data, config, name, check_xray)[0]
 
 
 def model_input_settings(config: PreprocessConfig) -> dict[str, Any]:

@@ -12,13 +12,15 @@ from pneumonia.config import PreprocessConfig
 from pneumonia.contracts.site_reference import SiteReference
 from pneumonia.errors import PipelineError
 from pneumonia.model.scoring import DEFAULT_BATCH_SIZE, score
-from pneumonia.site.check import OutOfDistribution
+from pneumonia.site.check import OUT_OF_DISTRIBUTION, OutOfDistribution
 from pneumonia.site.features import FeatureError, features_and_score_model, features_and_scores
 
 # The operating point a row names when `--threshold` replaced the model's own.
 THRESHOLD_OVERRIDE = "--threshold override"
 # The operating point of a model whose threshold was chosen on val by an unnamed rule.
 VAL_POINT = "val"
+# Between the reasons of a row's `flag`.
+FLAG_SEPARATOR = "; "
 
 
 class PredictionError(PipelineError, ValueError):
@@ -120,7 +122,8 @@ class Prediction:
     """One image's answer; a failed image has an error and no score, label or out-of-distribution
     score. `score` is the network's output (not a calibrated probability), `label` the call at
     the operating point `operating_point` names, `flag` says "out-of-distribution" for an image
-    far from the model's val images."""
+    far from the model's val images, and adds a DICOM file's warnings (a lateral view, no
+    modality recorded), joined by FLAG_SEPARATOR."""
 
     path: str
     score: float | None
@@ -129,6 +132,10 @@ class Prediction:
     operating_point: str
     ood_score: float | None = None
     flag: str | None = None
+    # A DICOM file's Modality and ViewPosition (imaging.dicom.DicomInfo): the only header values
+    # a row carries, never the patient's. None for JPEG and PNG.
+    modality: str | None = None
+    view: str | None = None
     error: str | None = None
     gradcam: str | None = None
 
@@ -139,6 +146,10 @@ class Prediction:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def out_of_distribution(self) -> bool:
+        return self.flag is not None and OUT_OF_DISTRIBUTION in self.flag.split(FLAG_SEPARATOR)
 
     def row(self) -> dict[str, Any]:
         values = asdict(self)

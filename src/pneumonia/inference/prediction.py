@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pneumonia.config import PreprocessConfig
+from pneumonia.contracts.image_files import SUFFIX_TEXT, is_image_name
 from pneumonia.contracts.labels import label_for
 from pneumonia.imaging.decode import ImageDecodeError
-from pneumonia.imaging.transforms import preprocess_bytes, preprocess_file
-from pneumonia.inference.classifier import Classifier, Prediction, PredictionError
+from pneumonia.imaging.dicom import DicomInfo
+from pneumonia.imaging.transforms import preprocess_source
+from pneumonia.inference.classifier import FLAG_SEPARATOR, Classifier, Prediction, PredictionError
 from pneumonia.inference.gradcam import annotated_overlay, gradcam_heatmaps
 from pneumonia.site.check import OutOfDistribution
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 DEFAULT_BATCH_SIZE = 32
 OUTPUT_COLUMNS = (
     "path",
@@ -32,16 +34,15 @@ OUTPUT_COLUMNS = (
     "operating_point",
     "ood_score",
     "flag",
+    "modality",
+    "view",
     "error",
 )
 
 
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
 def _folder_entries(folder: Path) -> list[tuple[Path, str | None]]:
-    """A folder's .jpeg/.jpg/.png files, recursively and sorted; hidden files and `__MACOSX`
+    """A folder's images (contracts.image_files: .jpeg/.jpg/.png/.dcm/.dicom, and suffix-less
+    DICOM files), recursively and sorted; hidden files and `__MACOSX`
     left out. Links to folders are not followed (no loop can hang the walk) and, like a broken or
     looping link to a file, get an error entry rather than vanishing."""
     entries: list[tuple[Path, str | None]] = []
@@ -58,7 +59,7 @@ def _folder_entries(folder: Path) -> list[tuple[Path, str | None]]:
                 )
         for name in sorted(names):
             candidate = here / name
-            if not _is_image_name(candidate):
+            if not is_image_name(candidate):
                 continue
             if candidate.is_file():
                 entries.append((candidate, None))
@@ -69,16 +70,16 @@ def _folder_entries(folder: Path) -> list[tuple[Path, str | None]]:
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
     """Files as given (whatever their extension: a named file is meant to be predicted), folders
-    searched recursively for .jpeg/.jpg/.png in any case, sorted. Returns (path, error) pairs: a
-    missing path, a broken link or a folder without images is an error entry, reported like an
-    image that failed."""
+    searched recursively for images (contracts.image_files) in any case, sorted. Returns (path,
+    error) pairs: a missing path, a broken link or a folder without images is an error entry,
+    reported like an image that failed."""
     entries: list[tuple[Path, str | None]] = []
     for given in inputs:
         path = Path(given)
         if path.is_dir():
             found = _folder_entries(path)
             if not found:
-                entries.append((path, f"{path}: folder holds no .jpeg, .jpg or .png file"))
+                entries.append((path, f"{path}: folder holds no {SUFFIX_TEXT} file"))
             entries.extend(found)
         elif path.is_file():
             entries.append((path, None))
@@ -193,28 +194,51 @@ class ScoredFeatures:
         return self.features, self.scores
 
 
+@dataclass(frozen=True)
+class DecodedSources:
+    """What decode_sources made of a batch of sources: the decoded images (N, S, S, 1) uint8,
+    their positions in the sources, an error by position for each that failed, and a DICOM
+    file's modality, view and warnings by position."""
+
+    images: np.ndarray
+    positions: list[int]
+    errors: dict[int, str]
+    dicom: dict[int, DicomInfo]
+
+
 def decode_sources(
     preprocess: PreprocessConfig, sources: Sequence[tuple[str, Path | bytes]]
-) -> tuple[np.ndarray, list[int], dict[int, str]]:
-    """(the decoded images (N, S, S, 1) uint8, their positions in `sources`, an error by
-    position for each that failed), preprocessed by the training code. Used by predict, the
-    served model and the site commands."""
-    pixels, decoded, errors = [], [], {}
+) -> DecodedSources:
+    """Each source (a file, or encoded bytes) decoded, JPEG, PNG or DICOM alike, and
+    preprocessed by the training code. Used by predict, the served model and the site commands."""
+    pixels, decoded, errors, dicom = [], [], {}, {}
     for position, (name, source) in enumerate(sources):
         try:
             # Inference refuses what cannot be a chest X-ray rather than answer it confidently.
-            if isinstance(source, Path):
-                array = preprocess_file(source, preprocess, check_xray=True)
-            else:
-                array = preprocess_bytes(bytes(source), preprocess, name=name, check_xray=True)
+            array, info = preprocess_source(
+                source if isinstance(source, Path) else bytes(source),
+                preprocess,
+                name=name,
+                check_xray=True,
+            )
         except ImageDecodeError as error:
             errors[position] = str(error)
             continue
         pixels.append(array[..., None])
         decoded.append(position)
+        if info is not None:
+            dicom[position] = info
     size = preprocess.image.size
     images = np.stack(pixels) if pixels else np.zeros((0, size, size, 1), np.uint8)
-    return images, decoded, errors
+    return DecodedSources(images, decoded, errors, dicom)
+
+
+def row_flag(ood_score: float | None, dicom: DicomInfo | None) -> str | None:
+    """A row's `flag`: out-of-distribution, then a DICOM file's warnings; None when nothing."""
+    reasons = [] if ood_score is None else [OutOfDistribution.flag(ood_score)]
+    reasons += [] if dicom is None else list(dicom.warnings)
+    present = [reason for reason in reasons if reason]
+    return FLAG_SEPARATOR.join(present) if present else None
 
 
 def classify(
@@ -230,7 +254,8 @@ def classify(
     chest X-ray gets an error and the others are still scored, in one model call that gives
     their features too (the out-of-distribution score; kept in `collected` when given).
     """
-    images, decoded, errors = decode_sources(classifier.preprocess, sources)
+    batch = decode_sources(classifier.preprocess, sources)
+    images, decoded, errors = batch.images, batch.positions, batch.errors
     features, batch_scores = classifier.features_and_scores(images)
     ood = classifier.out_of_distribution(features)
     if collected is not None and features is not None and decoded:
@@ -257,6 +282,7 @@ def classify(
         row = row_of[position]
         value = float(batch_scores[row])
         ood_score = None if ood is None else float(ood[row])
+        dicom = batch.dicom.get(position)
         results.append(
             Prediction(
                 name,
@@ -265,7 +291,9 @@ def classify(
                 classifier.threshold,
                 classifier.operating_point,
                 ood_score=ood_score,
-                flag=None if ood_score is None else OutOfDistribution.flag(ood_score),
+                flag=row_flag(ood_score, dicom),
+                modality=None if dicom is None else dicom.modality,
+                view=None if dicom is None else dicom.view,
                 gradcam=overlays.get(position),
             )
         )

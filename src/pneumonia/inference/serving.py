@@ -321,6 +321,8 @@ def serving_frame(predictions: list[Prediction]) -> pd.DataFrame:
             "operating_point": texts([prediction.operating_point for prediction in predictions]),
             "ood_score": numbers([prediction.ood_score for prediction in predictions]),
             "flag": texts([prediction.flag for prediction in predictions]),
+            "modality": texts([prediction.modality for prediction in predictions]),
+            "view": texts([prediction.view for prediction in predictions]),
             "error": texts([prediction.error for prediction in predictions]),
         },
         columns=list(SERVING_OUTPUT_COLUMNS),
@@ -338,6 +340,8 @@ def serving_signature() -> ModelSignature:
                 ColSpec(DataType.string, "operating_point"),
                 ColSpec(DataType.double, "ood_score", required=False),
                 ColSpec(DataType.string, "flag", required=False),
+                ColSpec(DataType.string, "modality", required=False),
+                ColSpec(DataType.string, "view", required=False),
                 ColSpec(DataType.string, "error", required=False),
             ]
         ),

@@ -258,3 +258,30 @@ def test_a_dicom_stream_is_read_where_it_stands(grey, tmp_path):
     data = write_dicom(tmp_path / "s.dcm", grey).read_bytes()
     stream = io.BytesIO(data)
     assert (np.asarray(load_grayscale(stream)) == grey).all()
+
+
+def test_pydicom_is_silenced_while_a_file_is_read(grey, tmp_path, caplog):
+    """The safeguard behind the test above: inside the reader's quiet context, a warning and a
+    log line pydicom gives on a header value (here, an over-long PatientName) go nowhere, while
+    outside it they are seen (the control: this test can fail)."""
+    import pydicom
+
+    from pneumonia.imaging.dicom import _quiet_pydicom
+
+    path = write_dicom(tmp_path / "long.dcm", grey, patient_name="Zebulon^Quixotic" * 8)
+    caplog.set_level(logging.DEBUG)
+
+    def touch_the_name() -> list[warnings.WarningMessage]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            str(pydicom.dcmread(path).PatientName)
+        return caught
+
+    caplog.clear()
+    assert touch_the_name() and caplog.records  # pydicom warns and logs, unquieted
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as outer:
+        warnings.simplefilter("always")
+        with _quiet_pydicom():
+            str(pydicom.dcmread(path).PatientName)
+    assert not outer and not caplog.records

@@ -120,7 +120,9 @@ def test_formats_other_than_jpeg_and_png_are_refused(tmp_path, image_format):
     path.write_bytes(data)
     check = inspect_image(path)
     assert not check.ok
-    assert f"unsupported format {image_format}; only JPEG, PNG and DICOM are accepted" in check.reason
+    assert (
+        f"unsupported format {image_format}; only JPEG, PNG and DICOM are accepted" in check.reason
+    )
     with pytest.raises(ImageDecodeError, match=f"scan.jpeg: unsupported format {image_format}"):
         load_grayscale(path)
     with pytest.raises(ImageDecodeError, match=f"^row 1: unsupported format {image_format}"):

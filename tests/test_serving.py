@@ -516,7 +516,9 @@ def test_served_over_http_answers_like_the_local_model(tiny_model, registry, ser
     status, body = post(f"{server}/invocations", refused)
     assert status == 200, body
     errors = [answer["error"] for answer in strict_json(body)["predictions"]]
-    assert errors[0] == "row 0: unsupported format BMP; only JPEG, PNG and DICOM are accepted", errors
+    assert errors[0] == "row 0: unsupported format BMP; only JPEG, PNG and DICOM are accepted", (
+        errors
+    )
     assert errors[1].startswith("row 1: ") and "EPS" in errors[1], errors
     # Text that is not base64 never reaches the model: the scoring server answers 400.
     status, body = post(f"{server}/invocations", {"dataframe_records": [{INPUT_COLUMN: "abc"}]})

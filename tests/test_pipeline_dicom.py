@@ -152,7 +152,7 @@ def test_predict_serve_export_and_onnxruntime_agree_on_dicom(pipeline):
     # Evaluate logged both formats of the model it evaluated.
     mlflow.set_tracking_uri(uri)
     evaluate = mlflow.search_runs(
-        experiment_names=["pneumonia"], filter_string="tags.mlflow.runName = 'evaluate'"
+        experiment_names=["pneumonia"], filter_string="tags.stage = 'evaluate'"
     )
     run_id = evaluate["run_id"].iloc[0]
     logged = {

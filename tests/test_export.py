@@ -404,3 +404,23 @@ def test_cli_export_help_has_an_example(capsys) -> None:
     assert "pneumonia export --format onnx --out" in stdout and "input_spec.json" in stdout
     status, stdout, _ = run_cli(["--help"], capsys)
     assert status == 0 and "pneumonia export --format onnx --out DIR" in stdout
+
+
+def test_the_current_folder_is_refused_and_a_bad_export_writes_nothing(
+    tiny_model, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    classifier = load_classifier(tiny_model["model_path"])
+    with pytest.raises(ExportError, match="the current folder or one above it"):
+        export_classifier(classifier, "onnx", Path("."))
+    # An export whose file scores differently from the Keras model is refused whole (a
+    # tolerance below zero makes any export one).
+    import pneumonia.export.formats as formats
+
+    expected = formats.PARITY_TOLERANCE
+    monkeypatch.setattr(formats, "PARITY_TOLERANCE", -1.0)  # any difference at all is too much
+    with pytest.raises(ExportError, match="differ from the Keras model's"):
+        export_classifier(classifier, "savedmodel", tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() and not list(tmp_path.glob(".refused.*"))
+    monkeypatch.setattr(formats, "PARITY_TOLERANCE", expected)
+    assert export_classifier(classifier, "savedmodel", tmp_path / "kept").out.is_dir()

@@ -20,9 +20,10 @@ if TYPE_CHECKING:  # imported when the command runs: `pneumonia --help` loads no
 
 
 DESCRIPTION = """\
-Score chest X-rays with a trained model. One line per image on stdout: path, score, label,
-threshold, operating_point, ood_score, flag, error. An image that cannot be read gets an error
-line on stderr naming it, and the others are still scored. Exit status: 0 all scored, 1 some
+Score chest X-rays (JPEG, PNG or DICOM) with a trained model. One line per image on stdout:
+path, score, label, threshold, operating_point, ood_score, flag, modality, view, error. An
+image that cannot be read gets an error line on stderr naming it, and the others are still
+scored. Exit status: 0 all scored, 1 some
 failed, 2 nothing could run (no model, bad option).
 
 What the columns mean:
@@ -39,7 +40,11 @@ What the columns mean:
                    feature space (over 1: farther than almost every val image is from the
                    others). Such rows are flagged `out-of-distribution`: far from anything the
                    model was checked on (a screenshot, a photo, another kind of X-ray), so their
-                   label means little. Empty for a model without a site reference.
+                   label means little. No ood_score for a model without a site reference.
+                   `flag` also names a DICOM file's warnings (`view LL, not PA/AP`, `view not
+                   recorded`, `modality not recorded`), its reasons joined by `; `.
+  modality, view   a DICOM file's Modality and ViewPosition (empty for JPEG and PNG): the only
+                   values of its header an output shows, never the patient's.
 
 With 50 or more images scored and no --site, the run's images are compared with the model's
 validation images once at the end; a shifted batch gets one warning on stderr, with the fix."""

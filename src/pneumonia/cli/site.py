@@ -83,7 +83,8 @@ def add_check(actions: argparse._SubParsersAction) -> None:
         "inputs",
         nargs="+",
         metavar="IMAGE_OR_DIR",
-        help=f"image files (JPEG, PNG or DICOM), or folders searched recursively for {SUFFIX_TEXT}",
+        help=f"image files (JPEG, PNG or DICOM), or folders searched recursively for {SUFFIX_TEXT} "
+        "and suffix-less DICOM files",
     )
     parser.add_argument("--model", type=Path, help=MODEL_HELP)
     parser.add_argument(

@@ -30,10 +30,14 @@ def starts_like_dicom(head: bytes) -> bool:
 
 
 def is_image_name(path: Path) -> bool:
-    """An image by its suffix, or a suffix-less regular file that is DICOM by content."""
+    """An image by its suffix, or a regular file without one (or with a number for one) that
+    is DICOM by content."""
     if has_image_suffix(path):
         return True
-    if path.suffix or path.name.startswith(".") or path.name.upper() == DICOMDIR:
+    # Suffix-less, or numbered (storescp and dcm4che name files by their SOP Instance UID,
+    # whose last part reads as a suffix: 1.2.840.113619.2.55.3.969): checked by content.
+    numbered = path.suffix[1:].isdigit()
+    if (path.suffix and not numbered) or path.name.startswith(".") or path.name == DICOMDIR:
         return False
     try:
         if not path.is_file():

@@ -134,9 +134,14 @@ def _decode_step() -> PreprocessingStep:
             "jpeg_scale": "a JPEG may be decoded at the smallest DCT scale (1, 1/2, 1/4, 1/8) "
             "whose size still covers the resize's output (libjpeg's scaled decoding, Pillow's "
             "draft mode): a full-size decode differs by a grey level or so after the resize",
-            "dicom": "modality LUT (rescale slope and intercept), then the VOI LUT or window "
-            "(centre and width) when present, else the stored value range, scaled to 0..255; "
-            "MONOCHROME1 inverted so that bone is bright",
+            "dicom": "modality LUT (x = stored * RescaleSlope + RescaleIntercept, or the "
+            "Modality LUT Sequence), then the VOI LUT Sequence (its output scaled by 255 / "
+            "(2**bits - 1)), else the first WindowCenter c / WindowWidth w pair by "
+            "VOILUTFunction (PS3.3 C.11.2.1.2, to 0..255): LINEAR ((x - (c - 0.5)) / (w - 1) + "
+            "0.5) * 255, LINEAR_EXACT ((x - c) / w + 0.5) * 255, both clipped, SIGMOID 255 / (1 + "
+            "exp(-4 (x - c) / w)); else (x - low) * 255 / (high - low) over the range the "
+            "stored bits can hold through the same rescale; rounded half to even (numpy.rint) "
+            "and clipped to 0..255; MONOCHROME1 then inverted (255 - v); colour as above",
         },
     )
 

@@ -122,7 +122,7 @@ def build_model_card(
             "dtype": "uint8",
             "note": "raw pixels after preprocess; normalisation is inside the model",
         },
-        output="probability of PNEUMONIA (sigmoid)",
+        output="score of PNEUMONIA from 0 to 1 (sigmoid; not a calibrated probability)",
         preprocess=spec,
         input_spec=input_spec_of(
             ImageSpec.of(spec), threshold=None, operating_point=None

@@ -252,14 +252,21 @@ def log_exports(run: StageRun, model: keras.Model, card: ModelCard, point: Opera
     written = []
     with tempfile.TemporaryDirectory() as scratch:
         for export_format in EXPORT_FORMATS:
-            result = export_model(
-                model,
-                card.image_spec,
-                threshold=point.threshold,
-                operating_point=point.name,
-                export_format=export_format,
-                out=Path(scratch) / export_format,
-            )
+            try:
+                result = export_model(
+                    model,
+                    card.image_spec,
+                    threshold=point.threshold,
+                    operating_point=point.name,
+                    export_format=export_format,
+                    out=Path(scratch) / export_format,
+                )
+            except Exception as error:
+                # The model is evaluated and registered whatever a converter makes of it: a
+                # failed export is said, tagged and left to `pneumonia export`, not fatal.
+                mlflow.set_tag(f"{EXPORT_ARTIFACTS}.{export_format}", "failed")
+                written.append(f"{export_format} failed ({type(error).__name__}: {error})")
+                continue
             run.log_artifact(result.out, f"{EXPORT_ARTIFACTS}/{export_format}")
             written.append(
                 f"{export_format} {result.model_bytes / 1e6:.1f} MB in {result.seconds:.1f} s"

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ from pneumonia.contracts.input_spec import (
 )
 from pneumonia.errors import PipelineError
 from pneumonia.export import reference_preprocessing
-from pneumonia.export.golden import GOLDEN_FOLDER, write_golden
+from pneumonia.export.golden import GOLDEN_FOLDER, golden_image_name, write_golden
 from pneumonia.imaging.transforms import config_from_settings
 from pneumonia.inference.classifier import Classifier
 
@@ -115,16 +116,17 @@ def export_model(
             f"the model takes {tuple(model.input_shape[1:])} but its image spec gives "
             f"({size}, {size}, 1)"
         )
-    out = Path(out)
+    out = Path(out).resolve()  # `.` has no name to build a sibling folder from
+    if out == Path.cwd() or out in Path.cwd().parents:
+        raise ExportError(f"{out}: the current folder or one above it; pass a new folder")
     check_output_folder(out)
     started = time.perf_counter()
     spec = input_spec_of(image_spec, threshold=threshold, operating_point=operating_point)
     config = config_from_settings(image_spec.as_json(), "the model's image spec")
     out.parent.mkdir(parents=True, exist_ok=True)
-    building = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    shutil.rmtree(building, ignore_errors=True)  # a kill's leftover of this very process id
+    # A new folder of its own beside `out` (never one that might be someone else's).
+    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        building.mkdir()
         if export_format == "onnx":
             model_path = Path(ONNX_FILE)
             write_onnx(model, building / model_path, spec)
@@ -132,7 +134,8 @@ def export_model(
             model_path = Path(SAVEDMODEL_FOLDER, SAVEDMODEL_VERSION)
             write_savedmodel(model, building / model_path)
         write_input_spec(building / INPUT_SPEC_FILE, spec)
-        write_golden(model, config, building)
+        golden = write_golden(model, config, building)
+        check_parity(building / model_path, golden.inputs, golden.scores)
         shutil.copyfile(reference_preprocessing.__file__, building / REFERENCE_FILE)
         write_text(building / README_FILE, readme(export_format, spec))
         check_output_folder(out)  # again: another export may have made it meanwhile
@@ -229,6 +232,7 @@ def write_savedmodel(model: keras.Model, folder: Path) -> None:
 def readme(export_format: str, spec: InputSpec) -> str:
     """The export's README.md: what each file is, and how to score an image."""
     size = spec.image_spec.image_size
+    first_golden = golden_image_name(0)
     model_line = (
         f"- `{ONNX_FILE}`: the model (ONNX); input `{INPUT_NAME}` uint8 ({BATCH_AXIS}, {size}, "
         f"{size}, 1), output `{OUTPUT_NAME}` float32 ({BATCH_AXIS}, 1)."
@@ -276,12 +280,34 @@ import json, cv2, numpy as np{example_imports}
 from reference_preprocessing import preprocess
 
 spec = json.load(open("input_spec.json"))
-grey = cv2.imread("{GOLDEN_FOLDER}/images/golden_0_320x256.png", cv2.IMREAD_GRAYSCALE)
+grey = cv2.imread("{GOLDEN_FOLDER}/{first_golden}", cv2.IMREAD_GRAYSCALE)
 image = preprocess(grey, spec)[None, :, :, None]  # (1, {size}, {size}, 1) uint8
 {example_score}
-print(score, "PNEUMONIA" if score >= spec["output"]["threshold"] else "NORMAL")
+threshold = spec["output"]["threshold"]  # null: no operating point recorded
+print(score, "" if threshold is None else "PNEUMONIA" if score >= threshold else "NORMAL")
 ```
 """
+
+
+# The largest difference from the Keras model's scores an export may show on the golden inputs.
+PARITY_TOLERANCE = 1e-5
+
+
+def check_parity(model_path: Path, inputs: np.ndarray, expected: np.ndarray) -> None:
+    """Refuse an export whose scores on the golden inputs differ from the Keras model's by more
+    than PARITY_TOLERANCE: scored by the exported file itself (onnxruntime for ONNX, skipped
+    where the export extra is not installed; TensorFlow for the SavedModel)."""
+    if model_path.suffix == ".onnx":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return
+    difference = float(np.abs(golden_scores(model_path, inputs) - expected).max())
+    if difference > PARITY_TOLERANCE:
+        raise ExportError(
+            f"{model_path.name}: its scores on the golden images differ from the Keras model's "
+            f"by up to {difference:.2e} (over {PARITY_TOLERANCE:g}); nothing was written"
+        )
 
 
 def golden_scores(model_path: Path, inputs: np.ndarray) -> np.ndarray:

@@ -73,6 +73,12 @@ def chest_like_image(seed: int, width: int, height: int) -> np.ndarray:
     return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
+def golden_image_name(index: int) -> str:
+    """The index-th golden image's path under golden/ (index.json lists them all)."""
+    width, height = GOLDEN_SIZES[index]
+    return f"{IMAGES_FOLDER}/golden_{index}_{width}x{height}.png"
+
+
 def write_golden(
     model: keras.Model, config: PreprocessConfig, out: Path, seed: int = 0
 ) -> GoldenArrays:
@@ -82,7 +88,7 @@ def write_golden(
     (folder / IMAGES_FOLDER).mkdir(parents=True, exist_ok=True)
     names = []
     for index, (width, height) in enumerate(GOLDEN_SIZES):
-        name = f"{IMAGES_FOLDER}/golden_{index}_{width}x{height}.png"
+        name = golden_image_name(index)
         Image.fromarray(chest_like_image(seed + index, width, height)).save(folder / name)
         names.append(name)
     inputs = np.stack([preprocess_file(folder / name, config) for name in names])[..., None]

@@ -22,8 +22,6 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,6 +31,7 @@ import pydicom
 import pydicom.uid
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
+from pydicom.pixels.utils import get_expected_length
 
 from pneumonia.contracts.image_files import DICOM_SUFFIXES, starts_like_dicom
 
@@ -60,10 +59,15 @@ PHOTOMETRIC_INTERPRETATIONS = (
     "YBR_ICT",
     "YBR_RCT",
 )
-# A Code String (the VR of Modality and ViewPosition): anything else is not shown, since a
-# malformed header could hold any text there.
-_CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
+# What a row may show of Modality (a code: letters and digits, no space) and ViewPosition (its
+# defined terms, and the LATERAL some systems write): anything else is not shown, since a
+# malformed header could hold any text there, a name included.
+_CODE_STRING = re.compile(r"[A-Z0-9_]{1,16}")
+# PhotometricInterpretation's defined terms have spaces (PALETTE COLOR).
+_SPACED_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")
+VIEW_TERMS = ("AP", "PA", "LL", "RL", "RLD", "LLD", "RLO", "LLO", "LATERAL", "LAT")
 _UNSHOWN = "(not a code string)"
+_UID = re.compile(r"[0-9.]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -84,24 +88,24 @@ class _Refused(Exception):
     """A reason to refuse the file, worded for the user (turned into ImageDecodeError)."""
 
 
-@contextmanager
-def _quiet_pydicom() -> Iterator[None]:
-    """pydicom's warnings and log lines silenced: they can quote a header's values (a
-    malformed PatientName, for one)."""
+def _silence_pydicom() -> None:
+    """pydicom's warnings and log lines silenced for the process, once: they can quote a
+    header's values (a malformed PatientName, for one). Once, at import, not around each read:
+    the served model reads requests in threads, and a per-read switch of a process-wide logger
+    or warnings filter would let one thread's restore un-silence another's read."""
     logger = logging.getLogger("pydicom")
-    level, propagate = logger.level, logger.propagate
-    logger.setLevel(logging.CRITICAL + 1)
+    logger.addHandler(logging.NullHandler())
     logger.propagate = False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-        logger.propagate = propagate
+    logger.setLevel(logging.CRITICAL + 1)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
 
-def _code(dataset: pydicom.Dataset, keyword: str) -> str | None:
+_silence_pydicom()
+
+
+def _code(
+    dataset: pydicom.Dataset, keyword: str, pattern: re.Pattern[str] = _CODE_STRING
+) -> str | None:
     """A Code String element's value, upper-cased, or None when absent or empty."""
     try:
         value = dataset.get(keyword)
@@ -114,7 +118,7 @@ def _code(dataset: pydicom.Dataset, keyword: str) -> str | None:
     text = str(value).strip().upper()
     if not text:
         return None
-    return text if _CODE_STRING.fullmatch(text) else _UNSHOWN
+    return text if pattern.fullmatch(text) else _UNSHOWN
 
 
 def _integer(dataset: pydicom.Dataset, keyword: str, default: int | None = None) -> int | None:
@@ -126,7 +130,9 @@ def _integer(dataset: pydicom.Dataset, keyword: str, default: int | None = None)
 
 
 def _syntax_name(uid: pydicom.uid.UID) -> str:
-    return f"{uid.name} ({uid})" if uid.is_transfer_syntax else f"{uid}"
+    if uid.is_transfer_syntax:
+        return f"{uid.name} ({uid})"
+    return str(uid) if _UID.fullmatch(str(uid)) else "(not a UID)"
 
 
 def _check_header(dataset: pydicom.Dataset, max_pixels: int) -> tuple[DicomInfo, Any]:
@@ -134,6 +140,8 @@ def _check_header(dataset: pydicom.Dataset, max_pixels: int) -> tuple[DicomInfo,
     only, no pixel decoded."""
     modality = _code(dataset, "Modality")
     view = _code(dataset, "ViewPosition")
+    if view is not None and view not in VIEW_TERMS:
+        view = _UNSHOWN
     if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
         raise _Refused("float pixel data; only integer radiographs are read")
     if "PixelData" not in dataset:
@@ -155,7 +163,7 @@ def _check_header(dataset: pydicom.Dataset, max_pixels: int) -> tuple[DicomInfo,
             f"({max_pixels:,}); downscale the image or raise the limit"
         )
     samples = _integer(dataset, "SamplesPerPixel", 1)
-    photometric = _code(dataset, "PhotometricInterpretation") or "MONOCHROME2"
+    photometric = _code(dataset, "PhotometricInterpretation", _SPACED_CODE_STRING) or "MONOCHROME2"
     if photometric not in PHOTOMETRIC_INTERPRETATIONS:
         raise _Refused(
             f"photometric interpretation {photometric} is not read; only MONOCHROME1, "
@@ -185,7 +193,7 @@ def _check_header(dataset: pydicom.Dataset, max_pixels: int) -> tuple[DicomInfo,
             "docs/using-the-model.md, DICOM input, for the ones that can"
         )
     if not syntax.is_compressed:
-        expected = rows * columns * samples * bits // 8
+        expected = get_expected_length(dataset)
         if len(dataset.PixelData) < expected:
             raise _Refused(
                 f"truncated pixel data ({len(dataset.PixelData):,} of the {expected:,} bytes its "
@@ -194,7 +202,9 @@ def _check_header(dataset: pydicom.Dataset, max_pixels: int) -> tuple[DicomInfo,
     warned = []
     if modality is None:
         warned.append("modality not recorded")
-    if view is not None and view not in ACCEPTED_VIEWS:
+    if view is None:
+        warned.append("view not recorded")
+    elif view not in ACCEPTED_VIEWS:
         warned.append(f"view {view}, not PA/AP")
     return DicomInfo(modality, view, tuple(warned)), syntax
 
@@ -228,6 +238,8 @@ def _window(values: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
     width = _first(dataset.WindowWidth)
     function = str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
     if function == "SIGMOID":
+        if width <= 0:
+            raise _Refused("WindowWidth must be over 0")
         return 255.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
     if function == "LINEAR_EXACT":
         if width <= 0:
@@ -240,10 +252,8 @@ def _window(values: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
     return np.clip(((values - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0, 0.0, 255.0)
 
 
-def _grey(pixels: np.ndarray, dataset: pydicom.Dataset, photometric: str) -> np.ndarray:
-    """The decoded pixels as 8-bit grey: modality LUT, VOI, inversion of MONOCHROME1."""
-    if pixels.ndim == 3:  # colour: pydicom hands back RGB
-        return np.asarray(Image.fromarray(np.ascontiguousarray(pixels), "RGB").convert("L"))
+def _values_to_grey(pixels: np.ndarray, dataset: pydicom.Dataset, photometric: str) -> np.ndarray:
+    """Stored grey values as 8-bit grey: modality LUT, VOI, inversion of MONOCHROME1."""
     if "ModalityLUTSequence" in dataset:
         values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
     else:
@@ -271,6 +281,27 @@ def _grey(pixels: np.ndarray, dataset: pydicom.Dataset, photometric: str) -> np.
     return grey
 
 
+def _grey(pixels: np.ndarray, dataset: pydicom.Dataset, photometric: str) -> np.ndarray:
+    """The decoded pixels as 8-bit grey. Every step is a function of the stored value alone, so
+    8- and 16-bit data go through a table of every value they can hold (at most 65,536 entries)
+    indexed by the pixels: one uint8 output beside the decoded array, not a float32 copy and
+    its temporaries (about 20 bytes a pixel). 32-bit data take the float path whole."""
+    if pixels.ndim == 3:  # colour: pydicom hands back RGB
+        return np.asarray(Image.fromarray(np.ascontiguousarray(pixels), "RGB").convert("L"))
+    if pixels.dtype.kind not in "iu" or pixels.dtype.itemsize > 2:
+        return _values_to_grey(pixels, dataset, photometric)
+    bits = pixels.dtype.itemsize * 8
+    unsigned = np.dtype(f"uint{bits}")
+    if pixels.dtype.kind == "u":
+        table = _values_to_grey(np.arange(2**bits, dtype=unsigned), dataset, photometric)
+        return table[pixels]
+    # Signed: the table runs from the lowest value up; flipping the sign bit of the unsigned
+    # view maps each value to its place in it.
+    values = np.arange(-(2 ** (bits - 1)), 2 ** (bits - 1), dtype=np.int64).astype(pixels.dtype)
+    table = _values_to_grey(values, dataset, photometric)
+    return table[pixels.view(unsigned) ^ unsigned.type(2 ** (bits - 1))]
+
+
 def read_dicom(
     source: str | Path | BinaryIO, name: str, max_pixels: int
 ) -> tuple[Image.Image, DicomInfo]:
@@ -281,22 +312,35 @@ def read_dicom(
     from pneumonia.imaging.decode import ImageDecodeError
 
     try:
-        with _quiet_pydicom():
-            try:
-                dataset = pydicom.dcmread(source)
-            except Exception as error:  # pydicom raises many kinds on a damaged file
-                raise _Refused(f"not a readable DICOM file ({type(error).__name__})") from None
+        try:
+            dataset = pydicom.dcmread(source)
+        except Exception as error:  # pydicom raises many kinds on a damaged file
+            raise _Refused(f"not a readable DICOM file ({type(error).__name__})") from None
+        try:
             info, _ = _check_header(dataset, max_pixels)
-            photometric = _code(dataset, "PhotometricInterpretation") or "MONOCHROME2"
-            try:
-                pixels = dataset.pixel_array
-            except Exception as error:
-                raise _Refused(
-                    f"its pixel data cannot be decoded ({type(error).__name__}): truncated or "
-                    "damaged"
-                ) from None
+        except _Refused:
+            raise
+        except Exception as error:  # a header value pydicom or NumPy cannot convert
+            raise _Refused(f"a header value cannot be used ({type(error).__name__})") from None
+        photometric = (
+            _code(dataset, "PhotometricInterpretation", _SPACED_CODE_STRING) or "MONOCHROME2"
+        )
+        try:
+            pixels = dataset.pixel_array
+        except Exception as error:
+            raise _Refused(
+                f"its pixel data cannot be decoded ({type(error).__name__}): truncated or damaged"
+            ) from None
+        try:
             grey = _grey(pixels, dataset, photometric)
+        except _Refused:
+            raise
+        except Exception as error:  # a rescale, window or LUT value that is not a number
+            raise _Refused(
+                f"its rescale, window or LUT cannot be applied ({type(error).__name__})"
+            ) from None
     except _Refused as reason:
+        # The type name only, never the text: pydicom's and NumPy's can quote a header value.
         raise ImageDecodeError(f"{name}: {reason}") from None
     return Image.fromarray(grey, "L"), info
 

@@ -157,7 +157,13 @@ def register(
     registered = registered_version_of_file(name, model_sha256)
     if registered is None:
         logged = log_and_register(
-            final.model, setup.val.images[:1], name, step=metrics["best_epoch"]
+            final.model,
+            setup.val.images[:1],
+            name,
+            # swa's model is the fit's end (the mean of its last epochs), not its best epoch.
+            step=config.train.epochs
+            if config.train.weight_averaging.method == "swa"
+            else metrics["best_epoch"],
         )
         tag_version(
             name,
@@ -214,9 +220,16 @@ def write_card_and_summary(
 def summary_line(
     config: Config, final: FinalFit, metrics: dict[str, Any], logged: LoggedModel
 ) -> str:
+    averaging = config.train.weight_averaging
+    # swa's model is no epoch's: the mean of the last epochs' weights.
+    kept = (
+        f"the mean of the last {averaging.swa_epochs} epochs' weights (swa)"
+        if averaging.method == "swa"
+        else f"best epoch {metrics['best_epoch']}"
+    )
     return (
         f"train: val ROC AUC {metrics[FINAL_VAL_ROC_AUC]:.4f} ({len(final.histories)} "
-        f"member(s), best epoch {metrics['best_epoch']}); registered "
+        f"member(s), {kept}); registered "
         f"{config.train.registered_model_name} version {logged.version} ({logged.model_uri})"
     )
 

@@ -59,3 +59,25 @@ def stdout_may_close() -> Iterator[None]:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         raise SystemExit(0) from None
+
+
+def model_to_load(model: str | None, models_path: Path | None, params: Path) -> str | Path:
+    """The model predict and export load: --model as given (an MLflow URI points the store at
+    the project's, from the working folder up), else the pipeline's model file in paths.models
+    of params.yaml (`models_path`; None when there is no params.yaml here)."""
+    from pneumonia.config import find_project_root
+    from pneumonia.inference.classifier import PredictionError
+    from pneumonia.inference.loading import is_mlflow_uri
+    from pneumonia.tracking import use_project_store
+
+    if model is None:
+        if models_path is None:
+            raise PredictionError(
+                f"no --model given and no {params} here to find the pipeline's model: "
+                "run from the project root (after dvc repro), or pass --model with a .keras file "
+                "or an MLflow model URI"
+            )
+        return models_path
+    if is_mlflow_uri(model):
+        use_project_store(find_project_root(Path.cwd()))
+    return model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pneumonia.cli._common import command, params_option, stdout_may_close
+from pneumonia.cli._common import command, model_to_load, params_option, stdout_may_close
 from pneumonia.console import start_tensorflow
 
 # Kept here as well as in export.formats: `pneumonia --help` must not import TensorFlow.
@@ -66,27 +66,17 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(arguments: argparse.Namespace) -> None:
     start_tensorflow()
-    from pneumonia.config import find_project_root, project_paths
+    from pneumonia.config import project_paths
     from pneumonia.errors import format_bytes
     from pneumonia.export.formats import check_output_folder, export_classifier
-    from pneumonia.inference.classifier import PredictionError
-    from pneumonia.inference.loading import is_mlflow_uri, load_classifier
-    from pneumonia.tracking import use_project_store
+    from pneumonia.inference.loading import load_classifier
 
     # Before the model loads: a refused --out costs no seconds.
     check_output_folder(arguments.out)
     paths = project_paths(arguments.params) if arguments.params.is_file() else None
-    model = arguments.model
-    if model is None:
-        if paths is None:
-            raise PredictionError(
-                f"no --model given and no {arguments.params} here to find the pipeline's model: "
-                "run from the project root (after dvc repro), or pass --model with a .keras file "
-                "or an MLflow model URI"
-            )
-        model = paths.model
-    elif is_mlflow_uri(model):
-        use_project_store(find_project_root(Path.cwd()))
+    model = model_to_load(
+        arguments.model, paths.model if paths is not None else None, arguments.params
+    )
     classifier = load_classifier(model, models_folder=paths.models if paths is not None else None)
     result = export_classifier(classifier, arguments.format, arguments.out)
     with stdout_may_close():

@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pneumonia.cli._common import _positive_int, _probability, command, stdout_may_close
+from pneumonia.cli._common import (
+    _positive_int,
+    _probability,
+    command,
+    model_to_load,
+    stdout_may_close,
+)
 from pneumonia.console import start_tensorflow
 from pneumonia.contracts.image_files import SUFFIX_TEXT
 
@@ -124,31 +130,21 @@ def run(arguments: argparse.Namespace) -> None:
     start_tensorflow()
     from dataclasses import replace
 
-    from pneumonia.config import find_project_root, project_sections
+    from pneumonia.config import project_sections
     from pneumonia.contracts.paths import SITE_REFERENCE_FILE
     from pneumonia.imaging.transforms import with_limits
-    from pneumonia.inference.classifier import PredictionError
-    from pneumonia.inference.loading import is_mlflow_uri, load_classifier
+    from pneumonia.inference.loading import load_classifier
     from pneumonia.inference.prediction import check_output_folder
     from pneumonia.inference.site_use import batch_site_check, collector, shift_warning
-    from pneumonia.tracking import use_project_store
 
     # The project's model (paths.models) and input limits (preprocess), read once; outside a
     # project, the limits the model's preprocess settings come with.
     paths, limits = (
         project_sections(arguments.params) if arguments.params.is_file() else (None, None)
     )
-    model = arguments.model
-    if model is None:
-        if paths is None:
-            raise PredictionError(
-                f"no --model given and no {arguments.params} here to find the pipeline's model: "
-                "run from the project root (after dvc repro), or pass --model with a .keras file "
-                "or an MLflow model URI"
-            )
-        model = paths.model
-    elif is_mlflow_uri(model):
-        use_project_store(find_project_root(Path.cwd()))
+    model = model_to_load(
+        arguments.model, paths.model if paths is not None else None, arguments.params
+    )
     if arguments.gradcam is not None:
         check_output_folder(arguments.inputs, arguments.gradcam)  # before the model loads
     classifier = load_classifier(

@@ -56,6 +56,7 @@ def pipeline(tmp_path_factory):
         params["preprocess"]["workers"] = 2
         train = params["train"]
         train.update(epochs=2, batch_size=8, ensemble=2)  # the whole pipeline on an ensemble
+        train["weight_averaging"].update(swa_epochs=2)  # the default's swa, over both epochs
         train["model"].update(depth=2, base_filters=4)
         train["tuning"].update(n_trials=TRIALS, epochs=2)
         train["tuning"]["search_space"].update(base_filters=[4, 8], batch_size=[8])

@@ -41,6 +41,7 @@ def pipeline(tmp_path_factory):
         params["preprocess"]["workers"] = 2
         train = params["train"]
         train.update(epochs=1, batch_size=8, ensemble=1)
+        train["weight_averaging"].update(method="none")  # swa is for the CNN only
         train["model"].update(architecture=ARCHITECTURE, weights="none")
         train["fine_tuning"].update(warmup_epochs=1, unfreeze="all")
         train["tuning"].update(n_trials=0)

@@ -68,6 +68,7 @@ def pipeline(tmp_path_factory):
         params["preprocess"]["workers"] = 2
         train = params["train"]
         train.update(epochs=1, batch_size=8, ensemble=2)
+        train["weight_averaging"].update(swa_epochs=1)
         train["model"].update(depth=2, base_filters=4)
         train["tuning"].update(n_trials=0)
 

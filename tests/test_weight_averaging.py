@@ -21,6 +21,7 @@ from pneumonia.model.training import (
     fit,
     fit_ensemble,
 )
+from pneumonia.model.weight_averaging import batch_norm_extractor, recompute_batch_norm
 
 from helpers import fixture_train_config
 
@@ -101,10 +102,6 @@ class EpochWeights(keras.callbacks.Callback):
         (
             {"train.weight_averaging.method": "swa", "train.weight_averaging.swa_epochs": 4},
             r"'train\.weight_averaging\.swa_epochs' \(4\) must be at most 'train\.epochs' \(3\)",
-        ),
-        (
-            {"train.weight_averaging.method": "swa", "train.model.architecture": "densenet121"},
-            r"'train\.weight_averaging\.method' swa is for 'train\.model\.architecture' cnn only",
         ),
         ({"train.weight_averaging.method": "polyak"}, r"'train\.weight_averaging\.method' must"),
         ({"train.weight_averaging.ema_momentum": 1.0}, r"'train\.weight_averaging\.ema_momentum'"),
@@ -382,3 +379,121 @@ def test_a_backbone_averages_in_its_fine_tuning_phase_only(tmp_path):
     )
     assert phases.use_ema == [False, True]
     assert model.optimizer.use_ema and history.epoch == [0, 1]
+
+
+class FineTuningEnds(keras.callbacks.Callback):
+    """The model's weights, and its batch norm layers' moving means, at each epoch's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights: dict[int, list[np.ndarray]] = {}
+        self.moving_means: dict[int, list[np.ndarray]] = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights[epoch] = [np.asarray(value) for value in self.model.get_weights()]
+        self.moving_means[epoch] = [
+            np.asarray(layer.moving_mean)
+            for layer in self.model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+
+
+def backbone_swa_fit(tmp_path, weights: str):
+    from pneumonia.config import load_config
+    from pneumonia.model.backbones import resolve_weights
+
+    from helpers import tiny_project_arrays, write_params
+
+    changes = {
+        **{key: value for key, value in SMALL.items() if not key.startswith("train.model.")},
+        "preprocess.image.size": 32,
+        "train.epochs": 2,
+        "train.model.architecture": "mobilenetv3small",
+        "train.model.weights": weights,
+        "train.fine_tuning.warmup_epochs": 1,
+        "train.fine_tuning.unfreeze": "all",
+        "train.batch_size": 16,
+        "train.weight_averaging.method": "swa",
+        "train.weight_averaging.swa_epochs": 2,
+    }
+    loaded = load_config(write_params(tmp_path, changes))
+    config = loaded.train
+    images, labels = tiny_project_arrays(32, 32, 0)
+    ends = FineTuningEnds()
+    model, history = fit(
+        config.hyperparameters,
+        SplitArrays(images, labels),
+        SplitArrays(images, labels),
+        config,
+        epochs=config.epochs,
+        callbacks=[ends],
+        weights=resolve_weights(config.model, loaded.project_root),
+        averaging=config.weight_averaging,
+    )
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    return model, history, ends, norms, images
+
+
+def test_a_random_backbone_averages_its_fine_tuning_epochs_and_recomputes_its_batch_norm(tmp_path):
+    model, history, ends, norms, images = backbone_swa_fit(tmp_path, "none")
+    assert history.epoch == [0, 1, 2]  # the warm-up, then the two fine-tuning epochs
+    # The mean of the fine-tuning epochs' weights (kept, whatever the warm-up scored), but the
+    # batch norm moving statistics, which are recomputed for the average.
+    statistics = {id(layer.moving_mean) for layer in norms} | {
+        id(layer.moving_variance) for layer in norms
+    }
+    averaged = [
+        (variable, np.mean([ends.weights[1][index], ends.weights[2][index]], axis=0))
+        for index, variable in enumerate(model.weights)
+        if id(variable) not in statistics
+    ]
+    for variable, mean in averaged:
+        np.testing.assert_allclose(np.asarray(variable), mean, rtol=1e-5, atol=1e-7)
+    assert any(
+        not np.allclose(ends.weights[0][index], np.asarray(variable))
+        for index, variable in enumerate(model.weights)
+        if id(variable) not in statistics
+    )  # not the warm-up's weights
+    recomputed = [np.asarray(layer.moving_mean) for layer in norms]
+    assert norms and all(layer.trainable for layer in norms)
+    assert not all(
+        np.allclose(now, raw) for now, raw in zip(recomputed, ends.moving_means[2], strict=True)
+    )
+    recompute_batch_norm(model, images, 16)  # the statistics are those of the average already
+    for layer, before in zip(norms, recomputed, strict=True):
+        np.testing.assert_allclose(np.asarray(layer.moving_mean), before, rtol=1e-4, atol=1e-6)
+
+
+def test_a_pretrained_backbone_under_swa_keeps_its_frozen_batch_norm_statistics(tmp_path):
+    from pneumonia.model.backbones import BACKBONES
+
+    tmp_path.mkdir(exist_ok=True)
+    application = BACKBONES["mobilenetv3small"].constructor(
+        include_top=False, weights=None, input_shape=(32, 32, 3), include_preprocessing=True
+    )
+    application.save_weights(tmp_path / "start.weights.h5")
+    pretrained = {
+        layer.name: np.asarray(layer.moving_mean)
+        for layer in application.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
+    _, _, ends, norms, _ = backbone_swa_fit(tmp_path, "start.weights.h5")
+    assert norms and not any(layer.trainable for layer in norms)
+    for layer, raw in zip(norms, ends.moving_means[2], strict=True):
+        # Frozen all along: neither averaged away nor recomputed.
+        np.testing.assert_array_equal(np.asarray(layer.moving_mean), raw)
+    loaded_means = sorted(np.asarray(layer.moving_mean).sum() for layer in norms)
+    assert loaded_means == pytest.approx(sorted(mean.sum() for mean in pretrained.values()))
+
+
+def test_swa_refuses_before_fitting_a_model_whose_dropout_precedes_a_training_batch_norm():
+    inputs = keras.Input((SIDE, SIDE, 1))
+    hidden = keras.layers.Conv2D(4, 3)(inputs)
+    hidden = keras.layers.Dropout(0.2)(hidden)
+    hidden = keras.layers.BatchNormalization()(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(hidden)))
+    with pytest.raises(ValueError, match=r"'dropout.*' acts only in training .* ema or none"):
+        batch_norm_extractor(model)
+    model.layers[-3].trainable = False  # a frozen batch norm is not recomputed: nothing to refuse
+    norms, extractor = batch_norm_extractor(model)
+    assert norms == [] and extractor is None

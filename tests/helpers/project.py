@@ -138,6 +138,7 @@ def pipeline_project(
 TINY_PROJECT_CHANGES: dict[str, Any] = {
     "preprocess.image.size": 16,
     "train.epochs": 1,
+    "train.weight_averaging.swa_epochs": 1,  # the default's swa, over the one epoch
     "train.batch_size": 8,
     "train.mixed_precision": "off",
     "train.model.depth": 2,

@@ -347,8 +347,10 @@ class WeightAveragingConfig(Section):
             "of each of the last `swa_epochs` epochs, replacing the best epoch (so "
             "`train.early_stopping_patience` must be 0), then the batch-norm moving statistics "
             "recomputed as the plain mean of the batch statistics over one pass of the train "
-            "images, unaugmented; the cnn only (a backbone's frozen pretrained batch norm would "
-            "be overwritten)"
+            "images, unaugmented. A backbone averages the last epochs of its fine-tuning phase "
+            "(which it then keeps, whatever the warm-up scored) and recomputes only the batch "
+            "norm layers that trained: pretrained ones stay frozen with their ImageNet "
+            "statistics"
         ),
     ]
     ema_momentum: Annotated[
@@ -402,7 +404,8 @@ class _FinalFit(Section):
             ge=0,
             description="epochs without a val AUC gain before the final fit stops, fewer than "
             "`train.epochs` - 1; 0 (the default, chosen on val over two seeds) never stops early. "
-            "Either way the best epoch's weights are the ones kept",
+            "Either way the best epoch's weights are the ones kept, unless "
+            "`train.weight_averaging.method` is `swa` (the default), which needs 0",
         ),
     ]
     class_weight: Annotated[
@@ -474,13 +477,6 @@ class TrainConfig(Hyperparameters, _FinalFit):
                 "weight_averaging.swa_epochs",
                 f"({averaging.swa_epochs}) must be at most 'train.epochs' ({self.epochs}): swa "
                 "averages the last swa_epochs epochs of the final fit",
-            )
-        if self.model.is_backbone:
-            raise FieldError(
-                "weight_averaging.method",
-                f"swa is for 'train.model.architecture' cnn only, got "
-                f"{shown(self.model.architecture)}: recomputing batch-norm statistics would "
-                "overwrite a backbone's frozen pretrained ones; use ema or none",
             )
         return self
 

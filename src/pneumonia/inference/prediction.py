@@ -249,8 +249,8 @@ def classify(
 ) -> list[Prediction]:
     """Score one batch of images given as files or encoded bytes, named for the output.
 
-    Each image is decoded and preprocessed by the training code (`preprocess_file` /
-    `preprocess_bytes`); one that cannot be decoded, is over the input limits or cannot be a
+    Each image is decoded and preprocessed by the training code (`preprocess_source`, DICOM
+    included); one that cannot be decoded, is over the input limits or cannot be a
     chest X-ray gets an error and the others are still scored, in one model call that gives
     their features too (the out-of-distribution score; kept in `collected` when given).
     """

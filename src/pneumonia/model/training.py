@@ -34,7 +34,11 @@ from pneumonia.model.backbones import WeightsFile, freeze_backbone, unfreeze_bac
 from pneumonia.model.dataset import class_weights, make_dataset
 from pneumonia.model.network import average_ensemble, build_model, with_keras_batch_norm
 from pneumonia.model.scoring import score
-from pneumonia.model.weight_averaging import WeightSnapshots, recompute_batch_norm
+from pneumonia.model.weight_averaging import (
+    WeightSnapshots,
+    batch_norm_extractor,
+    recompute_batch_norm,
+)
 from pneumonia.progress import Progress, duration, say
 
 MONITOR = "val_auc"
@@ -238,12 +242,6 @@ def fit(
     with the mean of its weights at the last swa_epochs epochs' ends, batch norm statistics
     recomputed on train (recompute_batch_norm), whatever a callback restored before.
     """
-    if averaging is not None and averaging.method == "swa" and hyperparameters.model.is_backbone:
-        # The schema refuses it too; a trial's hyperparameters could still name a backbone.
-        raise ConfigError(
-            "train.weight_averaging.method swa is for train.model.architecture cnn only; use "
-            "ema or none with a backbone"
-        )
     seed = config.seed if seed is None else seed
     seed_everything(seed)
     image_size = train.images.shape[1]
@@ -283,6 +281,8 @@ def fit(
             before.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         snapshots = WeightSnapshots(averaging.swa_epochs) if method == "swa" else None
         if snapshots is not None:
+            # Before the epochs are spent: a layer that would stop the recomputation says so now.
+            batch_norm_extractor(model)
             after.append(snapshots)
         history = model.fit(
             train_data,
@@ -309,7 +309,8 @@ def fit(
         if not hyperparameters.model.is_backbone:
             history = run(epochs, hyperparameters.optimizer)
             return with_keras_batch_norm(model), history
-        return model, fine_tune(model, hyperparameters, epochs, run)
+        swa = averaging is not None and averaging.method == "swa"
+        return model, fine_tune(model, hyperparameters, epochs, run, keep_best_phase=not swa)
     finally:
         progress.close()
 
@@ -319,13 +320,15 @@ def fine_tune(
     hyperparameters: Hyperparameters,
     epochs: int,
     run: Callable[..., keras.callbacks.History],
+    keep_best_phase: bool = True,
 ) -> keras.callbacks.History:
     """Keras's transfer-learning recipe: a warm-up of train.fine_tuning.warmup_epochs with the
     backbone frozen (only the head learns, at train.optimizer.learning_rate, so its random
     start does not send large gradients into the pretrained layers), then `epochs` with the
     backbone (or its top N layers) unfrozen at the lower fine_tuning.learning_rate. Each phase
     is early-stopped by the caller's callbacks; epochs are numbered on across the phases, and
-    the weights kept are the best val AUC's of either phase. Returns both phases' history."""
+    the weights kept are the best val AUC's of either phase (with `keep_best_phase`; swa keeps
+    its fine-tuning average, which no epoch's figure describes). Returns both phases' history."""
     settings = hyperparameters.fine_tuning
     histories = []
     if settings.warmup_epochs:
@@ -344,7 +347,11 @@ def fine_tune(
     rate = hyperparameters.optimizer.model_copy(update={"learning_rate": settings.learning_rate})
     done = len(histories[0].epoch) if histories else 0
     histories.append(run(epochs, rate, initial_epoch=done))
-    if settings.warmup_epochs and max(histories[-1].history[MONITOR]) < warmup_best:
+    if (
+        keep_best_phase
+        and settings.warmup_epochs
+        and max(histories[-1].history[MONITOR]) < warmup_best
+    ):
         for variable, value in warmup_weights:
             variable.assign(value)
     return joined_history(histories)

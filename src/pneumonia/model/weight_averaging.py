@@ -56,18 +56,23 @@ _TRAINING_ONLY = (
 )
 
 
-def recompute_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int) -> int:
-    """Each BatchNormalization layer's moving mean and variance, recomputed as the plain mean
-    over the batches of `images` (in order, unaugmented) of the batch mean and (biased) variance
-    of its input, every batch norm layer normalising with its batch's statistics on the way, as
-    torch.optim.swa_utils.update_bn does. Returns the number of batches.
+def batch_norm_extractor(
+    model: keras.Model,
+) -> tuple[list[keras.layers.BatchNormalization], keras.Model | None]:
+    """The batch norm layers whose statistics swa recomputes (those that train: a pretrained
+    backbone's frozen ones keep theirs, and run in inference mode), and a model that gives each
+    one's batch mean and variance of its input (None when there is none).
 
-    Why: averaged weights are a network no epoch trained, and the moving statistics of the
-    snapshots (exponential averages of other networks' activations) do not fit it.
+    Raises ValueError when a layer that acts only in training (dropout, noise) precedes one of
+    them: in training mode it would change the statistics measured.
     """
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
     if not norms:
-        return 0
+        return norms, None
     figures = []
     for layer in norms:
         inputs = keras.ops.cast(layer.input, "float32")
@@ -80,9 +85,27 @@ def recompute_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int
     for layer in extractor.layers:
         if isinstance(layer, _TRAINING_ONLY):
             raise ValueError(
-                f"swa: layer {layer.name!r} acts only in training and precedes a batch norm "
-                "layer; its statistics cannot be recomputed in training mode"
+                f"train.weight_averaging.method swa: layer {layer.name!r} acts only in training "
+                "and precedes a batch norm layer that trains, whose statistics could not be "
+                "recomputed; use method ema or none with this model"
             )
+    return norms, extractor
+
+
+def recompute_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int) -> int:
+    """Each trained BatchNormalization layer's moving mean and variance (batch_norm_extractor),
+    recomputed as the plain mean over the batches of `images` (in order, unaugmented) of the
+    batch mean and (biased) variance of its input, every batch norm layer that trains
+    normalising with its batch's statistics on the way, as torch.optim.swa_utils.update_bn
+    does. Returns the number of batches.
+
+    Why: averaged weights are a network no epoch trained, and the moving statistics of the
+    snapshots (exponential averages of other networks' activations) do not fit it.
+    """
+    norms, extractor = batch_norm_extractor(model)
+    if extractor is None:
+        return 0
+    figures = extractor.outputs
     # The training-mode call also moves the layers' moving statistics: overwritten below.
     spec = tf.TensorSpec((None, *images.shape[1:]), images.dtype)
     measure = tf.function(lambda batch: extractor(batch, training=True), input_signature=[spec])

@@ -212,6 +212,7 @@ def test_the_bounds_themselves_load(tmp_path):
         "mlflow.experiment": "experiment with spaces, é and 256 characters".ljust(256, "e"),
         "train.tuning.study_name": "s" * 512,
         "train.seed": MAX_SEED,
+        "train.ensemble": 1,  # the members' seeds, seed + 1 and on, would pass the bound
         "split.seed": MAX_SEED,
     }
     config = load_config(write_params(tmp_path, changes))

@@ -346,37 +346,43 @@ class PhaseOptimizers(keras.callbacks.Callback):
         self.use_ema.append(bool(self.model.optimizer.use_ema))
 
 
-def test_a_backbone_averages_in_its_fine_tuning_phase_only(tmp_path):
+def backbone_fit(tmp_path, changes: dict, callback: keras.callbacks.Callback):
+    """A tiny random-start mobilenetv3small through `fit`: one warm-up epoch, then fine-tuning
+    of every layer, with `changes` on top. Returns the model, its history and the images."""
     from pneumonia.config import load_config
     from pneumonia.model.backbones import resolve_weights
 
     from helpers import tiny_project_arrays, write_params
 
-    side = 32
-    changes = {
+    backbone = {
         **{key: value for key, value in SMALL.items() if not key.startswith("train.model.")},
-        "preprocess.image.size": side,
+        "preprocess.image.size": 32,
         "train.model.architecture": "mobilenetv3small",
         "train.model.weights": "none",
         "train.fine_tuning.warmup_epochs": 1,
         "train.fine_tuning.unfreeze": "all",
         "train.batch_size": 16,
-        "train.weight_averaging.method": "ema",
     }
-    loaded = load_config(write_params(tmp_path, changes))
+    loaded = load_config(write_params(tmp_path, {**backbone, **changes}))
     config = loaded.train
-    images, labels = tiny_project_arrays(32, side, 0)
-    phases = PhaseOptimizers()
+    images, labels = tiny_project_arrays(32, 32, 0)
     model, history = fit(
         config.hyperparameters,
         SplitArrays(images, labels),
         SplitArrays(images, labels),
         config,
-        epochs=1,
-        callbacks=[phases],
+        epochs=config.epochs,
+        callbacks=[callback],
         weights=resolve_weights(config.model, loaded.project_root),
         averaging=config.weight_averaging,
     )
+    return model, history, images
+
+
+def test_a_backbone_averages_in_its_fine_tuning_phase_only(tmp_path):
+    phases = PhaseOptimizers()
+    changes = {"train.epochs": 1, "train.weight_averaging.method": "ema"}
+    model, history, _ = backbone_fit(tmp_path, changes, phases)
     assert phases.use_ema == [False, True]
     assert model.optimizer.use_ema and history.epoch == [0, 1]
 
@@ -399,37 +405,14 @@ class FineTuningEnds(keras.callbacks.Callback):
 
 
 def backbone_swa_fit(tmp_path, weights: str):
-    from pneumonia.config import load_config
-    from pneumonia.model.backbones import resolve_weights
-
-    from helpers import tiny_project_arrays, write_params
-
+    ends = FineTuningEnds()
     changes = {
-        **{key: value for key, value in SMALL.items() if not key.startswith("train.model.")},
-        "preprocess.image.size": 32,
         "train.epochs": 2,
-        "train.model.architecture": "mobilenetv3small",
         "train.model.weights": weights,
-        "train.fine_tuning.warmup_epochs": 1,
-        "train.fine_tuning.unfreeze": "all",
-        "train.batch_size": 16,
         "train.weight_averaging.method": "swa",
         "train.weight_averaging.swa_epochs": 2,
     }
-    loaded = load_config(write_params(tmp_path, changes))
-    config = loaded.train
-    images, labels = tiny_project_arrays(32, 32, 0)
-    ends = FineTuningEnds()
-    model, history = fit(
-        config.hyperparameters,
-        SplitArrays(images, labels),
-        SplitArrays(images, labels),
-        config,
-        epochs=config.epochs,
-        callbacks=[ends],
-        weights=resolve_weights(config.model, loaded.project_root),
-        averaging=config.weight_averaging,
-    )
+    model, history, images = backbone_fit(tmp_path, changes, ends)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     return model, history, ends, norms, images
 

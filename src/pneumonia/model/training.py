@@ -337,7 +337,10 @@ def fine_tune(
         # Weight averaging (train.weight_averaging) is the fine-tuning phase's alone.
         histories.append(run(settings.warmup_epochs, hyperparameters.optimizer, last=False))
         warmup_best = max(histories[0].history[MONITOR])
-        warmup_weights = [(variable, variable.numpy()) for variable in model.weights]
+        # Under swa the warm-up is never restored, so no copy of its weights is kept.
+        warmup_weights = (
+            [(variable, variable.numpy()) for variable in model.weights] if keep_best_phase else []
+        )
     pretrained = hyperparameters.model.weights != NO_WEIGHTS
     unfreeze_backbone(model, settings.unfreeze, pretrained)
     say(

@@ -15,6 +15,7 @@ from pneumonia.contracts.model_card import (
     RegistryRecord,
     build_model_card,
     read_model_card,
+    selection,
     write_model_card,
 )
 from pneumonia.contracts.model_reference import ModelReference
@@ -55,11 +56,27 @@ def card() -> ModelCard:
         image_size=32,
         preprocess=SPEC,
         hyperparameters={"model.depth": 2},
+        selected=selection("swa", 3),
         ensemble_members=1,
         validation={"val_auc": 0.9},
         tuning=None,
         registry=RECORD,
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "kept"),
+    [
+        ("none", "each member keeping its best epoch by val ROC AUC"),
+        ("ema", "its best epoch, by val ROC AUC, of the weights' moving average"),
+        ("swa", "each member keeping the mean of its last 3 epochs' weights (SWA)"),
+    ],
+)
+def test_the_card_names_the_weights_each_member_keeps(method, kept):
+    said = selection(method, 3)
+    assert kept in said
+    # swa's model is no epoch's: the card must not say it keeps a best one.
+    assert ("best epoch" in said) == (method != "swa")
 
 
 def test_the_model_card_round_trips_with_its_schema_version(tmp_path):

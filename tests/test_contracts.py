@@ -14,6 +14,7 @@ from pneumonia.contracts.model_card import (
     card_preprocess,
     card_registry,
     read_model_card,
+    selection,
     write_model_card,
 )
 from pneumonia.contracts.operating_point import (
@@ -38,6 +39,7 @@ def card() -> dict:
             "clahe_tile_grid": 8,
         },
         hyperparameters={"model.depth": 2},
+        selected=selection("none", 3),
         ensemble_members=1,
         validation={"val_auc": 0.9},
         tuning=None,

@@ -20,7 +20,12 @@ from pneumonia.contracts.metrics_report import (
     headline_metrics,
     read_headline,
 )
-from pneumonia.contracts.model_card import ModelCard, RegistryRecord, build_model_card
+from pneumonia.contracts.model_card import (
+    ModelCard,
+    RegistryRecord,
+    build_model_card,
+    selection,
+)
 from pneumonia.evaluation.model_card import (
     SECTIONS,
     TITLE,
@@ -42,6 +47,7 @@ TRAIN_CARD = build_model_card(
     image_size=128,
     preprocess=ImageSpec(**SPEC),
     hyperparameters={"batch_size": 32, "model.depth": 4},
+    selected=selection("none", 3),
     ensemble_members=1,
     validation={},
     tuning=None,

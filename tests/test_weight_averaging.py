@@ -454,6 +454,13 @@ def test_a_pretrained_backbone_under_swa_keeps_its_frozen_batch_norm_statistics(
     application = BACKBONES["mobilenetv3small"].constructor(
         include_top=False, weights=None, input_shape=(32, 32, 3), include_preprocessing=True
     )
+    # Statistics no fresh layer has (those start at mean 0, variance 1), so the check below
+    # can tell the file's from a reset or a recomputation.
+    generator = np.random.default_rng(0)
+    for layer in application.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(generator.normal(size=layer.moving_mean.shape))
+            layer.moving_variance.assign(generator.uniform(0.5, 2.0, layer.moving_variance.shape))
     application.save_weights(tmp_path / "start.weights.h5")
     pretrained = {
         layer.name: np.asarray(layer.moving_mean)
@@ -480,3 +487,37 @@ def test_swa_refuses_before_fitting_a_model_whose_dropout_precedes_a_training_ba
     model.layers[-3].trainable = False  # a frozen batch norm is not recomputed: nothing to refuse
     norms, extractor = batch_norm_extractor(model)
     assert norms == [] and extractor is None
+
+
+@pytest.mark.parametrize(
+    ("architecture", "weights", "refused"),
+    [
+        ("efficientnetv2b0", "none", True),  # its blocks' dropout precedes training batch norm
+        ("efficientnetv2b0", "imagenet", False),  # pretrained: its batch norm stays frozen
+        ("mobilenetv3small", "none", False),
+    ],
+)
+def test_swa_on_a_backbone_it_cannot_recompute_is_refused_before_the_study(
+    tmp_path, architecture, weights, refused
+):
+    from pneumonia.config import ConfigError, load_config
+    from pneumonia.model.training import refuse_swa_it_cannot_recompute
+
+    from helpers import write_params
+
+    changes = {
+        "preprocess.image.size": 32,
+        "train.model.architecture": architecture,
+        "train.model.weights": weights,
+        "train.weight_averaging.method": "swa",
+    }
+    config = load_config(write_params(tmp_path, changes))
+    if not refused:
+        refuse_swa_it_cannot_recompute(32, config.train)
+        return
+    with pytest.raises(ConfigError, match=r"train\.weight_averaging\.method swa: layer") as caught:
+        refuse_swa_it_cannot_recompute(32, config.train)
+    assert "use method ema or none" in str(caught.value)
+    # The same config with another method is not this check's business.
+    ema = load_config(write_params(tmp_path, {**changes, "train.weight_averaging.method": "ema"}))
+    refuse_swa_it_cannot_recompute(32, ema.train)

@@ -30,10 +30,13 @@ SCHEMA_VERSION = 2
 # The sections a reader relies on.
 PREPROCESS = "preprocess"
 REGISTRY = "mlflow"
-SELECTION = (
-    "Optuna on val ROC AUC; final fit (train.ensemble members, averaged) keeping each member's "
-    "best epoch by val ROC AUC"
-)
+# What each train.weight_averaging.method keeps of a member's final fit.
+KEPT_WEIGHTS = {
+    "none": "its best epoch by val ROC AUC",
+    "ema": "its best epoch, by val ROC AUC, of the weights' moving average (EMA)",
+    "swa": "the mean of its last {swa_epochs} epochs' weights (SWA), batch norm statistics "
+    "recomputed on train",
+}
 FIX = "re-run the train stage"
 
 
@@ -103,12 +106,22 @@ class ModelCard(BaseModel):
         return self.model_dump(mode="json")
 
 
+def selection(method: str, swa_epochs: int) -> str:
+    """The card's account of how the model was chosen and which weights it holds."""
+    kept = KEPT_WEIGHTS[method].format(swa_epochs=swa_epochs)
+    return (
+        "Optuna on val ROC AUC; final fit of train.ensemble members (their scores averaged), "
+        f"each member keeping {kept}"
+    )
+
+
 def build_model_card(
     *,
     image_size: int,
     preprocess: ImageSpec | dict[str, Any],
     hyperparameters: dict[str, Any],
     weights: dict[str, Any] | None = None,
+    selected: str,
     ensemble_members: int,
     validation: dict[str, float],
     tuning: dict[str, Any] | None,
@@ -129,7 +142,7 @@ def build_model_card(
         ).as_json(),
         hyperparameters=hyperparameters,
         weights=weights,
-        selection=SELECTION,
+        selection=selected,
         ensemble_members=ensemble_members,
         validation=validation,
         tuning=tuning,

@@ -15,7 +15,12 @@ import pandas as pd
 from pneumonia.config import Config, Hyperparameters
 from pneumonia.contracts import registry_tags
 from pneumonia.contracts.files import file_sha256, write_json
-from pneumonia.contracts.model_card import RegistryRecord, build_model_card, write_model_card
+from pneumonia.contracts.model_card import (
+    RegistryRecord,
+    build_model_card,
+    selection,
+    write_model_card,
+)
 from pneumonia.imaging.transforms import model_input_settings
 from pneumonia.model.backbones import weights_record
 from pneumonia.model.network import save_model
@@ -29,6 +34,7 @@ from pneumonia.model.training import (
     fit_ensemble,
     history_table,
     members_table,
+    refuse_swa_it_cannot_recompute,
 )
 from pneumonia.model.training_setup import TrainingSetup, start_training_run
 from pneumonia.model.tuning import (
@@ -73,6 +79,7 @@ class Registration:
 
 def run_train_stage(run: StageRun, config: Config, setup: TrainingSetup) -> str:
     """Every step of the train stage inside its open run; returns the summary line."""
+    refuse_swa_it_cannot_recompute(config.preprocess.image.size, config.train)
     config.paths.train_reports.mkdir(parents=True, exist_ok=True)
     start_training_run(run, config)
     chosen = choose_hyperparameters(run, config, setup)
@@ -160,8 +167,9 @@ def register(
             final.model,
             setup.val.images[:1],
             name,
-            # swa's model is the fit's end (the mean of its last epochs), not its best epoch.
-            step=config.train.epochs
+            # swa's model is the fit's end (the mean of its last epochs), not its best epoch;
+            # a backbone's epochs are numbered on from its warm-up.
+            step=len(final.histories[0].epoch)
             if config.train.weight_averaging.method == "swa"
             else metrics["best_epoch"],
         )
@@ -198,6 +206,7 @@ def write_card_and_summary(
         preprocess=model_input_settings(config.preprocess),
         hyperparameters=chosen.hyperparameters.flat(),
         weights=weights_record(settings.model, setup.weights),
+        selected=selection(settings.weight_averaging.method, settings.weight_averaging.swa_epochs),
         ensemble_members=settings.ensemble,
         # Timings and a fresh study's random name stay in MLflow: the card, which evaluate
         # depends on, must not change when the model does not.

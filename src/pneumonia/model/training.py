@@ -299,10 +299,12 @@ def fit(
             snapshots.assign_mean(model)
             # The training batches unshuffled and unaugmented, at the size training used.
             batches = recompute_batch_norm(model, train.images, hyperparameters.batch_size)
-            say(
-                f"  swa: the mean of the last {snapshots.count} epochs' weights, batch norm "
-                f"statistics recomputed over {batches} train batches"
+            recomputed = (
+                f"batch norm statistics recomputed over {batches} train batches"
+                if batches
+                else "no batch norm layer trains, so no statistics were recomputed"
             )
+            say(f"  swa: the mean of the last {snapshots.count} epochs' weights, {recomputed}")
         return history
 
     try:
@@ -358,6 +360,21 @@ def fine_tune(
         for variable, value in warmup_weights:
             variable.assign(value)
     return joined_history(histories)
+
+
+def refuse_swa_it_cannot_recompute(image_size: int, config: TrainConfig) -> None:
+    """swa on a backbone: refuse, before the study spends its time, one whose fine-tuning puts
+    a layer that acts only in training before a batch norm layer that trains (the check fit
+    makes again: batch_norm_extractor). The layers do not depend on the weights loaded, so the
+    backbone is built with random ones. The CNN has no such layer."""
+    if config.weight_averaging.method != "swa" or not config.model.is_backbone:
+        return
+    model = build_model(image_size, config.model.model_copy(update={"weights": NO_WEIGHTS}))
+    unfreeze_backbone(model, config.fine_tuning.unfreeze, config.model.weights != NO_WEIGHTS)
+    try:
+        batch_norm_extractor(model)
+    except ValueError as error:
+        raise ConfigError(f"params.yaml: {error}") from None
 
 
 def joined_history(histories: list[keras.callbacks.History]) -> keras.callbacks.History:
@@ -452,7 +469,8 @@ NEVER_STOP = 2**31 - 1
 def final_fit_figures(final: FinalFit, train: SplitArrays, val: SplitArrays) -> dict[str, Any]:
     """train.json's figures of the final fit.
 
-    best_val_auc / best_epoch: member 0's best epoch (Keras' AUC, as early stopping saw it);
+    best_val_auc / best_epoch: member 0's best epoch (Keras' AUC, as early stopping saw it;
+    under swa, a point of its learning curve, not the averaged weights kept);
     val_roc_auc: the saved model's exact val ROC AUC (the members' average when ensemble > 1).
     Not `val_auc`: that is Keras' per-epoch key, and one value logged under it at step 0 would
     join the learning curve as a false first point.

@@ -87,7 +87,8 @@ def batch_norm_extractor(
             raise ValueError(
                 f"train.weight_averaging.method swa: layer {layer.name!r} acts only in training "
                 "and precedes a batch norm layer that trains, whose statistics could not be "
-                "recomputed; use method ema or none with this model"
+                "recomputed; use method ema or none with this model (or pretrained "
+                "train.model.weights, whose batch norm layers stay frozen)"
             )
     return norms, extractor
 

@@ -175,6 +175,14 @@ def test_second_repro_changes_nothing(pipeline):
     assert len(runs_by_stage(repo)) == len(STAGES)
 
 
+def test_a_repro_leaves_no_output_for_git_add_to_pick_up(pipeline):
+    """Each output is git-ignored or committed on purpose (the reference files): none is left
+    untracked for a `git add -A` to commit by mistake."""
+    repo, env = pipeline["repo"], pipeline["env"]
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], repo, env).stdout
+    assert [line for line in status.splitlines() if line.startswith("??")] == []
+
+
 def test_temp_experiment_logs_to_the_project_store(pipeline_copy):
     repo, env = pipeline_copy["repo"], pipeline_copy["env"]
     run(["git", "add", "-A"], repo, env)

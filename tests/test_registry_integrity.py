@@ -32,6 +32,7 @@ from pneumonia.evaluation.report import score_and_measure
 from pneumonia.inference.classifier import PredictionError
 from pneumonia.inference.loading import SETTINGS_ARTIFACT, check_served_model, load_classifier
 from pneumonia.promotion import PromotionError, promote
+from pneumonia.registry import ModelNotInStoreError, require_logged_model
 from pneumonia.tracking import stage_run
 
 from helpers import blob_pixels, split_index, write_params
@@ -272,3 +273,17 @@ def test_a_served_model_whose_settings_were_edited_is_refused(project, monkeypat
     # registered ones.
     with pytest.raises(PredictionError, match="changed after registration"):
         load_classifier(uri, threshold=0.5)
+
+
+def test_a_card_whose_logged_model_is_not_in_the_store_is_refused_naming_the_fix(project, tmp_path):
+    card_path = project["root"] / "models" / "model.json"
+    model_id = project["card"].registry().model_id
+    require_logged_model(model_id, card_path)  # train's store holds it
+    # mlruns/ deleted, or MLFLOW_TRACKING_URI moved, since train ran: DVC sees nothing stale,
+    # and MLflow would fail on a foreign key once evaluate logged against the model.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'fresh.db'}")
+    with pytest.raises(ModelNotInStoreError, match=r"dvc repro -f train") as caught:
+        require_logged_model(model_id, card_path)
+    said = str(caught.value)
+    assert str(card_path) in said and model_id in said and "fresh.db" in said
+    require_logged_model("", card_path)  # a card that names no logged model: nothing to check

@@ -14,6 +14,8 @@ from mlflow.models import Model, infer_signature
 
 from pneumonia.console import NODEDEF_LINE, native_stderr_without, without_registry_chatter
 from pneumonia.contracts import registry_tags
+from pneumonia.errors import PipelineError
+from pneumonia.redaction import redact_url
 
 MODEL_ARTIFACT = "model"
 
@@ -87,6 +89,30 @@ def registered_version_of_file(name: str, sha256: str) -> tuple[LoggedModel, str
     model_id = first.tags.get(registry_tags.MODEL_ID) or first.model_id or ""
     model_uri = f"models:/{model_id}" if model_id else first.source
     return LoggedModel(model_id, model_uri, str(first.version)), first.run_id or ""
+
+
+class ModelNotInStoreError(PipelineError, LookupError):
+    """A model card names a logged model that this tracking store does not hold."""
+
+
+def require_logged_model(model_id: str, card: Path) -> None:
+    """Refuse, before anything is measured, a model card (`card`, train's models/model.json)
+    whose logged model is not in the tracking store: the store was deleted or replaced, or
+    MLFLOW_TRACKING_URI points elsewhere than when train ran. DVC does not track the store, so
+    it sees train as up to date; MLflow would fail mid-stage on a foreign key."""
+    if not model_id:
+        return
+    try:
+        mlflow.get_logged_model(model_id)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ModelNotInStoreError(
+            f"{card}: its logged model {model_id} is not in the tracking store "
+            f"{redact_url(mlflow.get_tracking_uri())} (deleted or replaced since train ran, or "
+            "MLFLOW_TRACKING_URI points elsewhere); re-run train (`dvc repro -f train`), or "
+            "point MLFLOW_TRACKING_URI at the store train logged to"
+        ) from None
 
 
 def tag_version(name: str, version: str, alias: str | None, tags: dict[str, Any]) -> None:

@@ -46,6 +46,7 @@ from pneumonia.evaluation.report import (
 )
 from pneumonia.imaging.transforms import input_limits
 from pneumonia.inference.loading import CardedModel, load_carded_model
+from pneumonia.registry import require_logged_model
 from pneumonia.site.features import feature_layer_names, features_and_scores
 from pneumonia.site.reference import build_site_reference
 from pneumonia.tracking import StageRun
@@ -83,6 +84,7 @@ def load_evaluation_inputs(config: Config) -> EvaluationInputs:
 def run_evaluate_stage(run: StageRun, config: Config, inputs: EvaluationInputs) -> str:
     """Every step of the evaluate stage inside its open run; returns the summary line."""
     paths, settings, card = config.paths, config.evaluate, inputs.carded.card
+    require_logged_model(card.registry().model_id, paths.model_card)
     run.log_hashes(
         "input", [paths.model, *(paths.processed_split(name) for name in EVALUATED_SPLITS)]
     )
